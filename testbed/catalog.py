@@ -1,0 +1,105 @@
+"""Built-in device and model descriptions, with where each number comes from.
+
+The roofline model in :mod:`testbed.perf` needs, per device, peak dense FLOP/s at the serving
+precision, memory bandwidth and memory size; per model, parameter count and the shape of its
+KV cache. These are vendor datasheet and model-card numbers, not measurements: the efficiency
+factors that turn peaks into achievable speed live with each device and are documented there.
+Topologies may add their own kinds under ``devices:`` or ``models:``.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+
+
+class DeviceKind(BaseModel):
+    """An accelerator or CPU host as the performance model sees it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    peak_flops: PositiveFloat = Field(description="dense FLOP/s at the serving precision")
+    memory_bandwidth: PositiveFloat = Field(description="bytes/s of device memory bandwidth")
+    memory_bytes: PositiveFloat = Field(description="device memory in bytes")
+    compute_efficiency: float = Field(0.5, gt=0, le=1, description="achievable share of peak FLOP/s (MFU) in prefill")
+    bandwidth_efficiency: float = Field(0.75, gt=0, le=1, description="achievable share of bandwidth (MBU) in decode")
+    interconnect_bandwidth: PositiveFloat = Field(
+        300e9, description="bytes/s per device for tensor-parallel all-reduce (NVLink, PCIe, or memory for CPUs)"
+    )
+    step_overhead: float = Field(
+        0.004, ge=0, description="seconds of fixed cost per iteration (kernel launches, scheduling, sampling)"
+    )
+    weight_bytes_per_param: float = Field(2.0, gt=0, description="2 for fp16/bf16, 1 for int8, 4 for fp32")
+    fallback: bool = Field(False, description="a degraded tier (e.g. CPU int8): requests it serves are flagged")
+
+
+class ModelKind(BaseModel):
+    """A decoder-only transformer as the performance model sees it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    params: PositiveFloat = Field(description="parameter count")
+    layers: PositiveInt
+    hidden: PositiveInt
+    kv_heads: PositiveInt = Field(description="key/value heads (GQA groups)")
+    head_dim: PositiveInt
+    kv_bytes_per_value: float = Field(2.0, gt=0, description="bytes per cached key or value element")
+    max_context: PositiveInt = 8192
+
+    @property
+    def kv_bytes_per_token(self) -> float:
+        """Keys and values, every layer: 2 * layers * kv_heads * head_dim * bytes."""
+        return 2 * self.layers * self.kv_heads * self.head_dim * self.kv_bytes_per_value
+
+
+# Datasheet numbers. Dense (no sparsity) tensor throughput at bf16 for GPUs:
+#   H100 SXM5 80GB: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, NVLink 900 GB/s (NVIDIA H100 datasheet).
+#   A100 SXM4 80GB: 312 TFLOP/s bf16 dense, 2.039 TB/s HBM2e, NVLink 600 GB/s (NVIDIA A100 datasheet).
+#   L4 24GB:        121 TFLOP/s bf16 dense, 300 GB/s GDDR6, PCIe Gen4 x16 ~32 GB/s (NVIDIA L4 datasheet).
+# CPU hosts: a 2-socket server with 16 DDR5-4800 channels has ~614 GB/s peak (38.4 GB/s a channel);
+# AMX-capable Xeons reach a few hundred TFLOP/s int8/bf16 in theory, far less in practice, so the
+# CPU entries use conservative achievable figures and a larger per-step overhead.
+# Efficiency defaults follow published serving measurements: decode reaches 60-80% of memory
+# bandwidth (Databricks' "LLM Inference Performance Engineering" reports MBU around 60-70% on
+# A100/H100 at small batch) and prefill 40-60% MFU.
+DEVICES: dict[str, DeviceKind] = {
+    "H100": DeviceKind(
+        peak_flops=989e12, memory_bandwidth=3.35e12, memory_bytes=80e9, interconnect_bandwidth=450e9
+    ),
+    "A100": DeviceKind(
+        peak_flops=312e12, memory_bandwidth=2.039e12, memory_bytes=80e9, interconnect_bandwidth=300e9
+    ),
+    "L4": DeviceKind(
+        peak_flops=121e12, memory_bandwidth=300e9, memory_bytes=24e9, interconnect_bandwidth=32e9
+    ),
+    "cpu-fp32": DeviceKind(
+        peak_flops=4e12,
+        memory_bandwidth=614e9,
+        memory_bytes=512e9,
+        compute_efficiency=0.3,
+        bandwidth_efficiency=0.5,
+        interconnect_bandwidth=100e9,
+        step_overhead=0.01,
+        weight_bytes_per_param=4.0,
+        fallback=True,
+    ),
+    "cpu-int8": DeviceKind(
+        peak_flops=8e12,
+        memory_bandwidth=614e9,
+        memory_bytes=512e9,
+        compute_efficiency=0.3,
+        bandwidth_efficiency=0.5,
+        interconnect_bandwidth=100e9,
+        step_overhead=0.01,
+        weight_bytes_per_param=1.0,
+        fallback=True,
+    ),
+}
+
+# Model-card shapes. Llama 3 8B: 32 layers, hidden 4096, 8 KV heads of 128 (GQA);
+# Llama 3 70B: 80 layers, hidden 8192, 8 KV heads of 128; Llama 2 7B: 32 layers, 32 KV heads of 128.
+MODELS: dict[str, ModelKind] = {
+    "llama-3-8b": ModelKind(params=8.03e9, layers=32, hidden=4096, kv_heads=8, head_dim=128),
+    "llama-3-70b": ModelKind(params=70.6e9, layers=80, hidden=8192, kv_heads=8, head_dim=128),
+    "llama-2-7b": ModelKind(params=6.74e9, layers=32, hidden=4096, kv_heads=32, head_dim=128, max_context=4096),
+    "qwen2.5-1.5b": ModelKind(params=1.54e9, layers=28, hidden=1536, kv_heads=2, head_dim=128),
+}

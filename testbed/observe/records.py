@@ -1,0 +1,77 @@
+"""The request record: one row per request that entered, identical for simulation and live runs.
+
+Records are kept in preallocated numpy columns while a run is going (a million requests must fit
+in well under a GiB and cost no per-request Python objects), and become a pandas DataFrame at
+the end. Everything downstream — verdicts, reports, the explorer — reads only these frames.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("pending", "ok", "failed", "timeout", "shed")
+PENDING, OK, FAILED, TIMEOUT, SHED = range(len(STATUSES))
+
+# Column -> dtype of the request table. Times are seconds from the start of the run; NaN where
+# an event did not happen (no first token for a failed request). replica is -1 when none served.
+REQUEST_COLUMNS: dict[str, str] = {
+    "request_id": "int64",
+    "session_id": "int64",
+    "request_class": "category",
+    "priority": "int16",
+    "client_region": "category",
+    "arrival": "float64",
+    "first_token": "float64",
+    "finish": "float64",
+    "prompt_tokens": "int32",
+    "output_tokens": "int32",
+    "status": "category",
+    "replica": "int32",
+    "region": "category",
+    "retries": "int16",
+}
+
+
+class RequestLog:
+    """Columnar, append-by-index store of request outcomes for requests 0..n-1."""
+
+    def __init__(self, n: int) -> None:
+        self.first_token = np.full(n, np.nan)
+        self.finish = np.full(n, np.nan)
+        self.status = np.zeros(n, dtype=np.int8)  # PENDING
+        self.replica = np.full(n, -1, dtype=np.int32)
+        self.retries = np.zeros(n, dtype=np.int16)
+
+    def pending(self) -> int:
+        """How many requests have not ended: must be 0 when a run finishes (conservation)."""
+        return int(np.count_nonzero(self.status == PENDING))
+
+    def end(self, rid: int, status: int, now: float) -> None:
+        """Close request ``rid``; ending one twice is a bug in the driver, so it raises."""
+        if self.status[rid] != PENDING:
+            raise RuntimeError(f"request {rid} ended twice ({STATUSES[self.status[rid]]}, then {STATUSES[status]})")
+        self.status[rid] = status
+        self.finish[rid] = now
+
+
+def empty_requests() -> pd.DataFrame:
+    """A request table with the right columns and no rows."""
+    return pd.DataFrame({name: pd.Series(dtype=dtype) for name, dtype in REQUEST_COLUMNS.items()})
+
+
+def status_names(codes: np.ndarray) -> pd.Categorical:
+    return pd.Categorical.from_codes(codes.astype(np.int8), categories=list(STATUSES))
+
+
+def latency_columns(requests: pd.DataFrame) -> pd.DataFrame:
+    """TTFT, TPOT and end-to-end latency per request (NaN where undefined).
+
+    TPOT is the time per output token after the first, as vLLM and DistServe define it; it is
+    undefined for requests with a single output token.
+    """
+    ttft = requests["first_token"] - requests["arrival"]
+    e2e = requests["finish"] - requests["arrival"]
+    decode_tokens = (requests["output_tokens"] - 1).where(requests["output_tokens"] > 1)
+    tpot = (requests["finish"] - requests["first_token"]) / decode_tokens
+    return pd.DataFrame({"ttft": ttft, "tpot": tpot, "e2e": e2e})

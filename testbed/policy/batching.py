@@ -1,0 +1,341 @@
+"""Batching policies: which sequences a replica runs in its next engine iteration.
+
+Two families, each a small class with the same event methods so a driver (the SimPy replica or
+the live engine loop) can run either:
+
+* :class:`ContinuousBatcher` — iteration-level scheduling in the style of vLLM: new sequences
+  join the running batch at any iteration, bounded by ``max_num_seqs``, a prefill token budget
+  and the KV-cache capacity; when the cache runs out, the most recently admitted sequence is
+  preempted and later recomputed.
+* :class:`MicroBatcher` — request-level dynamic batching in the style of Triton's dynamic
+  batcher and Ray Serve's ``@serve.batch``: wait up to ``max_queue_delay`` for up to
+  ``max_batch_size`` requests, then run that batch to completion before starting another. Its
+  adaptive mode tunes the delay against a latency target from observed latencies.
+
+The driver's loop is: ``enqueue`` arrivals; ask ``next_iteration``; time it; report it with
+``complete``; repeat. When nothing can run, ``wake_time`` says when to ask again (a batching
+delay expiring). To let drivers skip one event per decode step, an :class:`Iteration` may cover
+``steps`` identical decode steps: the batch cannot change until one of them finishes — unless a
+new arrival asks to cut the stretch short (``enqueue`` returns True).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    """A request as a replica's scheduler sees it."""
+
+    rid: int
+    prompt_tokens: int
+    output_tokens: int
+    arrival: float
+    generated: int = 0
+
+    @property
+    def context(self) -> int:
+        """KV-cache tokens the sequence holds once (re)prefilled: prompt plus tokens generated."""
+        return self.prompt_tokens + self.generated
+
+    @property
+    def remaining(self) -> int:
+        return self.output_tokens - self.generated
+
+
+@dataclass(slots=True)
+class Iteration:
+    """What the engine runs next: prefill some sequences and advance the decoding ones.
+
+    ``prefill`` sequences have their context computed and emit one token; ``decode`` sequences
+    emit one token per step. With a prefill the iteration is one step; without one it may be a
+    stretch of ``steps`` decode steps over an unchanging batch.
+    """
+
+    prefill: list[Sequence]
+    decode: list[Sequence]
+    steps: int
+    prefill_tokens: int
+    context_tokens: int
+
+
+@dataclass(slots=True)
+class Progress:
+    """What an iteration produced: sequences that emitted their first token, and those done."""
+
+    first_token: list[Sequence] = field(default_factory=list)
+    finished: list[Sequence] = field(default_factory=list)
+
+
+class Batcher(Protocol):
+    def fits(self, seq: Sequence) -> bool:
+        """Whether the replica could ever serve ``seq`` (its full context fits the KV cache)."""
+
+    def enqueue(self, seq: Sequence, now: float) -> bool:
+        """Queue ``seq``; True if the driver should cut a running decode stretch short for it."""
+
+    def next_iteration(self, now: float) -> Iteration | None:
+        """The next iteration to run, or None if nothing can run now."""
+
+    def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
+        """Account for ``steps_done`` steps of ``iteration`` having run."""
+
+    def wake_time(self) -> float | None:
+        """When to call ``next_iteration`` again though no event arrives (None: only on events)."""
+
+    def evict_all(self) -> list[Sequence]:
+        """Remove and return every queued and running sequence (the replica died)."""
+
+    @property
+    def queued(self) -> int: ...
+
+    @property
+    def running(self) -> int: ...
+
+
+def _advance(iteration: Iteration, steps_done: int, progress: Progress) -> None:
+    """Credit each sequence of ``iteration`` with its tokens, noting first tokens."""
+    for seq in iteration.prefill:
+        if seq.generated == 0:
+            progress.first_token.append(seq)
+        seq.generated += 1
+    for seq in iteration.decode:
+        seq.generated += steps_done
+
+
+class ContinuousBatcher:
+    """vLLM-style scheduler: FCFS admission each iteration, preemption by recompute."""
+
+    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, kv_capacity_tokens: int) -> None:
+        if kv_capacity_tokens < 1:
+            raise ValueError("kv_capacity_tokens must be positive")
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.kv_capacity = kv_capacity_tokens
+        self.kv_used = 0
+        self.preemptions = 0
+        self._waiting: deque[Sequence] = deque()
+        self._running: list[Sequence] = []
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def fits(self, seq: Sequence) -> bool:
+        return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity
+
+    def enqueue(self, seq: Sequence, now: float) -> bool:
+        self._waiting.append(seq)
+        return len(self._running) < self.max_num_seqs and self.kv_used + seq.context < self.kv_capacity
+
+    def next_iteration(self, now: float) -> Iteration | None:
+        decode = list(self._running)
+        prefill = self._admit(room_for_decode=len(decode))
+        if prefill:
+            return Iteration(
+                prefill=prefill,
+                decode=decode,
+                steps=1,
+                prefill_tokens=sum(s.context for s in prefill),
+                context_tokens=sum(s.context for s in decode),
+            )
+        if not self._running:
+            return None
+        steps = self._decode_steps()
+        return Iteration(
+            prefill=[],
+            decode=list(self._running),
+            steps=steps,
+            prefill_tokens=0,
+            context_tokens=self.kv_used,
+        )
+
+    def _admit(self, room_for_decode: int) -> list[Sequence]:
+        """Admit waiting sequences in order while slots, prefill budget and KV cache allow.
+
+        Each admitted sequence and each running one needs a KV slot for the token this
+        iteration emits, hence the ``+ 1`` reservations.
+        """
+        admitted: list[Sequence] = []
+        budget = self.max_num_batched_tokens
+        while self._waiting and len(self._running) < self.max_num_seqs:
+            seq = self._waiting[0]
+            need = seq.context
+            over_budget = need > budget and admitted  # the first prompt may exceed the budget alone
+            kv_after = self.kv_used + need + len(admitted) + 1 + room_for_decode
+            if over_budget or kv_after > self.kv_capacity:
+                break
+            self._waiting.popleft()
+            budget -= need
+            self.kv_used += need
+            self._running.append(seq)
+            admitted.append(seq)
+        return admitted
+
+    def _decode_steps(self) -> int:
+        """Steps before the batch must change: a sequence finishes or the KV cache fills.
+
+        When not even one step fits, preempt the newest sequences (vLLM's recompute mode): they
+        go back to the front of the queue and lose their cache, keeping the tokens already sent.
+        """
+        while True:
+            batch = len(self._running)
+            kv_steps = (self.kv_capacity - self.kv_used) // batch
+            if kv_steps >= 1:
+                return min(kv_steps, min(s.remaining for s in self._running))
+            victim = self._running.pop()
+            self.kv_used -= victim.context
+            self._waiting.appendleft(victim)
+            self.preemptions += 1
+
+    def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
+        progress = Progress()
+        _advance(iteration, steps_done, progress)
+        self.kv_used += len(iteration.prefill) + steps_done * len(iteration.decode)
+        if any(s.remaining <= 0 for s in self._running):
+            still: list[Sequence] = []
+            for seq in self._running:
+                if seq.remaining <= 0:
+                    self.kv_used -= seq.context
+                    progress.finished.append(seq)
+                else:
+                    still.append(seq)
+            self._running = still
+        return progress
+
+    def wake_time(self) -> float | None:
+        return None
+
+    def evict_all(self) -> list[Sequence]:
+        evicted = self._running + list(self._waiting)
+        self._running, self._waiting, self.kv_used = [], deque(), 0
+        return evicted
+
+
+class DelayController:
+    """Adaptive batching delay: additive increase while latency has headroom, halve when over.
+
+    Triton's dynamic batcher takes a fixed ``max_queue_delay``; a fixed value is either too
+    short at low load (batches of one) or too long at high load. This controller steers the
+    smoothed end-to-end latency of completed requests toward ``target`` (AIMD, as in TCP).
+    """
+
+    def __init__(self, initial: float, target: float, smoothing: float = 0.2) -> None:
+        self.delay = initial
+        self.target = target
+        self.smoothing = smoothing
+        self.step = target / 50.0
+        self.ceiling = target / 2.0
+        self.latency: float | None = None
+
+    def observe(self, latency: float) -> None:
+        self.latency = latency if self.latency is None else (1 - self.smoothing) * self.latency + self.smoothing * latency
+        if self.latency > self.target:
+            self.delay /= 2.0
+        elif self.latency < 0.8 * self.target:
+            self.delay = min(self.ceiling, self.delay + self.step)
+
+
+class MicroBatcher:
+    """Dynamic batching: a batch forms under a size/delay rule and runs to completion.
+
+    Sequences that finish early leave the batch, but no new sequence joins until the whole batch
+    is done: the static-batching cost that continuous batching removes.
+    """
+
+    def __init__(
+        self,
+        max_batch_size: int,
+        max_queue_delay: float,
+        kv_capacity_tokens: int,
+        controller: DelayController | None = None,
+    ) -> None:
+        self.max_batch_size = max_batch_size
+        self.kv_capacity = kv_capacity_tokens
+        self.controller = controller
+        self._fixed_delay = max_queue_delay
+        self._waiting: deque[Sequence] = deque()
+        self._batch: list[Sequence] = []
+
+    @property
+    def max_queue_delay(self) -> float:
+        return self.controller.delay if self.controller else self._fixed_delay
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return len(self._batch)
+
+    def fits(self, seq: Sequence) -> bool:
+        return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity
+
+    def enqueue(self, seq: Sequence, now: float) -> bool:
+        self._waiting.append(seq)
+        return False
+
+    def next_iteration(self, now: float) -> Iteration | None:
+        if self._batch:
+            return Iteration(
+                prefill=[],
+                decode=list(self._batch),
+                steps=min(s.remaining for s in self._batch),
+                prefill_tokens=0,
+                context_tokens=sum(s.context for s in self._batch),
+            )
+        if not self._waiting:
+            return None
+        full = len(self._waiting) >= self.max_batch_size
+        if not full and now < self._waiting[0].arrival + self.max_queue_delay:
+            return None
+        self._batch = self._take_batch()
+        return Iteration(
+            prefill=list(self._batch),
+            decode=[],
+            steps=1,
+            prefill_tokens=sum(s.context for s in self._batch),
+            context_tokens=0,
+        )
+
+    def _take_batch(self) -> list[Sequence]:
+        """Up to max_batch_size sequences in arrival order whose full contexts fit the cache."""
+        batch: list[Sequence] = []
+        reserved = 0
+        while self._waiting and len(batch) < self.max_batch_size:
+            need = self._waiting[0].prompt_tokens + self._waiting[0].output_tokens
+            if batch and reserved + need > self.kv_capacity:
+                break
+            reserved += need
+            batch.append(self._waiting.popleft())
+        return batch
+
+    def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
+        progress = Progress()
+        _advance(iteration, steps_done, progress)
+        done = [s for s in self._batch if s.remaining <= 0]
+        if done:
+            self._batch = [s for s in self._batch if s.remaining > 0]
+            progress.finished.extend(done)
+            if self.controller:
+                for seq in done:
+                    self.controller.observe(now - seq.arrival)
+        return progress
+
+    def wake_time(self) -> float | None:
+        if self._batch or not self._waiting:
+            return None
+        return self._waiting[0].arrival + self.max_queue_delay
+
+    def evict_all(self) -> list[Sequence]:
+        evicted = self._batch + list(self._waiting)
+        self._batch, self._waiting = [], deque()
+        return evicted

@@ -1,0 +1,521 @@
+"""Every spec as a pydantic model, and YAML loading that fails with one readable message.
+
+A scenario is topology + workload + serving policy + faults + SLA + duration + seed. Unknown keys
+are errors (they are nearly always typos), and :class:`SpecError` names the file, the field
+path, the bad value and what was expected, so the CLI can print it and exit 2 instead of showing
+a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from testbed.catalog import DEVICES, MODELS, DeviceKind, ModelKind
+from testbed.units import parse_bandwidth, parse_duration, parse_rate
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Rate = Annotated[float, BeforeValidator(parse_rate)]
+Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth)]
+
+
+def _parse_fraction(value: object) -> object:
+    """Accept "99.9%" as well as 0.999 for shares and availability targets."""
+    if isinstance(value, str) and value.strip().endswith("%"):
+        try:
+            return float(value.strip()[:-1]) / 100.0
+        except ValueError:
+            raise ValueError("expected a fraction like 0.999 or a percentage like '99.9%'") from None
+    return value
+
+
+Fraction = Annotated[float, BeforeValidator(_parse_fraction), Field(ge=0.0, le=1.0)]
+
+
+class SpecError(Exception):
+    """A spec file could not be read or is invalid; the message is meant for people."""
+
+
+class Strict(BaseModel):
+    """Base for specs: unknown keys are typos, so they are errors."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- topology
+
+
+class RackSpec(Strict):
+    """A rack (or cluster) of identical nodes: one power and network failure domain."""
+
+    name: str
+    count: PositiveInt = Field(1, description="identical racks named NAME-0, NAME-1, ...")
+    nodes: PositiveInt = Field(1, description="nodes per rack")
+    device: str = Field(description="device kind: a built-in one (H100, A100, L4, cpu-fp32, cpu-int8) or one under devices:")
+    devices_per_node: PositiveInt = 8
+    tensor_parallel: PositiveInt = Field(1, description="devices per replica; must divide devices_per_node")
+
+    @model_validator(mode="after")
+    def _tp_divides_node(self) -> RackSpec:
+        if self.devices_per_node % self.tensor_parallel:
+            raise ValueError(
+                f"tensor_parallel ({self.tensor_parallel}) must divide devices_per_node ({self.devices_per_node})"
+            )
+        return self
+
+
+class ZoneSpec(Strict):
+    name: str
+    racks: list[RackSpec] = Field(min_length=1)
+
+
+class RegionSpec(Strict):
+    name: str
+    tier: Literal["primary", "fallback"] = Field(
+        "primary", description="fallback regions take traffic only when the primary tier cannot"
+    )
+    zones: list[ZoneSpec] = Field(min_length=1)
+
+
+class ProviderSpec(Strict):
+    name: str
+    regions: list[RegionSpec] = Field(min_length=1)
+
+
+class LinkSpec(Strict):
+    """Network path between two regions, named "provider/region"."""
+
+    between: tuple[str, str]
+    rtt: Duration
+    bandwidth: Bandwidth | None = None
+
+
+class TopologySpec(Strict):
+    name: str
+    description: str = ""
+    model: str | ModelKind = Field("llama-3-8b", description="a built-in model name or a model shape")
+    devices: dict[str, DeviceKind] = Field(default_factory=dict, description="extra device kinds")
+    profiles: dict[str, str] = Field(
+        default_factory=dict, description="device kind -> calibrated profile JSON (path relative to the file)"
+    )
+    providers: list[ProviderSpec] = Field(min_length=1)
+    links: list[LinkSpec] = Field(default_factory=list)
+    intra_region_rtt: Duration = 0.001
+    default_rtt: Duration = Field(0.1, description="RTT between regions that no link names")
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, value: str | ModelKind) -> str | ModelKind:
+        if isinstance(value, str) and value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; expected one of {sorted(MODELS)} or a model shape")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TopologySpec:
+        known_devices = set(DEVICES) | set(self.devices)
+        for p in self.providers:
+            for r in p.regions:
+                for z in r.zones:
+                    for rack in z.racks:
+                        if rack.device not in known_devices:
+                            raise ValueError(
+                                f"rack {p.name}/{r.name}/{z.name}/{rack.name}: unknown device {rack.device!r}; "
+                                f"expected one of {sorted(known_devices)}"
+                            )
+        _require_unique("provider", [p.name for p in self.providers])
+        for p in self.providers:
+            _require_unique(f"region in {p.name}", [r.name for r in p.regions])
+        regions = self.region_paths()
+        for link in self.links:
+            for end in link.between:
+                if end not in regions:
+                    raise ValueError(f"link names unknown region {end!r}; expected one of {regions}")
+        return self
+
+    def region_paths(self) -> list[str]:
+        return [f"{p.name}/{r.name}" for p in self.providers for r in p.regions]
+
+    def model_kind(self) -> ModelKind:
+        return MODELS[self.model] if isinstance(self.model, str) else self.model
+
+    def device_kind(self, name: str) -> DeviceKind:
+        return self.devices.get(name) or DEVICES[name]
+
+
+def _require_unique(what: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate {what} name {name!r}")
+        seen.add(name)
+
+
+# --------------------------------------------------------------------------- workload
+
+
+class PoissonArrivals(Strict):
+    kind: Literal["poisson"]
+    rate: Rate
+
+
+class GammaArrivals(Strict):
+    """Bursty arrivals: gamma inter-arrival times with a coefficient of variation above 1."""
+
+    kind: Literal["gamma"]
+    rate: Rate
+    cv: float = Field(gt=0, description="coefficient of variation of inter-arrival times (1 = Poisson)")
+
+
+class DiurnalArrivals(Strict):
+    """A sinusoidal day: rate * (1 + amplitude * sin(2 pi (t - phase) / period))."""
+
+    kind: Literal["diurnal"]
+    rate: Rate = Field(description="mean rate")
+    amplitude: float = Field(0.5, ge=0, le=1)
+    period: Duration = 86400.0
+    phase: Duration = 0.0
+
+
+class RateStep(Strict):
+    at: Duration
+    rate: Rate
+
+
+class StepArrivals(Strict):
+    """Piecewise-constant Poisson rate: a step up, or a spike (up then down)."""
+
+    kind: Literal["step"]
+    rate: Rate = Field(description="rate before the first step")
+    steps: list[RateStep] = Field(min_length=1)
+
+
+class TraceArrivals(Strict):
+    """Replay of a CSV trace with columns arrival_s, prompt_tokens, output_tokens (see README)."""
+
+    kind: Literal["trace"]
+    path: str
+    time_scale: float = Field(1.0, gt=0, description="multiply trace times by this (0.5 = twice as fast)")
+
+    @field_validator("path")
+    @classmethod
+    def _relative_to_spec_file(cls, value: str, info: ValidationInfo) -> str:
+        """Trace paths are written relative to the scenario file, like topology paths."""
+        base = (info.context or {}).get("base_dir")
+        return str(Path(base) / value) if base and not Path(value).is_absolute() else value
+
+
+ArrivalSpec = Annotated[
+    Union[PoissonArrivals, GammaArrivals, DiurnalArrivals, StepArrivals, TraceArrivals],
+    Field(discriminator="kind"),
+]
+
+
+class FixedLength(Strict):
+    kind: Literal["fixed"]
+    value: PositiveInt
+
+
+class UniformLength(Strict):
+    kind: Literal["uniform"]
+    low: PositiveInt
+    high: PositiveInt
+
+    @model_validator(mode="after")
+    def _ordered(self) -> UniformLength:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be at least low ({self.low})")
+        return self
+
+
+class LognormalLength(Strict):
+    kind: Literal["lognormal"]
+    median: float = Field(gt=0)
+    sigma: float = Field(gt=0)
+    max: PositiveInt = 32768
+
+
+class EmpiricalLength(Strict):
+    kind: Literal["empirical"]
+    values: list[PositiveInt] = Field(min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _weights_match(self) -> EmpiricalLength:
+        if self.weights is not None:
+            if len(self.weights) != len(self.values):
+                raise ValueError(f"weights has {len(self.weights)} entries but values has {len(self.values)}")
+            if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+                raise ValueError("weights must be non-negative with a positive sum")
+        return self
+
+
+LengthSpec = Annotated[
+    Union[FixedLength, UniformLength, LognormalLength, EmpiricalLength], Field(discriminator="kind")
+]
+
+
+class RequestClass(Strict):
+    """An SLA class: its share of traffic and its priority (0 is most important)."""
+
+    name: str
+    share: float = Field(gt=0)
+    priority: NonNegativeInt = 0
+
+
+class WorkloadSpec(Strict):
+    arrival: ArrivalSpec
+    prompt_tokens: LengthSpec = FixedLength(kind="fixed", value=512)
+    output_tokens: LengthSpec = FixedLength(kind="fixed", value=128)
+    classes: list[RequestClass] = Field(default_factory=lambda: [RequestClass(name="default", share=1.0)])
+    client_regions: dict[str, float] = Field(
+        default_factory=dict,
+        description="share of clients near each region ('provider/region'); empty = spread over primary regions",
+    )
+
+    @field_validator("classes")
+    @classmethod
+    def _classes_unique(cls, value: list[RequestClass]) -> list[RequestClass]:
+        _require_unique("class", [c.name for c in value])
+        return value
+
+    @field_validator("client_regions")
+    @classmethod
+    def _shares_positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(share < 0 for share in value.values()) or (value and sum(value.values()) <= 0):
+            raise ValueError("client region shares must be non-negative with a positive sum")
+        return value
+
+
+# --------------------------------------------------------------------------- serving
+
+
+class ContinuousBatching(Strict):
+    """vLLM-style iteration-level batching with a paged KV cache and preemption by recompute."""
+
+    policy: Literal["continuous"]
+    max_num_seqs: PositiveInt = 256
+    max_num_batched_tokens: PositiveInt = 8192
+    kv_cache_fraction: float = Field(
+        0.9, gt=0, le=1, description="share of device memory left after weights that holds the KV cache"
+    )
+    kv_cache_tokens: PositiveInt | None = Field(None, description="override the KV capacity derived from memory")
+
+
+class MicroBatching(Strict):
+    """Triton / Ray Serve style dynamic batching: a batch runs to completion before the next."""
+
+    policy: Literal["micro"]
+    max_batch_size: PositiveInt = 8
+    max_queue_delay: Duration = 0.01
+    adaptive: bool = Field(False, description="tune max_queue_delay against target_latency from observed latency")
+    target_latency: Duration | None = Field(None, description="end-to-end target that adaptive mode steers to")
+
+    @model_validator(mode="after")
+    def _adaptive_needs_target(self) -> MicroBatching:
+        if self.adaptive and self.target_latency is None:
+            raise ValueError("adaptive micro-batching needs target_latency")
+        return self
+
+
+BatchingSpec = Annotated[Union[ContinuousBatching, MicroBatching], Field(discriminator="policy")]
+
+
+class RoutingSpec(Strict):
+    policy: Literal["round_robin", "least_outstanding", "power_of_two", "region_affine"] = "least_outstanding"
+    spill_threshold: PositiveInt = Field(
+        64, description="region_affine: outstanding requests per replica above which traffic spills to the nearest region"
+    )
+
+
+class ServingSpec(Strict):
+    batching: BatchingSpec = ContinuousBatching(policy="continuous")
+    routing: RoutingSpec = RoutingSpec()
+
+
+# --------------------------------------------------------------------------- SLA
+
+LATENCY_METRICS = ("ttft", "tpot", "e2e")
+
+
+class Objective(Strict):
+    """One SLA line, e.g. p99 TTFT of the interactive class at most 2 s."""
+
+    metric: Literal["ttft", "tpot", "e2e", "availability", "error_rate", "throughput", "token_throughput", "goodput"]
+    percentile: float | None = Field(None, gt=0, lt=100)
+    max: float | None = None
+    min: float | None = None
+    request_class: str | None = Field(None, alias="class", description="restrict to one SLA class")
+    ttft: Duration | None = Field(None, description="goodput: TTFT limit a request must meet")
+    tpot: Duration | None = Field(None, description="goodput: TPOT limit a request must meet")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse_limits(cls, data: Any) -> Any:
+        """Latency limits are durations ("2s"); shares accept "99.9%"; throughputs accept "250/s"."""
+        if not isinstance(data, dict):
+            return data
+        metric = data.get("metric")
+        for bound in ("max", "min"):
+            if bound in data and isinstance(data[bound], str):
+                raw = data[bound]
+                try:
+                    if metric in LATENCY_METRICS:
+                        data = {**data, bound: parse_duration(raw)}
+                    elif metric in ("throughput", "token_throughput"):
+                        data = {**data, bound: parse_rate(raw)}
+                    else:
+                        data = {**data, bound: _parse_fraction(raw)}
+                except ValueError as exc:
+                    raise ValueError(f"{bound}: {exc}") from None
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Objective:
+        if (self.max is None) == (self.min is None):
+            raise ValueError("give exactly one of max or min")
+        if self.metric in LATENCY_METRICS:
+            if self.percentile is None:
+                raise ValueError(f"{self.metric} needs a percentile (e.g. percentile: 99)")
+            if self.max is None:
+                raise ValueError(f"{self.metric} is a latency: give max")
+        elif self.percentile is not None:
+            raise ValueError(f"percentile applies only to {LATENCY_METRICS}")
+        if self.metric == "goodput" and (self.ttft is None or self.tpot is None):
+            raise ValueError("goodput needs both ttft and tpot limits")
+        if self.metric in ("availability", "error_rate", "goodput"):
+            limit = self.max if self.max is not None else self.min
+            if not 0 <= limit <= 1:  # type: ignore[operator]
+                raise ValueError(f"{self.metric} is a share: expected a limit between 0 and 1 (or a percentage)")
+        return self
+
+    @property
+    def label(self) -> str:
+        """Short human name, e.g. 'p99 ttft [interactive]'."""
+        name = f"p{self.percentile:g} {self.metric}" if self.percentile is not None else self.metric
+        return f"{name} [{self.request_class}]" if self.request_class else name
+
+
+# --------------------------------------------------------------------------- scenario
+
+
+class Scenario(Strict):
+    """Topology + workload + serving + faults + SLA + duration + seed: one runnable experiment."""
+
+    name: str
+    description: str = ""
+    topology: TopologySpec
+    workload: WorkloadSpec
+    serving: ServingSpec = ServingSpec()
+    faults: list[dict[str, Any]] = Field(default_factory=list, max_length=0, description="fault schedule")
+    sla: list[Objective] = Field(default_factory=list)
+    duration: Duration
+    warmup: Duration = Field(0.0, description="requests arriving before this are left out of verdicts")
+    drain: Duration = Field(
+        600.0, description="after duration, arrivals stop and in-flight requests get this long to finish"
+    )
+    seed: int = 0
+    timeseries_interval: Duration = 10.0
+
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _load_topology_file(cls, value: Any, info: ValidationInfo) -> Any:
+        """A string is a topology file relative to the scenario file; its own errors name it."""
+        if isinstance(value, str):
+            base = Path((info.context or {}).get("base_dir", "."))
+            return load_spec(base / value, TopologySpec)
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a positive duration")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Scenario:
+        regions = self.topology.region_paths()
+        for region in self.workload.client_regions:
+            if region not in regions:
+                raise ValueError(f"workload.client_regions names unknown region {region!r}; expected one of {regions}")
+        classes = {c.name for c in self.workload.classes}
+        for objective in self.sla:
+            if objective.request_class is not None and objective.request_class not in classes:
+                raise ValueError(
+                    f"sla objective {objective.label} names unknown class {objective.request_class!r}; "
+                    f"expected one of {sorted(classes)}"
+                )
+        if self.warmup >= self.duration:
+            raise ValueError("warmup must be shorter than duration")
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Scenario:
+        return load_spec(path, cls)
+
+    def to_yaml(self) -> str:
+        """The scenario as a self-contained YAML document (topology inlined)."""
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_defaults=True), sort_keys=False)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_spec(path: str | Path, model: type[BaseModel]) -> Any:
+    """Read YAML at ``path`` into ``model``, or raise :class:`SpecError` with one clear message."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read file: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = ""
+        mark = getattr(exc, "problem_mark", None)
+        if mark is not None:
+            where = f" at line {mark.line + 1}, column {mark.column + 1}"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError(f"{path}: not valid YAML{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: expected a mapping of fields at the top level, got {type(data).__name__}")
+    return validate_spec(data, model, source=str(path), base_dir=path.parent)
+
+
+def validate_spec(data: dict[str, Any], model: type[BaseModel], source: str, base_dir: Path | str = ".") -> Any:
+    """Validate already-parsed data (e.g. from the explorer) with the same error messages."""
+    try:
+        return model.model_validate(data, context={"base_dir": str(base_dir)})
+    except ValidationError as exc:
+        raise SpecError(format_validation_error(source, exc)) from None
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line per problem: file, dotted field path, what was wrong, the value given."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field (check the spelling)"
+        elif error["type"] == "missing":
+            message = "required field is missing"
+        line = f"{source}: {location}: {message}"
+        if error["type"] not in ("missing",) and "input" in error and not isinstance(error["input"], dict):
+            line += f" (got {error['input']!r})"
+        lines.append(line)
+    return "\n".join(lines)

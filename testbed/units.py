@@ -1,0 +1,92 @@
+"""Quantities written the way people write them: "90s", "30min", "250/s", "10Gbps".
+
+Specs are read by people first, so every duration, rate and size accepts a short string with a
+unit as well as a bare number in base units (seconds, per second, bytes per second). Each parser
+raises ``ValueError`` with the accepted forms, which pydantic turns into a field error.
+"""
+
+from __future__ import annotations
+
+import re
+
+_NUMBER = r"([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+_DURATION_UNITS = {
+    "us": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "sec": 1.0,
+    "min": 60.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "hr": 3600.0,
+    "d": 86400.0,
+    "day": 86400.0,
+    "w": 604800.0,
+    "week": 604800.0,
+}
+_DURATION = re.compile(rf"^\s*{_NUMBER}\s*([a-z]+)\s*$")
+_RATE = re.compile(rf"^\s*{_NUMBER}\s*/\s*([a-z]+)\s*$")
+_BANDWIDTH_UNITS = {"bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8, "tbps": 1e12 / 8}
+_BANDWIDTH = re.compile(rf"^\s*{_NUMBER}\s*([a-z]+)\s*$")
+
+DURATION_FORMS = "a number of seconds or a string like '250ms', '90s', '30min', '2h', '1d'"
+RATE_FORMS = "a number per second or a string like '250/s', '1200/min', '40000/h'"
+BANDWIDTH_FORMS = "a number of bytes per second or a string like '10Gbps', '400Mbps'"
+
+
+def _plain_number(value: object) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from ``value``; rejects negatives, since no duration in a spec can be negative."""
+    number = _plain_number(value)
+    if number is None:
+        match = _DURATION.match(str(value).lower()) if isinstance(value, str) else None
+        if not match or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"expected a duration: {DURATION_FORMS}")
+        number = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if number < 0:
+        raise ValueError("expected a duration that is not negative")
+    return number
+
+
+def parse_rate(value: object) -> float:
+    """Events per second from ``value``."""
+    number = _plain_number(value)
+    if number is None:
+        match = _RATE.match(str(value).lower()) if isinstance(value, str) else None
+        if not match or match.group(2) not in _DURATION_UNITS:
+            raise ValueError(f"expected a rate: {RATE_FORMS}")
+        number = float(match.group(1)) / _DURATION_UNITS[match.group(2)]
+    if number < 0:
+        raise ValueError("expected a rate that is not negative")
+    return number
+
+
+def parse_bandwidth(value: object) -> float:
+    """Bytes per second from ``value`` (network convention: bits per second in the string)."""
+    number = _plain_number(value)
+    if number is None:
+        match = _BANDWIDTH.match(str(value).lower()) if isinstance(value, str) else None
+        if not match or match.group(2) not in _BANDWIDTH_UNITS:
+            raise ValueError(f"expected a bandwidth: {BANDWIDTH_FORMS}")
+        number = float(match.group(1)) * _BANDWIDTH_UNITS[match.group(2)]
+    if number <= 0:
+        raise ValueError("expected a positive bandwidth")
+    return number
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of :func:`parse_duration` for messages and YAML written back to users."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0), ("s", 1.0)):
+        if seconds >= size and (seconds / size) == int(seconds / size):
+            return f"{int(seconds / size)}{unit}"
+    if seconds >= 1:
+        return f"{seconds:g}s"
+    return f"{seconds * 1000:g}ms"
