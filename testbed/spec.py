@@ -117,6 +117,14 @@ class TopologySpec(Strict):
     intra_region_rtt: Duration = 0.001
     default_rtt: Duration = Field(0.1, description="RTT between regions that no link names")
 
+    @field_validator("profiles")
+    @classmethod
+    def _profiles_relative_to_spec_file(cls, value: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        base = (info.context or {}).get("base_dir")
+        if not base:
+            return value
+        return {kind: path if Path(path).is_absolute() else str(Path(base) / path) for kind, path in value.items()}
+
     @field_validator("model")
     @classmethod
     def _known_model(cls, value: str | ModelKind) -> str | ModelKind:
@@ -139,6 +147,11 @@ class TopologySpec(Strict):
         _require_unique("provider", [p.name for p in self.providers])
         for p in self.providers:
             _require_unique(f"region in {p.name}", [r.name for r in p.regions])
+            for r in p.regions:
+                _require_unique(f"zone in {p.name}/{r.name}", [z.name for z in r.zones])
+                for z in r.zones:
+                    racks = [f"{k.name}-{i}" if k.count > 1 else k.name for k in z.racks for i in range(k.count)]
+                    _require_unique(f"rack in {p.name}/{r.name}/{z.name}", racks)
         regions = self.region_paths()
         for link in self.links:
             for end in link.between:

@@ -36,7 +36,7 @@ class TestContinuousBatcher:
         progress = b.complete(stretch, 2, 3.0)
         assert [s.rid for s in progress.finished] == [0]
         joined = b.next_iteration(3.0)
-        assert [s.rid for s in joined.prefill] == [2] and [s.rid for s in joined.decode] == [1]
+        assert [s.rid for s in joined.prefill] == [2] and joined.decode_seqs == 1
 
     def test_prefill_token_budget_limits_admission_but_never_starves_a_long_prompt(self):
         b = ContinuousBatcher(max_num_seqs=8, max_num_batched_tokens=100, kv_capacity_tokens=10_000)
@@ -127,10 +127,10 @@ class TestMicroBatcher:
         now = 1.0
         while b.running:
             it = b.next_iteration(now)
-            rids_until_idle.append(sorted(s.rid for s in it.prefill + it.decode))
+            rids_until_idle.append(sorted(s.rid for s in it.prefill))
             now += it.steps
             b.complete(it, it.steps, now)
-        assert all(2 not in rids for rids in rids_until_idle)
+        assert all(2 not in rids for rids in rids_until_idle) and b.queued == 2
         assert [s.rid for s in b.next_iteration(now).prefill] == [2, 3]
 
     def test_adaptive_delay_grows_with_headroom_and_halves_when_over_target(self):

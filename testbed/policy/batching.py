@@ -21,6 +21,7 @@ new arrival asks to cut the stretch short (``enqueue`` returns True).
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -28,13 +29,18 @@ from typing import Protocol
 
 @dataclass(slots=True, eq=False)
 class Sequence:
-    """A request as a replica's scheduler sees it."""
+    """A request as a replica's scheduler sees it.
+
+    ``generated`` is exact whenever the sequence is not running; while it runs, a batcher may
+    keep its progress implicitly (see :class:`ContinuousBatcher`) and settle it on exit.
+    """
 
     rid: int
     prompt_tokens: int
     output_tokens: int
     arrival: float
     generated: int = 0
+    finish_at: int = 0  # batcher-private: the batch clock at which it has all its tokens
 
     @property
     def context(self) -> int:
@@ -50,13 +56,13 @@ class Sequence:
 class Iteration:
     """What the engine runs next: prefill some sequences and advance the decoding ones.
 
-    ``prefill`` sequences have their context computed and emit one token; ``decode`` sequences
-    emit one token per step. With a prefill the iteration is one step; without one it may be a
-    stretch of ``steps`` decode steps over an unchanging batch.
+    ``prefill`` sequences have their context computed and emit one token; the ``decode_seqs``
+    already running emit one token per step. With a prefill the iteration is one step; without
+    one it may be a stretch of ``steps`` decode steps over an unchanging batch.
     """
 
     prefill: list[Sequence]
-    decode: list[Sequence]
+    decode_seqs: int
     steps: int
     prefill_tokens: int
     context_tokens: int
@@ -96,18 +102,15 @@ class Batcher(Protocol):
     def running(self) -> int: ...
 
 
-def _advance(iteration: Iteration, steps_done: int, progress: Progress) -> None:
-    """Credit each sequence of ``iteration`` with its tokens, noting first tokens."""
-    for seq in iteration.prefill:
-        if seq.generated == 0:
-            progress.first_token.append(seq)
-        seq.generated += 1
-    for seq in iteration.decode:
-        seq.generated += steps_done
-
-
 class ContinuousBatcher:
-    """vLLM-style scheduler: FCFS admission each iteration, preemption by recompute."""
+    """vLLM-style scheduler: FCFS admission each iteration, preemption by recompute.
+
+    Every running sequence gains one token per step, so progress is kept as one batch clock
+    (tokens emitted per running sequence since the batcher started) instead of a counter per
+    sequence: a sequence admitted at clock ``c`` with ``g`` tokens already generated finishes at
+    ``c + output - g``, found with a heap. An iteration then costs O(sequences that join or
+    leave), not O(batch), which is what lets the simulator run a million requests in seconds.
+    """
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, kv_capacity_tokens: int) -> None:
         if kv_capacity_tokens < 1:
@@ -115,10 +118,12 @@ class ContinuousBatcher:
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.kv_capacity = kv_capacity_tokens
-        self.kv_used = 0
         self.preemptions = 0
+        self._clock = 0
         self._waiting: deque[Sequence] = deque()
-        self._running: list[Sequence] = []
+        self._running: dict[int, Sequence] = {}  # insertion order = admission order
+        self._finishes: list[tuple[int, int]] = []  # heap of (finish_at, rid); stale entries skipped
+        self._kv_base = 0  # sum over running of (context at admission - clock at admission)
 
     @property
     def queued(self) -> int:
@@ -128,6 +133,11 @@ class ContinuousBatcher:
     def running(self) -> int:
         return len(self._running)
 
+    @property
+    def kv_used(self) -> int:
+        """KV tokens held by running sequences: each holds its context, growing a token a step."""
+        return self._kv_base + len(self._running) * self._clock
+
     def fits(self, seq: Sequence) -> bool:
         return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity
 
@@ -136,26 +146,14 @@ class ContinuousBatcher:
         return len(self._running) < self.max_num_seqs and self.kv_used + seq.context < self.kv_capacity
 
     def next_iteration(self, now: float) -> Iteration | None:
-        decode = list(self._running)
-        prefill = self._admit(room_for_decode=len(decode))
+        decode_seqs, context = len(self._running), self.kv_used
+        prefill = self._admit(room_for_decode=decode_seqs)
         if prefill:
-            return Iteration(
-                prefill=prefill,
-                decode=decode,
-                steps=1,
-                prefill_tokens=sum(s.context for s in prefill),
-                context_tokens=sum(s.context for s in decode),
-            )
+            return Iteration(prefill, decode_seqs, 1, sum(s.context for s in prefill), context)
         if not self._running:
             return None
         steps = self._decode_steps()
-        return Iteration(
-            prefill=[],
-            decode=list(self._running),
-            steps=steps,
-            prefill_tokens=0,
-            context_tokens=self.kv_used,
-        )
+        return Iteration([], len(self._running), steps, 0, self.kv_used)
 
     def _admit(self, room_for_decode: int) -> list[Sequence]:
         """Admit waiting sequences in order while slots, prefill budget and KV cache allow.
@@ -165,19 +163,41 @@ class ContinuousBatcher:
         """
         admitted: list[Sequence] = []
         budget = self.max_num_batched_tokens
+        kv_used = self.kv_used
         while self._waiting and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             need = seq.context
             over_budget = need > budget and admitted  # the first prompt may exceed the budget alone
-            kv_after = self.kv_used + need + len(admitted) + 1 + room_for_decode
-            if over_budget or kv_after > self.kv_capacity:
+            if over_budget or kv_used + need + len(admitted) + 1 + room_for_decode > self.kv_capacity:
                 break
             self._waiting.popleft()
             budget -= need
-            self.kv_used += need
-            self._running.append(seq)
+            kv_used += need
+            self._start(seq)
             admitted.append(seq)
         return admitted
+
+    def _start(self, seq: Sequence) -> None:
+        seq.finish_at = self._clock + seq.remaining
+        self._kv_base += seq.context - self._clock
+        self._running[seq.rid] = seq
+        heapq.heappush(self._finishes, (seq.finish_at, seq.rid))
+
+    def _stop(self, seq: Sequence) -> None:
+        """Take ``seq`` out of the batch, settling its token count from the clock."""
+        del self._running[seq.rid]
+        seq.generated = seq.output_tokens - (seq.finish_at - self._clock)
+        self._kv_base -= seq.context - self._clock
+
+    def _first_finish(self) -> int:
+        """Clock value at which the next running sequence completes (dropping stale heap entries)."""
+        finishes = self._finishes
+        while True:
+            finish_at, rid = finishes[0]
+            seq = self._running.get(rid)
+            if seq is not None and seq.finish_at == finish_at:
+                return finish_at
+            heapq.heappop(finishes)
 
     def _decode_steps(self) -> int:
         """Steps before the batch must change: a sequence finishes or the KV cache fills.
@@ -186,36 +206,36 @@ class ContinuousBatcher:
         go back to the front of the queue and lose their cache, keeping the tokens already sent.
         """
         while True:
-            batch = len(self._running)
-            kv_steps = (self.kv_capacity - self.kv_used) // batch
+            kv_steps = (self.kv_capacity - self.kv_used) // len(self._running)
             if kv_steps >= 1:
-                return min(kv_steps, min(s.remaining for s in self._running))
-            victim = self._running.pop()
-            self.kv_used -= victim.context
+                return min(kv_steps, self._first_finish() - self._clock)
+            victim = next(reversed(self._running.values()))
+            self._stop(victim)
             self._waiting.appendleft(victim)
             self.preemptions += 1
 
     def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
         progress = Progress()
-        _advance(iteration, steps_done, progress)
-        self.kv_used += len(iteration.prefill) + steps_done * len(iteration.decode)
-        if any(s.remaining <= 0 for s in self._running):
-            still: list[Sequence] = []
-            for seq in self._running:
-                if seq.remaining <= 0:
-                    self.kv_used -= seq.context
-                    progress.finished.append(seq)
-                else:
-                    still.append(seq)
-            self._running = still
+        for seq in iteration.prefill:
+            if seq.generated == 0:
+                progress.first_token.append(seq)
+        self._clock += steps_done
+        while self._running and self._first_finish() <= self._clock:
+            _, rid = heapq.heappop(self._finishes)
+            seq = self._running[rid]
+            self._stop(seq)
+            progress.finished.append(seq)
         return progress
 
     def wake_time(self) -> float | None:
         return None
 
     def evict_all(self) -> list[Sequence]:
-        evicted = self._running + list(self._waiting)
-        self._running, self._waiting, self.kv_used = [], deque(), 0
+        running = list(self._running.values())
+        for seq in running:
+            self._stop(seq)
+        evicted = running + list(self._waiting)
+        self._waiting, self._finishes = deque(), []
         return evicted
 
 
@@ -287,7 +307,7 @@ class MicroBatcher:
         if self._batch:
             return Iteration(
                 prefill=[],
-                decode=list(self._batch),
+                decode_seqs=len(self._batch),
                 steps=min(s.remaining for s in self._batch),
                 prefill_tokens=0,
                 context_tokens=sum(s.context for s in self._batch),
@@ -300,7 +320,7 @@ class MicroBatcher:
         self._batch = self._take_batch()
         return Iteration(
             prefill=list(self._batch),
-            decode=[],
+            decode_seqs=0,
             steps=1,
             prefill_tokens=sum(s.context for s in self._batch),
             context_tokens=0,
@@ -320,7 +340,11 @@ class MicroBatcher:
 
     def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
         progress = Progress()
-        _advance(iteration, steps_done, progress)
+        for seq in iteration.prefill:
+            if seq.generated == 0:
+                progress.first_token.append(seq)
+        for seq in self._batch:
+            seq.generated += steps_done
         done = [s for s in self._batch if s.remaining <= 0]
         if done:
             self._batch = [s for s in self._batch if s.remaining > 0]

@@ -80,10 +80,10 @@ class SimReplica:
             return
         if iteration.prefill:
             duration = self.perf.iteration_time(
-                iteration.prefill_tokens, len(iteration.decode), iteration.context_tokens
+                iteration.prefill_tokens, iteration.decode_seqs, iteration.context_tokens
             )
         else:
-            duration = self.perf.decode_stretch_time(len(iteration.decode), iteration.context_tokens, iteration.steps)
+            duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
         self._iteration = iteration
         self._wake_at = None
         self._started = now
@@ -94,7 +94,7 @@ class SimReplica:
         """End the running decode stretch after the step in progress, so the batch can change."""
         iteration = self._iteration
         assert iteration is not None
-        batch, context = len(iteration.decode), iteration.context_tokens
+        batch, context = iteration.decode_seqs, iteration.context_tokens
         steps = self.perf.steps_within(batch, context, self.env.now - self._started) + 1
         if steps >= iteration.steps:
             return
