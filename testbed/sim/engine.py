@@ -186,6 +186,7 @@ class _Run:
             self.done.succeed()
         self.env.run(until=self.done)
         self._time_out_unfinished()
+        sampler.sample()
         wall = time.perf_counter() - started
         requests = self._requests_frame()
         verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration))
