@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -89,7 +90,7 @@ def _print_verdicts(result: Result) -> None:
     for v in result.sla:
         op = "≤" if v.bound == "max" else "≥"
         verdict = "[green]pass[/]" if v.passed else "[bold red]FAIL[/]"
-        table.add_row(v.objective, f"{op} {_fmt(v.limit, v.unit)}", _fmt(v.observed, v.unit), _fmt(v.margin, v.unit), verdict)
+        table.add_row(escape(v.objective), f"{op} {_fmt(v.limit, v.unit)}", _fmt(v.observed, v.unit), _fmt(v.margin, v.unit), verdict)
     console.print(table)
     console.print("[bold green]all SLAs met[/]" if result.passed else "[bold red]SLA violated[/]")
 
