@@ -51,6 +51,24 @@ def _fmt(value: float, unit: str) -> str:
     return f"{value:,.2f} {unit}"
 
 
+def fault_lines(result: Result) -> list[str]:
+    """The fault timeline: what was injected, when health checks noticed, when the SLA recovered."""
+    faults = result.faults
+    if faults.empty:
+        return []
+    lines = ["", f"## Faults ({len(faults):,})", "", "| kind | target | start | end | detected after | SLA recovered after |", "|---|---|---|---|---|---|"]
+    for row in faults.head(50).to_dict("records"):
+        detected = row["detected_at"] - row["start"]
+        recovered = row.get("recovered_at", math.nan) - row["start"]
+        end = "never" if math.isinf(row["end"]) else f"{row['end']:.1f} s"
+        lines.append(
+            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {_fmt(detected, 's')} | {_fmt(recovered, 's')} |"
+        )
+    if len(faults) > 50:
+        lines.append(f"| … {len(faults) - 50:,} more in faults.parquet | | | | | |")
+    return lines
+
+
 def markdown_report(result: Result) -> str:
     """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load."""
     scenario, requests = result.scenario, result.requests
@@ -83,9 +101,18 @@ def markdown_report(result: Result) -> str:
     for r in latency_summary(requests).to_dict("records"):
         cells = [_fmt(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
         lines.append(f"| {r['class']} | {r['requests']:,} | " + " | ".join(cells) + " |")
-    lines += ["", "## Availability by region", "", "| region | availability |", "|---|---|"]
-    for region, share in availability_by(requests, "region").items():
+    lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]
+    for region, share in availability_by(requests, "client_region").items():
         lines.append(f"| {region} | {_fmt(share, 'share')} |")
+    served = requests[requests["status"] == "ok"]
+    if len(served):
+        lines += ["", "## Where requests were served", "", "| region | requests | failed over | fallback tier | retried | hedged |", "|---|---|---|---|---|---|"]
+        for region, group in served.groupby("region", observed=True):
+            lines.append(
+                f"| {region} | {len(group):,} | {int(group['failed_over'].sum()):,} | {int(group['fallback'].sum()):,} | "
+                f"{int((group['retries'] > 0).sum()):,} | {int(group['hedged'].sum()):,} |"
+            )
+    lines += fault_lines(result)
     if not result.timeseries.empty:
         load = result.timeseries.groupby("region", observed=True).agg(
             utilisation=("utilisation", "mean"), queue_depth=("queue_depth", "mean"), running=("running", "mean")

@@ -23,6 +23,7 @@ class Result:
     timeseries: pd.DataFrame
     sla: list[Verdict]
     stats: dict[str, Any] = field(default_factory=dict)
+    faults: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def passed(self) -> bool:
@@ -34,7 +35,7 @@ class Result:
         return verdicts_frame(self.sla)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write requests/timeseries parquet, verdicts.json and report.md into ``out_dir``."""
+        """Write requests/timeseries/faults parquet, verdicts.json and report.md into ``out_dir``."""
         from testbed.report import markdown_report
 
         out = Path(out_dir)
@@ -42,11 +43,13 @@ class Result:
         paths = {
             "requests": out / "requests.parquet",
             "timeseries": out / "timeseries.parquet",
+            "faults": out / "faults.parquet",
             "verdicts": out / "verdicts.json",
             "report": out / "report.md",
         }
         self.requests.to_parquet(paths["requests"], index=False)
         self.timeseries.to_parquet(paths["timeseries"], index=False)
+        self.faults.to_parquet(paths["faults"], index=False)
         verdicts = {
             "scenario": self.scenario.name,
             "seed": self.seed,

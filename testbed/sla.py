@@ -3,7 +3,9 @@
 Definitions (the README copies them):
 
 * Only requests that **arrived** in ``[window[0], window[1])`` count, restricted to the
-  objective's class when it names one.
+  objective's class when it names one, and to the objective's ``window``: ``all`` (default),
+  ``during_faults`` (arrived while any fault was active) or ``after_faults`` (arrived after the
+  last fault was repaired).
 * **ttft, tpot, e2e** — the objective's percentile (linear interpolation) over requests that
   ended ``ok``. TPOT is time per output token after the first. No qualifying request: the
   observed value is NaN and the verdict fails (an SLA cannot be met by serving nothing).
@@ -63,11 +65,77 @@ class Verdict:
         return asdict(self)
 
 
-def evaluate(objectives: Sequence[Objective], requests: pd.DataFrame, window: tuple[float, float]) -> list[Verdict]:
+def evaluate(
+    objectives: Sequence[Objective],
+    requests: pd.DataFrame,
+    window: tuple[float, float],
+    faults: pd.DataFrame | None = None,
+) -> list[Verdict]:
     """A verdict for each objective over the requests that arrived within ``window``."""
     start, end = window
     in_window = requests[(requests["arrival"] >= start) & (requests["arrival"] < end)]
-    return [_verdict(objective, in_window, end - start) for objective in objectives]
+    windows = fault_windows(faults)
+    verdicts = []
+    for objective in objectives:
+        selected, span = _restrict(in_window, objective.window, windows, (start, end))
+        verdicts.append(_verdict(objective, selected, span))
+    return verdicts
+
+
+def fault_windows(faults: pd.DataFrame | None) -> list[tuple[float, float]]:
+    """The union of fault intervals as sorted, disjoint (start, end) pairs."""
+    if faults is None or faults.empty:
+        return []
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(zip(faults["start"].tolist(), faults["end"].tolist())):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def _restrict(
+    requests: pd.DataFrame, which: str, windows: list[tuple[float, float]], span: tuple[float, float]
+) -> tuple[pd.DataFrame, float]:
+    """Requests (and window length) for ``all``, ``during_faults`` or ``after_faults``."""
+    start, end = span
+    if which == "all":
+        return requests, end - start
+    arrival = requests["arrival"].to_numpy()
+    if which == "after_faults":
+        after = max((e for _, e in windows), default=start)
+        return requests[arrival >= after], max(0.0, end - max(after, start))
+    during = np.zeros(len(arrival), dtype=bool)
+    length = 0.0
+    for w_start, w_end in windows:
+        during |= (arrival >= w_start) & (arrival < w_end)
+        length += max(0.0, min(w_end, end) - max(w_start, start))
+    return requests[during], length
+
+
+def recovery_times(
+    objectives: Sequence[Objective], requests: pd.DataFrame, faults: pd.DataFrame, window: float = 30.0
+) -> list[float]:
+    """For each fault, when the SLA held again: the end of the first ``window`` of arrivals,
+    sliding by half a window from the fault's start, in which every latency and share objective
+    passes (throughputs depend on the window's length, so they are left out). The fault's own
+    start when the SLA never broke; NaN when it had not recovered by the end of the records.
+    """
+    checked = [o for o in objectives if o.metric not in ("throughput", "token_throughput")]
+    last = float(requests["arrival"].max()) if len(requests) else 0.0
+    arrival = requests["arrival"].to_numpy()
+    recovered = []
+    for fault_start in faults["start"].tolist():
+        t, found = fault_start, math.nan
+        while t + window <= last + window / 2:
+            selected = requests[(arrival >= t) & (arrival < t + window)]
+            if all(_verdict(o, selected, window).passed for o in checked):
+                found = fault_start if t == fault_start else t + window
+                break
+            t += window / 2
+        recovered.append(found)
+    return recovered
 
 
 def _verdict(objective: Objective, requests: pd.DataFrame, span: float) -> Verdict:

@@ -354,9 +354,243 @@ class RoutingSpec(Strict):
     )
 
 
+class TimeoutSpec(Strict):
+    """Deadlines: the client's, which replicas inherit, and how long a dead replica takes to notice."""
+
+    request: Duration = Field(60.0, gt=0, description="client deadline from arrival; propagates to replicas")
+    connect: Duration = Field(1.0, gt=0, description="how long an attempt to an unreachable replica takes to fail")
+
+
+class RetrySpec(Strict):
+    """Retries with capped exponential backoff and jitter, bounded by a retry budget.
+
+    The budget (Finagle / Envoy style) stops a retry storm: over a sliding window, retries may
+    add at most ``budget_ratio`` of the requests plus ``budget_min_per_s`` per second.
+    """
+
+    max_attempts: PositiveInt = Field(3, description="attempts per request including the first (1 = no retries)")
+    backoff: Duration = Field(0.05, description="base backoff, doubled per retry")
+    max_backoff: Duration = Field(2.0, description="cap on the backoff before jitter")
+    jitter: Literal["full", "equal", "none"] = Field(
+        "full", description="full = uniform(0, d); equal = d/2 + uniform(0, d/2); none = d"
+    )
+    budget_ratio: float = Field(0.2, ge=0, description="retries may add at most this share of requests")
+    budget_min_per_s: float = Field(10.0, ge=0, description="retries per second always allowed (low traffic)")
+    on: list[Literal["failed", "timeout", "unavailable"]] = Field(
+        default_factory=lambda: ["failed", "timeout", "unavailable"], description="attempt outcomes that are retried"
+    )
+
+    @model_validator(mode="after")
+    def _cap_covers_base(self) -> RetrySpec:
+        if self.max_backoff < self.backoff:
+            raise ValueError(f"max_backoff ({self.max_backoff}) must be at least backoff ({self.backoff})")
+        return self
+
+
+class HedgingSpec(Strict):
+    """Send a duplicate attempt when the first is slow to produce its first token; first one wins."""
+
+    enabled: bool = False
+    delay: Duration | None = Field(None, description="fixed hedge delay; omitted = adaptive from observed TTFT")
+    percentile: float = Field(95.0, gt=0, lt=100, description="adaptive: hedge after this percentile of recent TTFTs")
+    max_hedges: NonNegativeInt = Field(1, description="extra attempts per request at most")
+
+
+class CircuitBreakerSpec(Strict):
+    """Per-replica breaker: open after consecutive failures, probe again after ``open_for``."""
+
+    enabled: bool = True
+    consecutive_failures: PositiveInt = 5
+    open_for: Duration = Field(10.0, gt=0)
+    half_open_probes: PositiveInt = Field(1, description="trial requests let through when half-open")
+
+
+class OutlierEjectionSpec(Strict):
+    """Envoy-style outlier ejection: consecutive errors eject a replica for a growing time."""
+
+    enabled: bool = True
+    consecutive_errors: PositiveInt = 5
+    base_ejection: Duration = Field(30.0, gt=0, description="ejection time = base_ejection * times ejected")
+    max_ejected_share: Fraction = Field(0.5, description="never eject more than this share of replicas at once")
+
+
+class HealthCheckSpec(Strict):
+    """Active health checks. A shallow check only sees the process answer, so it passes a hung
+    replica; a deep one runs a tiny inference and catches it."""
+
+    enabled: bool = True
+    period: Duration = Field(5.0, gt=0)
+    timeout: Duration = Field(1.0, gt=0)
+    unhealthy_threshold: PositiveInt = Field(2, description="consecutive failed probes before a replica is unhealthy")
+    healthy_threshold: PositiveInt = Field(2, description="consecutive passed probes before it is healthy again")
+    deep: bool = Field(False, description="run a tiny inference instead of only checking the process answers")
+
+
+class AdmissionSpec(Strict):
+    """Admission control and load shedding by priority (0 is most important)."""
+
+    max_queue_per_replica: PositiveInt | None = Field(
+        None, description="reject when the chosen replica already has this many requests; omitted = unlimited"
+    )
+    shed_thresholds: dict[NonNegativeInt, Fraction] = Field(
+        default_factory=dict,
+        description="priority -> fleet load share above which that priority and less important ones are shed",
+    )
+
+
+class FailoverSpec(Strict):
+    """Whether requests may leave their home region and whether the fallback tier is used."""
+
+    enabled: bool = Field(True, description="False = requests only go to their home region")
+    fallback_tier: bool = Field(True, description="use fallback-tier replicas when no primary is available")
+
+
 class ServingSpec(Strict):
     batching: BatchingSpec = ContinuousBatching(policy="continuous")
     routing: RoutingSpec = RoutingSpec()
+    timeouts: TimeoutSpec = TimeoutSpec()
+    retries: RetrySpec = RetrySpec()
+    hedging: HedgingSpec = HedgingSpec()
+    circuit_breaker: CircuitBreakerSpec = CircuitBreakerSpec()
+    outlier_ejection: OutlierEjectionSpec = OutlierEjectionSpec()
+    health_check: HealthCheckSpec = HealthCheckSpec()
+    admission: AdmissionSpec = AdmissionSpec()
+    failover: FailoverSpec = FailoverSpec()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+class _ScriptedFault(Strict):
+    """A fault at a scripted time: ``target`` is a topology path such as ``aws/us-east-1``."""
+
+    target: str
+    at: Duration = Field(description="when the fault starts")
+    duration: Duration | None = Field(None, description="how long until repaired; omitted = never repaired")
+
+
+class AcceleratorFailure(_ScriptedFault):
+    """A device dies (Xid, uncorrectable ECC): the replica using it dies, its requests fail."""
+
+    kind: Literal["accelerator_failure"]
+
+
+class NodeCrash(_ScriptedFault):
+    """A node crashes: every replica on it dies."""
+
+    kind: Literal["node_crash"]
+
+
+class NodeHang(_ScriptedFault):
+    """Gray failure: replicas stop making progress but accept connections and pass shallow checks."""
+
+    kind: Literal["node_hang"]
+
+
+class Outage(_ScriptedFault):
+    """A correlated failure of a whole domain: rack power, zone, region or provider."""
+
+    kind: Literal["outage"]
+
+
+class CapacityLoss(_ScriptedFault):
+    """A supply shock: a share of the domain's replicas is withdrawn (chosen by a named stream)."""
+
+    kind: Literal["capacity_loss"]
+    share: Fraction
+
+
+class Slowdown(_ScriptedFault):
+    """Thermal throttling or a straggler: devices run at ``speed`` times their normal speed."""
+
+    kind: Literal["slowdown"]
+    speed: float = Field(gt=0, le=1, description="fraction of normal speed, e.g. 0.5")
+
+
+class MemoryPressure(_ScriptedFault):
+    """KV-cache capacity cut to ``kv_fraction``: preemption and recompute."""
+
+    kind: Literal["memory_pressure"]
+    kv_fraction: float = Field(gt=0, le=1)
+
+
+class ErrorInjection(_ScriptedFault):
+    """Replicas answer a share of requests with an error status (429, 500, 503, 400...)."""
+
+    kind: Literal["error_injection"]
+    rate: Fraction
+    status: int = Field(500, ge=400, le=599)
+
+
+class _NetworkFault(Strict):
+    """A fault on the path between two endpoints: region paths, or ``clients:<region>`` for the
+    clients near a region. It applies in both directions."""
+
+    between: tuple[str, str]
+    at: Duration
+    duration: Duration | None = None
+
+
+class Partition(_NetworkFault):
+    """Nothing crosses: requests on the path time out (packets are dropped, not refused)."""
+
+    kind: Literal["partition"]
+
+
+class AddedLatency(_NetworkFault):
+    kind: Literal["latency"]
+    delay: Duration
+    jitter: Duration = 0.0
+
+
+class PacketLoss(_NetworkFault):
+    kind: Literal["packet_loss"]
+    loss: Fraction
+
+
+class BandwidthLimit(_NetworkFault):
+    kind: Literal["bandwidth"]
+    limit: Bandwidth
+
+
+class FailureProcess(Strict):
+    """Stochastic failures of every domain at ``level`` within ``within``, from MTBF and MTTR.
+
+    Each domain fails independently: time to failure and time to repair are drawn from
+    ``distribution`` (exponential; Weibull with ``shape``; lognormal with ``shape`` as sigma)
+    scaled to the given means, from the process's own named random stream.
+    """
+
+    kind: Literal["failure_process"]
+    level: Literal["device", "node", "rack", "zone", "region", "provider"]
+    within: str = Field("fleet", description="topology path the process covers (default: the whole fleet)")
+    effect: Literal["accelerator_failure", "node_crash", "node_hang", "outage", "slowdown"] = "outage"
+    speed: float = Field(0.5, gt=0, le=1, description="slowdown effect: fraction of normal speed")
+    mtbf: Duration
+    mttr: Duration
+    distribution: Literal["exponential", "weibull", "lognormal"] = "exponential"
+    shape: float = Field(1.0, gt=0, description="Weibull shape k, or lognormal sigma")
+    name: str | None = Field(None, description="names the random stream; default derived from level and within")
+
+
+FaultSpec = Annotated[
+    Union[
+        AcceleratorFailure,
+        NodeCrash,
+        NodeHang,
+        Outage,
+        CapacityLoss,
+        Slowdown,
+        MemoryPressure,
+        ErrorInjection,
+        Partition,
+        AddedLatency,
+        PacketLoss,
+        BandwidthLimit,
+        FailureProcess,
+    ],
+    Field(discriminator="kind"),
+]
 
 
 # --------------------------------------------------------------------------- SLA
@@ -372,6 +606,9 @@ class Objective(Strict):
     max: float | None = None
     min: float | None = None
     request_class: str | None = Field(None, alias="class", description="restrict to one SLA class")
+    window: Literal["all", "during_faults", "after_faults"] = Field(
+        "all", description="judge all requests, those that arrived during faults, or after the last repair"
+    )
     ttft: Duration | None = Field(None, description="goodput: TTFT limit a request must meet")
     tpot: Duration | None = Field(None, description="goodput: TPOT limit a request must meet")
 
@@ -419,6 +656,8 @@ class Objective(Strict):
     def label(self) -> str:
         """Short human name, e.g. 'p99 ttft [interactive]'."""
         name = f"p{self.percentile:g} {self.metric}" if self.percentile is not None else self.metric
+        if self.window != "all":
+            name += f" ({self.window.replace('_', ' ')})"
         return f"{name} [{self.request_class}]" if self.request_class else name
 
 
@@ -433,7 +672,7 @@ class Scenario(Strict):
     topology: TopologySpec
     workload: WorkloadSpec
     serving: ServingSpec = ServingSpec()
-    faults: list[dict[str, Any]] = Field(default_factory=list, max_length=0, description="fault schedule")
+    faults: list[FaultSpec] = Field(default_factory=list, description="scripted faults and failure processes")
     sla: list[Objective] = Field(default_factory=list)
     duration: Duration
     warmup: Duration = Field(0.0, description="requests arriving before this are left out of verdicts")
@@ -474,6 +713,11 @@ class Scenario(Strict):
                 )
         if self.warmup >= self.duration:
             raise ValueError("warmup must be shorter than duration")
+        if self.faults:
+            from testbed.faults import validate_targets  # faults needs the topology graph, which needs this module
+            from testbed.topology import Topology
+
+            validate_targets(self.faults, Topology.from_spec(self.topology))
         return self
 
     @classmethod

@@ -28,22 +28,22 @@ class TestContinuousBatcher:
         for i, out in enumerate((3, 6, 4)):
             b.enqueue(seq(i, output=out), 0.0)
         first = b.next_iteration(0.0)
-        assert [s.rid for s in first.prefill] == [0, 1] and first.steps == 1
+        assert [s.key for s in first.prefill] == [0, 1] and first.steps == 1
         progress = b.complete(first, 1, 1.0)
-        assert [s.rid for s in progress.first_token] == [0, 1]
+        assert [s.key for s in progress.first_token] == [0, 1]
         stretch = b.next_iteration(1.0)
         assert not stretch.prefill and stretch.steps == 2  # seq 0 has 2 tokens left
         progress = b.complete(stretch, 2, 3.0)
-        assert [s.rid for s in progress.finished] == [0]
+        assert [s.key for s in progress.finished] == [0]
         joined = b.next_iteration(3.0)
-        assert [s.rid for s in joined.prefill] == [2] and joined.decode_seqs == 1
+        assert [s.key for s in joined.prefill] == [2] and joined.decode_seqs == 1
 
     def test_prefill_token_budget_limits_admission_but_never_starves_a_long_prompt(self):
         b = ContinuousBatcher(max_num_seqs=8, max_num_batched_tokens=100, kv_capacity_tokens=10_000)
         b.enqueue(seq(0, prompt=300), 0.0)
         b.enqueue(seq(1, prompt=50), 0.0)
         it = b.next_iteration(0.0)
-        assert [s.rid for s in it.prefill] == [0] and it.prefill_tokens == 300
+        assert [s.key for s in it.prefill] == [0] and it.prefill_tokens == 300
 
     def test_kv_cache_exhaustion_preempts_the_newest_sequence_and_recomputes_it(self):
         b = ContinuousBatcher(max_num_seqs=8, max_num_batched_tokens=1000, kv_capacity_tokens=40)
@@ -52,7 +52,7 @@ class TestContinuousBatcher:
         trace = run_to_completion(b)
         assert b.preemptions >= 1
         recomputed = [it for _, it in trace[1:] if it.prefill]
-        assert recomputed and recomputed[0].prefill[0].rid == 1
+        assert recomputed and recomputed[0].prefill[0].key == 1
         assert recomputed[0].prefill_tokens > 10  # prompt plus the tokens already generated
         assert b.kv_used == 0 and b.running == 0 and b.queued == 0
 
@@ -72,7 +72,7 @@ class TestContinuousBatcher:
         for i in range(4):
             b.enqueue(seq(i), 0.0)
         b.complete(b.next_iteration(0.0), 1, 1.0)
-        assert sorted(s.rid for s in b.evict_all()) == [0, 1, 2, 3]
+        assert sorted(s.key for s in b.evict_all()) == [0, 1, 2, 3]
         assert b.kv_used == 0 and b.next_iteration(1.0) is None
 
     @settings(max_examples=60, deadline=None)
@@ -94,10 +94,10 @@ class TestContinuousBatcher:
             assert b.kv_used <= b.kv_capacity
             assert b.running <= max_seqs
             now += it.steps
-            finished += [s.rid for s in b.complete(it, it.steps, now).finished]
-        expected = sorted(s.rid for s in seqs if s.prompt_tokens + s.output_tokens <= kv)
+            finished += [s.key for s in b.complete(it, it.steps, now).finished]
+        expected = sorted(s.key for s in seqs if s.prompt_tokens + s.output_tokens <= kv)
         assert sorted(finished) == expected
-        assert all(s.generated == s.output_tokens for s in seqs if s.rid in finished)
+        assert all(s.generated == s.output_tokens for s in seqs if s.key in finished)
         assert b.kv_used == 0
 
 
@@ -108,7 +108,7 @@ class TestMicroBatcher:
         assert b.next_iteration(0.1) is None
         assert b.wake_time() == 0.5
         it = b.next_iteration(0.5)
-        assert [s.rid for s in it.prefill] == [0]
+        assert [s.key for s in it.prefill] == [0]
 
     def test_a_full_batch_goes_at_once(self):
         b = MicroBatcher(max_batch_size=2, max_queue_delay=10.0, kv_capacity_tokens=10_000)
@@ -127,11 +127,11 @@ class TestMicroBatcher:
         now = 1.0
         while b.running:
             it = b.next_iteration(now)
-            rids_until_idle.append(sorted(s.rid for s in it.prefill))
+            rids_until_idle.append(sorted(s.key for s in it.prefill))
             now += it.steps
             b.complete(it, it.steps, now)
         assert all(2 not in rids for rids in rids_until_idle) and b.queued == 2
-        assert [s.rid for s in b.next_iteration(now).prefill] == [2, 3]
+        assert [s.key for s in b.next_iteration(now).prefill] == [2, 3]
 
     def test_adaptive_delay_grows_with_headroom_and_halves_when_over_target(self):
         controller = DelayController(initial=0.01, target=1.0)
@@ -148,3 +148,32 @@ class TestMicroBatcher:
         b.enqueue(seq(0, output=3, arrival=0.0), 0.0)
         run_to_completion(b)
         assert controller.latency is not None and controller.delay > 0.0
+
+
+def test_cancel_removes_waiting_and_running_sequences_and_frees_their_cache():
+    b = ContinuousBatcher(max_num_seqs=1, max_num_batched_tokens=1000, kv_capacity_tokens=1000)
+    running, waiting = seq(0, output=10), seq(1)
+    b.enqueue(running, 0.0)
+    b.enqueue(waiting, 0.0)
+    b.complete(b.next_iteration(0.0), 1, 1.0)
+    b.cancel(waiting)
+    b.cancel(running)
+    assert b.queued == 0 and b.running == 0 and b.kv_used == 0
+    assert b.next_iteration(1.0) is None
+    m = MicroBatcher(max_batch_size=2, max_queue_delay=0.0, kv_capacity_tokens=1000)
+    first, second = seq(0), seq(1)
+    m.enqueue(first, 0.0)
+    m.enqueue(second, 0.0)
+    m.complete(m.next_iteration(0.0), 1, 1.0)
+    m.cancel(first)
+    assert m.running == 1
+
+
+def test_memory_pressure_preempts_at_the_next_step():
+    b = ContinuousBatcher(max_num_seqs=8, max_num_batched_tokens=1000, kv_capacity_tokens=1000)
+    for i in range(2):
+        b.enqueue(seq(i, prompt=100, output=50), 0.0)
+    b.complete(b.next_iteration(0.0), 1, 1.0)
+    b.set_kv_capacity(150)
+    it = b.next_iteration(1.0)
+    assert b.preemptions == 1 and it.decode_seqs == 1

@@ -15,6 +15,14 @@ FAULTS = Path(__file__).resolve().parents[1] / "faults"
 EXPECTED = {
     "baseline.yaml": (True, set()),
     "trace-replay.yaml": (False, {"p99 ttft"}),
+    "gpu-failure.yaml": (True, set()),
+    "rolling-node-crashes.yaml": (True, set()),
+    "region-outage-failover.yaml": (True, set()),
+    "region-outage-no-failover.yaml": (False, {"availability"}),
+    "provider-outage-fallback.yaml": (False, {"p99 ttft (during faults)"}),
+    "region-partition.yaml": (False, {"p99 ttft (during faults)"}),
+    "gray-failure.yaml": (False, {"availability"}),
+    "thermal-throttling.yaml": (False, {"p99 tpot (during faults)"}),
 }
 
 
@@ -29,3 +37,35 @@ def test_scenario_meets_its_stated_expectation(name):
     assert result.passed is passed, result.verdicts
     assert {v.objective for v in result.sla if not v.passed} == failing
     assert not (result.requests["status"] == "pending").any()
+
+
+def test_failover_is_what_turns_the_region_outage_from_failing_to_passing():
+    """Same seed, same schedule: only serving.failover differs between the two files."""
+    with_failover = Scenario.from_yaml(FAULTS / "region-outage-failover.yaml")
+    without = Scenario.from_yaml(FAULTS / "region-outage-no-failover.yaml")
+    assert with_failover.faults == without.faults and with_failover.seed == without.seed
+    assert with_failover.serving.failover.enabled and not without.serving.failover.enabled
+
+
+def test_the_fallback_tier_is_what_keeps_the_provider_outage_available():
+    scenario = Scenario.from_yaml(FAULTS / "provider-outage-fallback.yaml")
+    with_fallback = simulate(scenario)
+    served_by_fallback = with_fallback.requests["fallback"]
+    assert served_by_fallback.any()
+    assert (with_fallback.requests.loc[served_by_fallback, "region"].astype(str) == "onprem/cpu-fallback").all()
+    data = scenario.model_dump(by_alias=True)
+    data["serving"]["failover"] = {"fallback_tier": False}
+    without = simulate(Scenario.model_validate(data))
+    availability = {v.metric: v for v in without.sla}["availability"]
+    assert not availability.passed
+    assert {v.metric: v for v in with_fallback.sla}["availability"].passed
+
+
+def test_deep_health_checks_catch_the_gray_failure():
+    scenario = Scenario.from_yaml(FAULTS / "gray-failure.yaml")
+    data = scenario.model_dump(by_alias=True)
+    data["serving"]["health_check"] = {"deep": True}
+    result = simulate(Scenario.model_validate(data))
+    assert result.passed, result.verdicts
+    detected_after = result.faults["detected_at"].iloc[0] - result.faults["start"].iloc[0]
+    assert 0 < detected_after <= 2 * 5 + 1 + 5  # two failed probes, one timeout, up to a period late

@@ -112,7 +112,7 @@ def test_region_affine_keeps_traffic_local_and_never_touches_the_fallback_tier()
     result = simulate(Scenario.model_validate(data))
     requests = result.requests
     assert (requests["region"].astype(str) == requests["client_region"].astype(str)).all()
-    assert "aws/cpu-fallback" not in set(requests["region"].astype(str))
+    assert "onprem/cpu-fallback" not in set(requests["region"].astype(str))
     # Intra-region RTT only: the first token arrives within a millisecond of the replica's.
     assert requests["first_token"].notna().all()
 
@@ -132,13 +132,16 @@ def test_a_replica_that_stops_working_is_reported_not_hidden(monkeypatch):
 
 
 def test_a_lost_request_is_reported(monkeypatch):
-    original = SimReplica.submit
+    """A request the gateway finished but the records never closed is caught, not hidden."""
+    from testbed.sim import engine
 
-    def lose_request_7(self, seq):
-        if seq.rid != 7:
-            original(self, seq)
+    original = engine._Run._finish
 
-    monkeypatch.setattr(SimReplica, "submit", lose_request_7)
+    def drop_request_7(self, action):
+        if action.rid != 7:
+            original(self, action)
+
+    monkeypatch.setattr(engine._Run, "_finish", drop_request_7)
     with pytest.raises(ConservationError, match="1 requests were lost"):
         simulate(small(duration=10, drain=30))
 

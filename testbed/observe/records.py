@@ -15,6 +15,9 @@ PENDING, OK, FAILED, TIMEOUT, SHED = range(len(STATUSES))
 
 # Column -> dtype of the request table. Times are seconds from the start of the run; NaN where
 # an event did not happen (no first token for a failed request). replica is -1 when none served.
+# hedged: a duplicate attempt was sent; failed_over: served outside the region of its first
+# attempt; fallback: served by the fallback tier (e.g. CPU int8: quality may be lower);
+# fault_overlap: the request was in flight while some fault was active.
 REQUEST_COLUMNS: dict[str, str] = {
     "request_id": "int64",
     "session_id": "int64",
@@ -30,6 +33,10 @@ REQUEST_COLUMNS: dict[str, str] = {
     "replica": "int32",
     "region": "category",
     "retries": "int16",
+    "hedged": "bool",
+    "failed_over": "bool",
+    "fallback": "bool",
+    "fault_overlap": "bool",
 }
 
 

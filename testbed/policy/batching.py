@@ -35,7 +35,7 @@ class Sequence:
     keep its progress implicitly (see :class:`ContinuousBatcher`) and settle it on exit.
     """
 
-    rid: int
+    key: int  # the driver's handle for this unit of work (the simulator uses attempt ids)
     prompt_tokens: int
     output_tokens: int
     arrival: float
@@ -95,6 +95,12 @@ class Batcher(Protocol):
     def evict_all(self) -> list[Sequence]:
         """Remove and return every queued and running sequence (the replica died)."""
 
+    def cancel(self, seq: Sequence) -> None:
+        """Drop ``seq`` wherever it is (its request was answered elsewhere or gave up)."""
+
+    def set_kv_capacity(self, tokens: int) -> None:
+        """Change the KV-cache capacity (memory pressure); running work adapts at the next step."""
+
     @property
     def queued(self) -> int: ...
 
@@ -121,8 +127,8 @@ class ContinuousBatcher:
         self.preemptions = 0
         self._clock = 0
         self._waiting: deque[Sequence] = deque()
-        self._running: dict[int, Sequence] = {}  # insertion order = admission order
-        self._finishes: list[tuple[int, int]] = []  # heap of (finish_at, rid); stale entries skipped
+        self._running: dict[int, Sequence] = {}  # key -> sequence, in admission order
+        self._finishes: list[tuple[int, int]] = []  # heap of (finish_at, key); stale entries skipped
         self._kv_base = 0  # sum over running of (context at admission - clock at admission)
 
     @property
@@ -180,12 +186,12 @@ class ContinuousBatcher:
     def _start(self, seq: Sequence) -> None:
         seq.finish_at = self._clock + seq.remaining
         self._kv_base += seq.context - self._clock
-        self._running[seq.rid] = seq
-        heapq.heappush(self._finishes, (seq.finish_at, seq.rid))
+        self._running[seq.key] = seq
+        heapq.heappush(self._finishes, (seq.finish_at, seq.key))
 
     def _stop(self, seq: Sequence) -> None:
         """Take ``seq`` out of the batch, settling its token count from the clock."""
-        del self._running[seq.rid]
+        del self._running[seq.key]
         seq.generated = seq.output_tokens - (seq.finish_at - self._clock)
         self._kv_base -= seq.context - self._clock
 
@@ -193,8 +199,8 @@ class ContinuousBatcher:
         """Clock value at which the next running sequence completes (dropping stale heap entries)."""
         finishes = self._finishes
         while True:
-            finish_at, rid = finishes[0]
-            seq = self._running.get(rid)
+            finish_at, key = finishes[0]
+            seq = self._running.get(key)
             if seq is not None and seq.finish_at == finish_at:
                 return finish_at
             heapq.heappop(finishes)
@@ -221,14 +227,23 @@ class ContinuousBatcher:
                 progress.first_token.append(seq)
         self._clock += steps_done
         while self._running and self._first_finish() <= self._clock:
-            _, rid = heapq.heappop(self._finishes)
-            seq = self._running[rid]
+            _, key = heapq.heappop(self._finishes)
+            seq = self._running[key]
             self._stop(seq)
             progress.finished.append(seq)
         return progress
 
     def wake_time(self) -> float | None:
         return None
+
+    def cancel(self, seq: Sequence) -> None:
+        if seq.key in self._running:
+            self._stop(seq)
+        else:
+            self._waiting.remove(seq)
+
+    def set_kv_capacity(self, tokens: int) -> None:
+        self.kv_capacity = max(1, tokens)
 
     def evict_all(self) -> list[Sequence]:
         running = list(self._running.values())
@@ -358,6 +373,15 @@ class MicroBatcher:
         if self._batch or not self._waiting:
             return None
         return self._waiting[0].arrival + self.max_queue_delay
+
+    def cancel(self, seq: Sequence) -> None:
+        if seq in self._batch:
+            self._batch.remove(seq)
+        else:
+            self._waiting.remove(seq)
+
+    def set_kv_capacity(self, tokens: int) -> None:
+        self.kv_capacity = max(1, tokens)
 
     def evict_all(self) -> list[Sequence]:
         evicted = self._batch + list(self._waiting)

@@ -1,35 +1,43 @@
 """The simulation plane: a scenario run in SimPy time against the shared policies.
 
-One SimPy environment holds the arrival process, the fleet sampler and every replica's
-iteration timers. Requests are routed when they arrive (the router sees the fleet as it is at
-that instant), travel half the client-to-region RTT to their replica, are batched and served
-there, and their tokens travel the other half back. All randomness comes from named streams of
-the scenario's seed, so a run is reproducible to the byte.
+One SimPy environment holds the arrival process, the fault injector, the gateway's health
+probes, the fleet sampler and every replica's iteration timers. Each request is handed to the
+sans-IO :class:`~testbed.policy.gateway.Gateway`, which decides where its attempts go, when to
+retry or hedge, and when to give up; this module only carries those decisions out in simulated
+time: an attempt travels half the client-to-region RTT (plus any network fault's delay) to its
+replica, is batched and served there, and its tokens travel the other half back. All randomness
+comes from named streams of the scenario's seed, so a run is reproducible to the byte.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import simpy
 
 from testbed import workload
-from testbed.observe.records import FAILED, OK, TIMEOUT, RequestLog, status_names
+from testbed.faults import Fault, build_schedule
+from testbed.observe.records import FAILED, OK, PENDING, SHED, STATUSES, TIMEOUT, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
-from testbed.policy.routing import make_router
+from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.result import Result
 from testbed.rng import RandomStreams
 from testbed.sim.fleet import FleetSampler
+from testbed.sim.injector import FaultInjector
+from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
-from testbed.sla import evaluate
-from testbed.spec import ContinuousBatching, Scenario
+from testbed.sla import evaluate, fault_windows, recovery_times
+from testbed.spec import ContinuousBatching, Scenario, SpecError
 from testbed.topology import Replica, Topology
 
 ProgressCallback = Callable[[float], None]
+STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
 
 
 class ConservationError(RuntimeError):
@@ -53,6 +61,17 @@ def simulate(
     return run.execute()
 
 
+@dataclass(slots=True, eq=False)
+class _Attempt:
+    """An attempt in flight: which request, which replica, its work item and path delay."""
+
+    rid: int
+    replica: int
+    work: Sequence
+    oneway: float
+    delivered: bool = False
+
+
 class _Run:
     """One simulation: builds the fleet, runs the event loop, checks conservation."""
 
@@ -65,22 +84,38 @@ class _Run:
         serving = {p.region for p in self.topology.replicas if p.tier == "primary"}
         primary = [r for r in self.topology.regions if r in serving] or self.topology.regions
         self.arrivals = workload.generate(scenario.workload, scenario.duration, primary, self.streams)
+        self.horizon = scenario.duration + scenario.drain
+        self.schedule: list[Fault] = build_schedule(scenario.faults, self.topology, self.horizon, self.streams)
         self.env = simpy.Environment()
         self.log = RequestLog(len(self.arrivals))
         self.replicas = self._build_replicas()
-        self.router = make_router(
-            scenario.serving.routing, self.replicas, self.topology.rtt, self.streams.python("policy.routing")
+        self.views = [
+            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher)) for p, r in zip(self.topology.replicas, self.replicas)
+        ]
+        self.gateway = Gateway(
+            scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, self.streams.python("policy.gateway")
         )
+        self.network = NetworkState()
+        self.injector = FaultInjector(self.env, self.schedule, self.replicas, self.network, self._on_lost_work)
+        self.network_rng = self.streams.python("faults.network")
+        self.error_rng = self.streams.python("faults.errors")
         # Per-request inputs as Python lists: scalar reads from lists are several times cheaper
         # than from numpy arrays, and the hot path reads each of them once per request.
         regions = self.arrivals.region_names
         self._client_region = [regions[i] for i in self.arrivals.client_region.tolist()]
+        self._priority = self.arrivals.priority.tolist()
         self._prompt_tokens = self.arrivals.prompt_tokens.tolist()
         self._output_tokens = self.arrivals.output_tokens.tolist()
-        self.oneway = [0.0] * len(self.arrivals)
-        self.in_network = 0
+        self.attempts: dict[int, _Attempt] = {}
+        self.hedged = np.zeros(len(self.arrivals), dtype=bool)
+        self.failed_over = np.zeros(len(self.arrivals), dtype=bool)
+        self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
+        self._deadlines: deque[tuple[float, int]] = deque()
+        self._sweeper_armed = False
         self.ended = 0
         self.done = self.env.event()
+
+    # ------------------------------------------------------------------ building the fleet
 
     def _build_replicas(self) -> list[SimReplica]:
         perf_cache: dict[tuple[str, int], PerfModel] = {}
@@ -94,7 +129,6 @@ class _Run:
                     self.env,
                     placement.index,
                     placement.region,
-                    placement.tier,
                     self._batcher(placement),
                     perf_cache[key],
                     self._on_first_token,
@@ -106,12 +140,15 @@ class _Run:
     def _batcher(self, placement: Replica) -> Batcher:
         spec = self.scenario.serving.batching
         topology = self.scenario.topology
-        kv_tokens = getattr(spec, "kv_cache_tokens", None) or kv_capacity_tokens(
-            topology.model_kind(),
-            topology.device_kind(placement.device_kind),
-            placement.tensor_parallel,
-            getattr(spec, "kv_cache_fraction", 0.9),
-        )
+        try:
+            kv_tokens = getattr(spec, "kv_cache_tokens", None) or kv_capacity_tokens(
+                topology.model_kind(),
+                topology.device_kind(placement.device_kind),
+                placement.tensor_parallel,
+                getattr(spec, "kv_cache_fraction", 0.9),
+            )
+        except ValueError as exc:
+            raise SpecError(f"topology {topology.name!r}, replica {placement.name}: {exc}") from None
         if isinstance(spec, ContinuousBatching):
             return ContinuousBatcher(spec.max_num_seqs, spec.max_num_batched_tokens, kv_tokens)
         controller = None
@@ -120,46 +157,118 @@ class _Run:
             controller = DelayController(spec.max_queue_delay, spec.target_latency)
         return MicroBatcher(spec.max_batch_size, spec.max_queue_delay, kv_tokens, controller)
 
-    # ------------------------------------------------------------------ event handlers
+    @staticmethod
+    def _slots(batcher: Batcher) -> int:
+        return getattr(batcher, "max_num_seqs", None) or getattr(batcher, "max_batch_size", 1)
+
+    # ------------------------------------------------------------------ requests and the gateway
 
     def _arrival_process(self) -> Iterator[simpy.Event]:
         env = self.env
-        times = self.arrivals.time.tolist()
-        for rid, at in enumerate(times):
+        timeout = self.scenario.serving.timeouts.request
+        for rid, at in enumerate(self.arrivals.time.tolist()):
             if at > env.now:
                 yield env.timeout(at - env.now)
-            self._route(rid)
+            self._deadlines.append((at + timeout, rid))
+            if not self._sweeper_armed:
+                self._arm_sweeper()
+            self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now))
 
-    def _route(self, rid: int) -> None:
-        now = self.env.now
+    def _execute(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self._dispatch(action)
+            elif isinstance(action, Finish):
+                self._finish(action)
+            elif isinstance(action, Cancel):
+                self._cancel(action)
+            elif isinstance(action, Wake):
+                self._wake(action)
+
+    def _dispatch(self, action: Dispatch) -> None:
+        """Send an attempt down its path; an unreachable replica fails it after the connect timeout."""
+        rid, replica = action.rid, self.replicas[action.replica]
+        if action.hedge:
+            self.hedged[rid] = True
         client_region = self._client_region[rid]
-        replica = self.router.choose(client_region, now)
-        if replica is None:
-            self._end(rid, FAILED, now)  # nothing to serve it: the fleet is down
-            return
         oneway = self.topology.rtt(client_region, replica.region) / 2
-        seq = Sequence(rid, self._prompt_tokens[rid], self._output_tokens[rid], now + oneway)
-        if not replica.batcher.fits(seq):
-            self._end(rid, FAILED, now)  # context longer than the replica's KV cache: a 400 in real life
-            return
-        self.oneway[rid] = oneway
-        self.log.replica[rid] = replica.index
-        replica.outstanding += 1
-        if oneway > 0:
-            self.in_network += 1
-            self.env.timeout(oneway).callbacks.append(lambda _e: self._deliver(replica, seq))
+        reachable = replica.alive
+        path = self.network.path(client_region, replica.region)
+        if path is not None:
+            if path.partitioned or (path.loss and self.network_rng.random() < path.loss):
+                reachable = False
+            oneway += max(0.0, path.sample_delay(self.network_rng))
+            if path.bandwidth:
+                oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
+        work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
+        attempt = _Attempt(rid, action.replica, work, oneway)
+        self.attempts[action.attempt] = attempt
+        if not reachable:
+            self._later(self.scenario.serving.timeouts.connect, lambda: self._attempt_ended(action.attempt, "unavailable"))
+        elif oneway > 0:
+            self._later(oneway, lambda: self._deliver(action.attempt))
         else:
-            replica.submit(seq)
+            self._deliver(action.attempt)
 
-    def _deliver(self, replica: SimReplica, seq: Sequence) -> None:
-        self.in_network -= 1
-        replica.submit(seq)
+    def _deliver(self, key: int) -> None:
+        attempt = self.attempts.get(key)
+        if attempt is None:
+            return  # cancelled on the way
+        replica = self.replicas[attempt.replica]
+        if not replica.alive:
+            self._attempt_ended(key, "unavailable")
+            return
+        if not replica.batcher.fits(attempt.work):
+            self._attempt_ended(key, "rejected")  # a 400: the context does not fit this replica
+            return
+        rate = self.injector.state[attempt.replica].error_rate
+        if rate and self.error_rng.random() < rate:
+            self._later(attempt.oneway, lambda: self._attempt_ended(key, "failed"))
+            return
+        attempt.delivered = True
+        replica.submit(attempt.work)
 
-    def _on_first_token(self, seq: Sequence, now: float) -> None:
-        self.log.first_token[seq.rid] = now + self.oneway[seq.rid]
+    def _attempt_ended(self, key: int, outcome: str) -> None:
+        if key in self.attempts:
+            self._execute(self.gateway.on_attempt_end(key, outcome, self.env.now))
+            self.attempts.pop(key, None)
 
-    def _on_finish(self, seq: Sequence, now: float) -> None:
-        self._end(seq.rid, OK, now + self.oneway[seq.rid])
+    def _on_first_token(self, work: Sequence, now: float) -> None:
+        attempt = self.attempts.get(work.key)
+        if attempt is None:
+            return
+        rid = attempt.rid
+        if self.log.first_token[rid] != self.log.first_token[rid]:  # NaN: the first one back
+            self.log.first_token[rid] = now + attempt.oneway
+        self._execute(self.gateway.on_first_token(work.key, now))
+
+    def _on_finish(self, work: Sequence, now: float) -> None:
+        self._attempt_ended(work.key, "ok")
+
+    def _on_lost_work(self, work: Sequence, now: float) -> None:
+        """A replica crashed with this attempt on it: the client sees the connection drop."""
+        self._attempt_ended(work.key, "failed")
+
+    def _cancel(self, action: Cancel) -> None:
+        attempt = self.attempts.pop(action.attempt, None)
+        if attempt is not None and attempt.delivered:
+            replica = self.replicas[attempt.replica]
+            if replica.alive:
+                replica.cancel(attempt.work)
+
+    def _wake(self, action: Wake) -> None:
+        self._later(max(0.0, action.at - self.env.now), lambda: self._execute(self.gateway.on_timer(action.rid, action.tag, self.env.now)))
+
+    def _finish(self, action: Finish) -> None:
+        rid, now = action.rid, self.env.now
+        if action.status == "ok":
+            attempt = self.attempts[action.attempt]
+            self.log.replica[rid] = attempt.replica
+            self._end(rid, OK, now + attempt.oneway)
+        else:
+            self._end(rid, STATUS_CODE[action.status], now)
+        self.log.retries[rid] = action.retries
+        self.failed_over[rid] = action.failed_over
 
     def _end(self, rid: int, status: int, at: float) -> None:
         self.log.end(rid, status, at)
@@ -167,60 +276,130 @@ class _Run:
         if self.ended == len(self.arrivals) and not self.done.triggered:
             self.done.succeed()
 
-    def _deadline(self, at: float) -> Iterator[simpy.Event]:
-        yield self.env.timeout(at)
-        if not self.done.triggered:
-            self.done.succeed()
+    def _later(self, delay: float, callback: Callable[[], None]) -> None:
+        self.env.timeout(delay).callbacks.append(lambda _event: callback())
+
+    # ------------------------------------------------------------------ deadlines and health
+
+    def _arm_sweeper(self) -> None:
+        """Sleep until the oldest unfinished request's deadline (one timer for all requests).
+
+        Every request has the same timeout, so deadlines come in arrival order: a queue whose
+        head is the next to expire. Requests that ended are skipped as the head passes them.
+        """
+        status = self.log.status
+        while self._deadlines and status[self._deadlines[0][1]] != PENDING:
+            self._deadlines.popleft()
+        if not self._deadlines:
+            self._sweeper_armed = False
+            return
+        self._sweeper_armed = True
+        self._later(max(0.0, self._deadlines[0][0] - self.env.now), self._sweep)
+
+    def _sweep(self) -> None:
+        now, status = self.env.now, self.log.status
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = self._deadlines.popleft()
+            if status[rid] == PENDING:
+                self._execute(self.gateway.on_deadline(rid, now))
+        self._arm_sweeper()
+
+    def _health_process(self) -> Iterator[simpy.Event]:
+        """Probe every replica each period; a failing probe is known only after its timeout."""
+        spec = self.scenario.serving.health_check
+        if not spec.enabled:
+            return
+        while not self.done.triggered:
+            yield self.env.timeout(spec.period)
+            failing = []
+            for replica in self.replicas:
+                ok = replica.alive and not (replica.hung and spec.deep)
+                if ok:
+                    self._probe(replica.index, True)
+                else:
+                    failing.append(replica.index)
+            if failing:
+                self._later(spec.timeout, lambda failing=failing: [self._probe(i, False) for i in failing])
+            self.gateway.on_tick(self.env.now)
+
+    def _probe(self, replica: int, ok: bool) -> None:
+        change = self.gateway.on_probe(replica, ok, self.env.now)
+        if change is not None:
+            self.detected.append((replica, self.env.now, change))
 
     # ------------------------------------------------------------------ run
 
     def execute(self) -> Result:
         scenario = self.scenario
-        horizon = scenario.duration + scenario.drain
-        sampler = FleetSampler(self.env, self.replicas, scenario.timeseries_interval, horizon, self.progress)
+        sampler = FleetSampler(self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress)
         started = time.perf_counter()
         self.env.process(self._arrival_process())
-        self.env.process(self._deadline(horizon))
+        self.env.process(self._deadline(self.horizon))
         self.env.process(sampler.run(self.done))
+        self.env.process(self.injector.run())
+        self.env.process(self._health_process())
         if len(self.arrivals) == 0:
             self.done.succeed()
         self.env.run(until=self.done)
         self._time_out_unfinished()
         sampler.sample()
         wall = time.perf_counter() - started
-        requests = self._requests_frame()
-        verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration))
+        faults = self._faults_frame()
+        requests = self._requests_frame(faults)
+        verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration), faults)
+        if not faults.empty:
+            faults["recovered_at"] = recovery_times(scenario.sla, requests, faults)
         stats = {
             "wall_s": wall,
             "requests": len(self.arrivals),
             "simulated_s": self.env.now,
+            "faults": len(self.schedule),
             "preemptions": sum(getattr(r.batcher, "preemptions", 0) for r in self.replicas),
         }
-        return Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats)
+        return Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
+
+    def _deadline(self, at: float) -> Iterator[simpy.Event]:
+        yield self.env.timeout(at)
+        if not self.done.triggered:
+            self.done.succeed()
 
     def _time_out_unfinished(self) -> None:
-        """At the deadline, every unfinished request must be held somewhere; those time out.
+        """At the horizon, every unfinished request must still be known to the gateway.
 
-        This is the conservation check: a request neither ended nor held by a replica or the
-        network was lost by a bug, and a replica holding work with no timer pending has stalled.
+        This is the conservation check: a request neither ended nor tracked by the gateway was
+        lost by a bug, and a replica holding work with no timer pending has stalled. Requests
+        still running at the horizon (a drain shorter than the timeout) time out.
         """
-        pending = self.log.pending()
-        if pending == 0:
-            return
-        held = self.in_network + sum(r.batcher.queued + r.batcher.running for r in self.replicas)
-        if held != pending:
-            raise ConservationError(f"{pending - held} requests were lost: neither ended nor held by a replica")
+        pending = np.flatnonzero(self.log.status == PENDING).tolist()
+        lost = [rid for rid in pending if rid not in self.gateway.requests]
+        if lost:
+            raise ConservationError(f"{len(lost)} requests were lost: neither ended nor tracked by the gateway")
         for replica in self.replicas:
-            if (replica.batcher.queued or replica.batcher.running) and not replica.busy and replica.batcher.wake_time() is None:
+            if replica.alive and not replica.hung and replica.holds_work and not replica.busy and replica.batcher.wake_time() is None:
                 raise ConservationError(f"replica {replica.index} holds requests but has stopped working")
         now = self.env.now
-        for rid in np.flatnonzero(self.log.status == 0).tolist():
-            self._end(rid, TIMEOUT, now)
+        for rid in pending:
+            self._execute(self.gateway.on_deadline(rid, now))
 
-    def _requests_frame(self) -> pd.DataFrame:
+    def _faults_frame(self) -> pd.DataFrame:
+        """The fault timeline: injected, first detected by a health check, repaired."""
+        from testbed.faults import faults_frame
+
+        frame = faults_frame(self.schedule)
+        detected = []
+        for fault in self.schedule:
+            members = set(fault.replicas)
+            times = [t for r, t, change in self.detected if change == "unhealthy" and r in members and fault.start <= t <= fault.end]
+            detected.append(min(times) if times else np.nan)
+        frame["detected_at"] = detected
+        return frame
+
+    def _requests_frame(self, faults: pd.DataFrame) -> pd.DataFrame:
         arrivals, log = self.arrivals, self.log
         n = len(arrivals)
         region_of_replica = np.array([self.topology.regions.index(r.region) for r in self.replicas] + [-1])
+        tier_fallback = np.array([p.tier == "fallback" for p in self.topology.replicas] + [False])
+        finish = np.where(np.isnan(log.finish), arrivals.time, log.finish)
         return pd.DataFrame(
             {
                 "request_id": np.arange(n, dtype=np.int64),
@@ -237,5 +416,20 @@ class _Run:
                 "replica": log.replica,
                 "region": pd.Categorical.from_codes(region_of_replica[log.replica], self.topology.regions),
                 "retries": log.retries,
+                "hedged": self.hedged,
+                "failed_over": self.failed_over,
+                "fallback": tier_fallback[log.replica],
+                "fault_overlap": _overlaps(arrivals.time, finish, fault_windows(faults)),
             }
         )
+
+
+def _overlaps(start: np.ndarray, end: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
+    """Whether each [start, end] interval overlaps any of the disjoint, sorted ``windows``."""
+    if not windows:
+        return np.zeros(len(start), dtype=bool)
+    starts = np.array([w[0] for w in windows])
+    ends = np.array([w[1] for w in windows])
+    # The last window starting at or before each request's end must not have ended before its start.
+    i = np.searchsorted(starts, end, side="right") - 1
+    return (i >= 0) & (ends[np.clip(i, 0, None)] > start)

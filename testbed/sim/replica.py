@@ -5,6 +5,10 @@ iteration (or a whole stretch of identical decode steps) is one ``env.timeout`` 
 is :meth:`SimReplica._on_iteration_end`. When a new request arrives during a stretch and the
 batcher wants it admitted, the stretch is cut at the end of the step in progress by scheduling
 a new, earlier timeout; the old one is recognised as stale by its ticket and ignored.
+
+Faults act on the replica through a handful of methods: :meth:`crash` (the process dies and its
+work is lost), :meth:`hang` / :meth:`resume` (a gray failure: work freezes but requests are still
+accepted), :meth:`set_speed` (throttling) and the batcher's KV capacity (memory pressure).
 """
 
 from __future__ import annotations
@@ -20,14 +24,13 @@ TokenCallback = Callable[[Sequence, float], None]
 
 
 class SimReplica:
-    """Runs a :class:`Batcher` against a :class:`PerfModel`; exposes the router's view of it."""
+    """Runs a :class:`Batcher` against a :class:`PerfModel` in simulated time."""
 
     def __init__(
         self,
         env: simpy.Environment,
         index: int,
         region: str,
-        tier: str,
         batcher: Batcher,
         perf: PerfModel,
         on_first_token: TokenCallback,
@@ -36,14 +39,13 @@ class SimReplica:
         self.env = env
         self.index = index
         self.region = region
-        self.tier = tier
         self.batcher = batcher
         self.perf = perf
         self.on_first_token = on_first_token
         self.on_finish = on_finish
-        # The router's view (see testbed.policy.routing.ReplicaView).
-        self.outstanding = 0
-        self.available = True
+        self.alive = True
+        self.hung = False
+        self.speed = 1.0
         # Accounting for the fleet time series.
         self.busy_time = 0.0
         self.completed = 0
@@ -51,6 +53,7 @@ class SimReplica:
         self._iteration: Iteration | None = None
         self._started = 0.0
         self._ends = 0.0
+        self._frozen_for = 0.0  # time left of the iteration a hang interrupted
         self._ticket = 0
         self._wake_at: float | None = None
 
@@ -58,18 +61,76 @@ class SimReplica:
     def busy(self) -> bool:
         return self._iteration is not None
 
+    @property
+    def holds_work(self) -> bool:
+        return bool(self.batcher.queued or self.batcher.running)
+
     def submit(self, seq: Sequence) -> None:
         """A request reaches this replica: queue it and make sure the engine is working."""
         wants_cut = self.batcher.enqueue(seq, self.env.now)
+        if self.hung:
+            return
         if self._iteration is None:
             self._start_next()
         elif wants_cut and not self._iteration.prefill and self._iteration.steps > 1:
             self._cut_stretch()
 
+    def cancel(self, seq: Sequence) -> None:
+        """Drop work whose request no longer needs it (answered elsewhere, or out of time)."""
+        self.batcher.cancel(seq)
+
     def busy_time_until(self, now: float) -> float:
         """Busy seconds so far, counting the running iteration up to ``now``."""
-        running = now - self._started if self._iteration is not None else 0.0
+        running = now - self._started if self._iteration is not None and not self.hung else 0.0
         return self.busy_time + running
+
+    # ------------------------------------------------------------------ faults
+
+    def crash(self) -> list[Sequence]:
+        """The process dies: the iteration in progress and every queued request are lost."""
+        self._account_busy()
+        self.alive = False
+        self.hung = False
+        self._iteration = None
+        self._ticket += 1
+        self._wake_at = None
+        return self.batcher.evict_all()
+
+    def restart(self) -> None:
+        """Back in service with an empty batch (after repair)."""
+        self.alive = True
+
+    def hang(self) -> None:
+        """Freeze: the running iteration stops where it is; new requests still queue."""
+        if self.hung or not self.alive:
+            return
+        self.hung = True
+        if self._iteration is not None:
+            self._account_busy()
+            self._frozen_for = max(0.0, self._ends - self.env.now)
+            self._ticket += 1
+
+    def resume(self) -> None:
+        """The hang clears: the frozen iteration finishes its remaining time, then work goes on."""
+        if not self.hung:
+            return
+        self.hung = False
+        if self._iteration is not None:
+            self._started = self.env.now
+            self._ends = self.env.now + self._frozen_for
+            self._schedule(self._frozen_for, self._on_iteration_end)
+        else:
+            self._start_next()
+
+    def set_speed(self, speed: float) -> None:
+        """Throttle to ``speed`` of normal; applies from the next iteration."""
+        self.speed = speed
+
+    # ------------------------------------------------------------------ the engine loop
+
+    def _account_busy(self) -> None:
+        if self._iteration is not None and not self.hung:
+            self.busy_time += self.env.now - self._started
 
     def _start_next(self) -> None:
         now = self.env.now
@@ -79,11 +140,10 @@ class SimReplica:
             self._schedule_wake()
             return
         if iteration.prefill:
-            duration = self.perf.iteration_time(
-                iteration.prefill_tokens, iteration.decode_seqs, iteration.context_tokens
-            )
+            duration = self.perf.iteration_time(iteration.prefill_tokens, iteration.decode_seqs, iteration.context_tokens)
         else:
             duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
+        duration /= self.speed
         self._iteration = iteration
         self._wake_at = None
         self._started = now
@@ -95,11 +155,12 @@ class SimReplica:
         iteration = self._iteration
         assert iteration is not None
         batch, context = iteration.decode_seqs, iteration.context_tokens
-        steps = self.perf.steps_within(batch, context, self.env.now - self._started) + 1
+        elapsed = (self.env.now - self._started) * self.speed
+        steps = self.perf.steps_within(batch, context, elapsed) + 1
         if steps >= iteration.steps:
             return
         iteration.steps = steps
-        ends = self._started + self.perf.decode_stretch_time(batch, context, steps)
+        ends = self._started + self.perf.decode_stretch_time(batch, context, steps) / self.speed
         self._ends = max(ends, self.env.now)
         self._schedule(self._ends - self.env.now, self._on_iteration_end)
 
@@ -116,23 +177,24 @@ class SimReplica:
             self._schedule(max(0.0, wake - self.env.now), self._on_wake)
 
     def _on_wake(self, ticket: int) -> None:
-        if ticket == self._ticket and self._iteration is None:
+        if ticket == self._ticket and self._iteration is None and not self.hung:
             self._wake_at = None
             self._start_next()
 
     def _on_iteration_end(self, ticket: int) -> None:
         if ticket != self._ticket:
-            return  # a stretch that was cut short
+            return  # a stretch that was cut short, or frozen by a hang
         iteration = self._iteration
         assert iteration is not None
         now = self.env.now
         self.busy_time += now - self._started
+        self._iteration = None  # callbacks below may submit new work here, which restarts the loop
         progress = self.batcher.complete(iteration, iteration.steps, now)
         for seq in progress.first_token:
             self.on_first_token(seq, now)
         for seq in progress.finished:
-            self.outstanding -= 1
             self.completed += 1
             self.tokens_out += seq.output_tokens
             self.on_finish(seq, now)
-        self._start_next()
+        if self._iteration is None and self.alive and not self.hung:
+            self._start_next()

@@ -1,0 +1,304 @@
+"""The gateway's decisions for one request's life: admit, route, retry, hedge, give up.
+
+:class:`Gateway` composes the other policies (router, retry and its budget, hedging, circuit
+breakers, outlier ejection, health checks, admission) into one sans-IO state machine. A driver
+feeds it events — a request arrived, an attempt produced its first token or ended, a timer
+fired, a health probe answered, the deadline passed — and carries out the actions it returns:
+
+* :class:`Dispatch` — send attempt ``attempt`` of request ``rid`` to replica ``replica``;
+* :class:`Cancel` — stop that attempt's work (a hedge lost, or the request is over);
+* :class:`Wake` — call :meth:`Gateway.on_timer` for ``rid`` at ``at`` (a retry's backoff, a hedge);
+* :class:`Finish` — the request ends with ``status``.
+
+The simulator drives it with SimPy time and the live gateway with asyncio and the wall clock;
+neither re-implements any of these decisions. Replica availability as the router sees it is the
+gateway's *belief* — healthy by its checks, not ejected, breaker not open — never the ground
+truth, because a real gateway only learns of a failure through failed requests and probes.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from testbed.policy.admission import AdmissionController
+from testbed.policy.breaker import CircuitBreaker, OutlierDetector
+from testbed.policy.health import HealthChecker
+from testbed.policy.hedging import HedgePolicy
+from testbed.policy.retry import RetryBudget, RetryPolicy
+from testbed.policy.routing import Router, make_router
+from testbed.spec import ServingSpec
+
+OUTCOMES = ("ok", "failed", "timeout", "unavailable", "rejected")
+RETRY_REDRAWS = 3
+
+
+@dataclass(slots=True)
+class ReplicaState:
+    """The gateway's view of a replica (what routers read), kept current by the gateway."""
+
+    index: int
+    region: str
+    tier: str
+    capacity: int  # concurrent sequences it can run: the admission controller's load unit
+    outstanding: int = 0
+    available: bool = True
+
+
+@dataclass(slots=True)
+class Dispatch:
+    rid: int
+    attempt: int
+    replica: int
+    hedge: bool
+
+
+@dataclass(slots=True)
+class Cancel:
+    rid: int
+    attempt: int
+    replica: int
+
+
+@dataclass(slots=True)
+class Wake:
+    rid: int
+    at: float
+    tag: str  # "retry" | "hedge"
+
+
+@dataclass(slots=True)
+class Finish:
+    """The request is over; what the record needs to say about its path travels with it."""
+
+    rid: int
+    status: str  # "ok" | "failed" | "timeout" | "shed"
+    attempt: int | None  # the attempt that answered, for an ok request
+    retries: int
+    hedged: bool
+    failed_over: bool  # sent outside its home region because that region had failed it
+
+
+Action = Dispatch | Cancel | Wake | Finish
+
+
+@dataclass(slots=True, eq=False)
+class RequestState:
+    rid: int
+    priority: int
+    client_region: str
+    arrival: float
+    attempts: int = 0
+    retries: int = 0
+    hedged: bool = False
+    first_token: bool = False
+    done: bool = False
+    live: dict[int, int] = field(default_factory=dict)  # attempt -> replica
+    tried: list[int] = field(default_factory=list)  # replicas tried so far
+    failed_over: bool = False
+
+
+class Gateway:
+    """One gateway's policies over a fleet of replicas (see module docstring)."""
+
+    def __init__(
+        self,
+        spec: ServingSpec,
+        replicas: Sequence[ReplicaState],
+        client_regions: Sequence[str],
+        rtt: Callable[[str, str], float],
+        rng: random.Random,
+    ) -> None:
+        self.replicas = list(replicas)
+        self.rng = rng
+        self.retry = RetryPolicy.from_spec(spec.retries)
+        self.budget = RetryBudget.from_spec(spec.retries)
+        self.hedging = HedgePolicy.from_spec(spec.hedging)
+        self.breakers = [CircuitBreaker.from_spec(spec.circuit_breaker) for _ in self.replicas]
+        self.breakers_on = spec.circuit_breaker.enabled
+        self.outliers = OutlierDetector.from_spec(spec.outlier_ejection, len(self.replicas))
+        self.outliers_on = spec.outlier_ejection.enabled
+        self.health = HealthChecker.from_spec(spec.health_check, len(self.replicas))
+        self.admission = AdmissionController.from_spec(spec.admission)
+        self.routers = self._routers(spec, client_regions, rtt)
+        self.capacity = sum(r.capacity for r in self.replicas) or 1
+        self.outstanding = 0
+        self.requests: dict[int, RequestState] = {}
+        self._next_attempt = 0
+        self._attempt_rid: dict[int, int] = {}
+
+    def _routers(self, spec: ServingSpec, client_regions: Sequence[str], rtt: Callable[[str, str], float]) -> dict[str, Router]:
+        """One router per client region: with failover off it sees only the home region's replicas."""
+        usable = [r for r in self.replicas if spec.failover.fallback_tier or r.tier == "primary"]
+        if spec.failover.enabled:
+            shared = make_router(spec.routing, usable, rtt, self.rng)
+            return {region: shared for region in client_regions}
+        return {
+            region: make_router(spec.routing, [r for r in usable if r.region == region], rtt, self.rng)
+            for region in client_regions
+        }
+
+    # ------------------------------------------------------------------ events
+
+    def on_arrival(self, rid: int, priority: int, client_region: str, now: float) -> list[Action]:
+        state = RequestState(rid, priority, client_region, now)
+        self.requests[rid] = state
+        self.budget.on_request(now)
+        actions: list[Action] = []
+        self._attempt(state, now, actions, hedge=False)
+        if not state.done and self.hedging.max_hedges > 0:
+            delay = self.hedging.hedge_delay()
+            if delay is not None:
+                actions.append(Wake(rid, now + delay, "hedge"))
+        return actions
+
+    def on_first_token(self, attempt: int, now: float) -> list[Action]:
+        """The first token of ``attempt``: its request has won any hedge race."""
+        state = self._state_of(attempt)
+        if state is None or state.first_token:
+            return []
+        state.first_token = True
+        self.hedging.observe(now - state.arrival)
+        return [self._cancel(state, other, now) for other in list(state.live) if other != attempt]
+
+    def on_attempt_end(self, attempt: int, outcome: str, now: float) -> list[Action]:
+        """``attempt`` ended with ``outcome`` (one of OUTCOMES)."""
+        rid = self._attempt_rid.pop(attempt, None)
+        if rid is None:
+            return []  # cancelled earlier: already accounted for
+        state = self.requests[rid]
+        replica = state.live.pop(attempt)
+        self._release(replica)
+        self._observe(replica, outcome == "ok", now)
+        if outcome == "ok":
+            actions: list[Action] = [self._cancel(state, other, now) for other in list(state.live)]
+            actions.append(self._finish(state, "ok", attempt))
+            return actions
+        if state.live:
+            return []  # a hedge is still running
+        return self._retry_or_fail(state, outcome, now)
+
+    def on_timer(self, rid: int, tag: str, now: float) -> list[Action]:
+        state = self.requests.get(rid)
+        if state is None or state.done:
+            return []
+        actions: list[Action] = []
+        if tag == "retry":
+            self._attempt(state, now, actions, hedge=False)
+        elif tag == "hedge" and not state.first_token and state.attempts <= self.hedging.max_hedges:
+            state.hedged = True
+            self._attempt(state, now, actions, hedge=True)
+        return actions
+
+    def on_deadline(self, rid: int, now: float) -> list[Action]:
+        """The client's deadline passed: cancel what is running and time the request out."""
+        state = self.requests.get(rid)
+        if state is None or state.done:
+            return []
+        actions: list[Action] = [self._cancel(state, attempt, now) for attempt in list(state.live)]
+        actions.append(self._finish(state, "timeout"))
+        return actions
+
+    def on_probe(self, replica: int, ok: bool, now: float) -> str | None:
+        """A health probe's answer; returns "unhealthy"/"healthy" when the belief changes."""
+        change = self.health.on_probe(replica, ok, now)
+        self._refresh(replica, now)
+        return change
+
+    def on_tick(self, now: float) -> None:
+        """Periodic upkeep: ejections and open breakers expire with time."""
+        for replica in range(len(self.replicas)):
+            self._refresh(replica, now)
+
+    # ------------------------------------------------------------------ internals
+
+    def _attempt(self, state: RequestState, now: float, actions: list[Action], hedge: bool) -> None:
+        """Route one attempt; an attempt that finds no replica counts, so retries stay bounded."""
+        state.attempts += 1
+        replica = self._choose(state, now)
+        if replica is None:
+            if not state.live:
+                actions.extend(self._retry_or_fail(state, "unavailable", now))
+            return
+        if state.attempts == 1:
+            reason = self.admission.admit(state.priority, self.outstanding / self.capacity, replica.outstanding)
+            if reason is not None:
+                actions.append(self._finish(state, "shed"))
+                return
+        if replica.region != state.client_region and (state.tried or not self._region_available(state.client_region)):
+            state.failed_over = True
+        attempt = self._next_attempt
+        self._next_attempt += 1
+        state.live[attempt] = replica.index
+        state.tried.append(replica.index)
+        self._attempt_rid[attempt] = state.rid
+        replica.outstanding += 1
+        self.outstanding += 1
+        actions.append(Dispatch(state.rid, attempt, replica.index, hedge))
+
+    def _choose(self, state: RequestState, now: float) -> ReplicaState | None:
+        """The router's pick, re-drawn a few times to avoid replicas this request already tried.
+
+        A retry sent back to the replica that just failed it is the classic black hole: a dead
+        replica has no outstanding work, so load-aware routers like it best (Envoy's retry host
+        predicate exists for this reason). A replica whose breaker is half-open and has no trial
+        request left is re-drawn too.
+        """
+        router = self.routers[state.client_region]
+        replica = router.choose(state.client_region, now)
+        for _ in range(RETRY_REDRAWS):
+            if replica is None or (replica.index not in state.tried and self._breaker_allows(replica.index, now)):
+                break
+            replica = router.choose(state.client_region, now)
+        return replica
+
+    def _breaker_allows(self, replica: int, now: float) -> bool:
+        """A half-open breaker lets only its trial requests through; this takes one of them."""
+        return not self.breakers_on or self.breakers[replica].allow(now)
+
+    def _region_available(self, region: str) -> bool:
+        """Whether the gateway believes any replica of ``region`` can serve."""
+        return any(r.available for r in self.replicas if r.region == region)
+
+    def _retry_or_fail(self, state: RequestState, outcome: str, now: float) -> list[Action]:
+        if self.retry.should_retry(state.attempts, outcome) and self.budget.try_spend(now):
+            state.retries += 1
+            return [Wake(state.rid, now + self.retry.backoff(state.attempts, self.rng), "retry")]
+        return [self._finish(state, "timeout" if outcome == "timeout" else "failed")]
+
+    def _cancel(self, state: RequestState, attempt: int, now: float) -> Cancel:
+        replica = state.live.pop(attempt)
+        del self._attempt_rid[attempt]
+        self._release(replica)
+        return Cancel(state.rid, attempt, replica)
+
+    def _finish(self, state: RequestState, status: str, attempt: int | None = None) -> Finish:
+        state.done = True
+        del self.requests[state.rid]
+        return Finish(state.rid, status, attempt, state.retries, state.hedged, state.failed_over)
+
+    def _release(self, replica: int) -> None:
+        self.replicas[replica].outstanding -= 1
+        self.outstanding -= 1
+
+    def _observe(self, replica: int, ok: bool, now: float) -> None:
+        breaker = self.breakers[replica]
+        if ok:
+            breaker.on_success(now)
+        else:
+            breaker.on_failure(now)
+        self.outliers.on_result(replica, ok, now)
+        self._refresh(replica, now)
+
+    def _refresh(self, replica: int, now: float) -> None:
+        available = self.health.healthy(replica)
+        if self.outliers_on and self.outliers.is_ejected(replica, now):
+            available = False
+        if self.breakers_on and not self.breakers[replica].allow_peek(now):
+            available = False
+        self.replicas[replica].available = available
+
+    def _state_of(self, attempt: int) -> RequestState | None:
+        rid = self._attempt_rid.get(attempt)
+        return None if rid is None else self.requests.get(rid)
