@@ -1,11 +1,14 @@
 """How fast the simulator runs: N requests on the 1,000-GPU fleet at ~70% of its capacity.
 
 Continuous batching, power-of-two routing, Poisson arrivals, lengths that vary per request.
-The last line is machine-readable:
+With ``--failures`` it runs the same requests twice in one process, without and with a
+stochastic node-crash process on the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of
+crashes), and prints the ratio, since this machine is shared and only ratios measured in one
+run are comparable. The last line is machine-readable:
 
     requests=<N> wall_s=<float> requests_per_s=<float> peak_rss_mb=<float>
 
-Run: python benchmarks/sim_throughput.py --requests 1000000
+Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures]
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ from testbed.spec import Scenario
 FLEET = Path(__file__).resolve().parents[1] / "topologies" / "fleet-1k.yaml"
 
 
-def fleet_scenario(requests: int, load: float, seed: int) -> Scenario:
+FAILURES = [{"kind": "failure_process", "level": "node", "effect": "node_crash", "mtbf": "2min", "mttr": "1min"}]
+
+
+def fleet_scenario(requests: int, load: float, seed: int, failures: bool = False) -> Scenario:
     """The benchmark scenario: duration chosen so that about ``requests`` arrive."""
     base = {
         "name": "sim-throughput",
@@ -43,6 +49,8 @@ def fleet_scenario(requests: int, load: float, seed: int) -> Scenario:
     rate = load * fleet_capacity(probe)
     base["workload"]["arrival"]["rate"] = rate
     base["duration"] = requests / rate
+    if failures:
+        base["faults"] = FAILURES
     return Scenario.model_validate(base)
 
 
@@ -51,9 +59,20 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a share of fleet capacity")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--failures", action="store_true", help="also run with a node-crash process and compare")
     args = parser.parse_args()
     scenario = fleet_scenario(args.requests, args.load, args.seed)
     result = simulate(scenario)
+    if args.failures:
+        faulty = simulate(fleet_scenario(args.requests, args.load, args.seed, failures=True))
+        n_faulty = len(faulty.requests)
+        rate_plain = len(result.requests) / result.stats["wall_s"]
+        rate_faulty = n_faulty / faulty.stats["wall_s"]
+        print(
+            f"with failures: {faulty.stats['faults']} node crashes, outcomes "
+            f"{faulty.requests['status'].value_counts().to_dict()}; {rate_faulty:.0f} req/s vs {rate_plain:.0f} "
+            f"fault-free: ratio {rate_faulty / rate_plain:.2f}"
+        )
     n = len(result.requests)
     wall = result.stats["wall_s"]
     counts = result.requests["status"].value_counts().to_dict()

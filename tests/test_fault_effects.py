@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from testbed.sim import simulate
 from testbed.spec import Scenario
@@ -191,3 +193,31 @@ def test_hedging_rescues_requests_stuck_on_a_straggler():
     hedged = during(simulate(scenario(straggler, {**keep_routing, "hedging": {"enabled": True, "delay": "300ms"}})).requests)
     assert hedged["hedged"].any() and not plain["hedged"].any()
     assert ttft(hedged).quantile(0.9) < ttft(plain).quantile(0.9) / 2
+
+
+NODES = [NODE, f"{AWAY}/z/k/node-1"]
+DOMAINS = [HOME, AWAY, "p", *NODES]
+starts, durations = st.floats(0, 100), st.none() | st.floats(1, 60)
+scripted_faults = st.one_of(
+    st.builds(lambda t, at, d: {"kind": "outage", "target": t, "at": at, "duration": d}, st.sampled_from(DOMAINS), starts, durations),
+    st.builds(lambda t, at, d: {"kind": "node_hang", "target": t, "at": at, "duration": d}, st.sampled_from(NODES), starts, durations),
+    st.builds(lambda at, d: {"kind": "accelerator_failure", "target": f"{NODE}/gpu-1", "at": at, "duration": d}, starts, durations),
+    st.builds(
+        lambda t, speed, at: {"kind": "slowdown", "target": t, "speed": speed, "at": at, "duration": 30},
+        st.sampled_from(DOMAINS), st.floats(0.05, 1), starts,
+    ),
+    st.builds(lambda rate, at: {"kind": "error_injection", "target": HOME, "rate": rate, "at": at, "duration": 30}, st.floats(0, 1), starts),
+    st.builds(lambda at: {"kind": "partition", "between": [f"clients:{HOME}", HOME], "at": at, "duration": 20}, starts),
+    st.builds(lambda at: {"kind": "packet_loss", "between": [f"clients:{HOME}", HOME], "loss": 0.5, "at": at, "duration": 20}, starts),
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(faults=st.lists(scripted_faults, max_size=6), seed=st.integers(0, 1000))
+def test_requests_are_conserved_under_random_fault_schedules(faults, seed):
+    result = simulate(scenario(faults, duration=60, drain=30), seed=seed)
+    statuses = result.requests["status"].astype(str)
+    assert not (statuses == "pending").any()
+    assert len(result.requests) == result.stats["requests"]
+    again = simulate(scenario(faults, duration=60, drain=30), seed=seed)
+    pd.testing.assert_frame_equal(result.requests, again.requests)  # same seed, same records

@@ -123,6 +123,9 @@ class Gateway:
         self.admission = AdmissionController.from_spec(spec.admission)
         self.routers = self._routers(spec, client_regions, rtt)
         self.capacity = sum(r.capacity for r in self.replicas) or 1
+        self._available_in: dict[str, int] = {}  # region -> replicas believed available
+        for replica in self.replicas:
+            self._available_in[replica.region] = self._available_in.get(replica.region, 0) + replica.available
         self.outstanding = 0
         self.requests: dict[int, RequestState] = {}
         self._next_attempt = 0
@@ -259,7 +262,7 @@ class Gateway:
 
     def _region_available(self, region: str) -> bool:
         """Whether the gateway believes any replica of ``region`` can serve."""
-        return any(r.available for r in self.replicas if r.region == region)
+        return self._available_in.get(region, 0) > 0
 
     def _retry_or_fail(self, state: RequestState, outcome: str, now: float) -> list[Action]:
         if self.retry.should_retry(state.attempts, outcome) and self.budget.try_spend(now):
@@ -297,7 +300,10 @@ class Gateway:
             available = False
         if self.breakers_on and not self.breakers[replica].allow_peek(now):
             available = False
-        self.replicas[replica].available = available
+        view = self.replicas[replica]
+        if view.available != available:
+            view.available = available
+            self._available_in[view.region] += 1 if available else -1
 
     def _state_of(self, attempt: int) -> RequestState | None:
         rid = self._attempt_rid.get(attempt)
