@@ -61,8 +61,10 @@ def fault_lines(result: Result) -> list[str]:
         detected = row["detected_at"] - row["start"]
         recovered = row.get("recovered_at", math.nan) - row["start"]
         end = "never" if math.isinf(row["end"]) else f"{row['end']:.1f} s"
+        held = recovered == 0
+        recovered_text = "held throughout" if held else _fmt(recovered, "s")
         lines.append(
-            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {_fmt(detected, 's')} | {_fmt(recovered, 's')} |"
+            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {_fmt(detected, 's')} | {recovered_text} |"
         )
     if len(faults) > 50:
         lines.append(f"| … {len(faults) - 50:,} more in faults.parquet | | | | | |")
@@ -104,6 +106,10 @@ def markdown_report(result: Result) -> str:
     lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]
     for region, share in availability_by(requests, "client_region").items():
         lines.append(f"| {region} | {_fmt(share, 'share')} |")
+    providers = requests["client_region"].astype(str).str.split("/").str[0]
+    by_provider = (requests["status"] == "ok").groupby(providers).mean()
+    lines += ["", "| client provider | availability |", "|---|---|"]
+    lines += [f"| {provider} | {_fmt(share, 'share')} |" for provider, share in by_provider.items()]
     served = requests[requests["status"] == "ok"]
     if len(served):
         lines += ["", "## Where requests were served", "", "| region | requests | failed over | fallback tier | retried | hedged |", "|---|---|---|---|---|---|"]

@@ -171,3 +171,15 @@ def test_conservation_holds_for_any_load_and_policy(rate, batching, routing, see
     statuses = result.requests["status"].astype(str)
     assert not (statuses == "pending").any()
     assert len(result.requests) == result.stats["requests"]
+
+
+def test_priority_shedding_refuses_the_less_important_class_first_under_overload():
+    workload = {
+        "arrival": {"kind": "poisson", "rate": 60},
+        "classes": [{"name": "interactive", "share": 0.5, "priority": 0}, {"name": "batch", "share": 0.5, "priority": 1}],
+    }
+    serving = {"admission": {"shed_thresholds": {1: 0.3}}, "batching": {"policy": "continuous", "max_num_seqs": 16}}
+    result = simulate(small(workload=workload, serving=serving, sla=[]))
+    shed = result.requests[result.requests["status"] == "shed"]
+    assert len(shed) > 0
+    assert set(shed["request_class"].astype(str)) == {"batch"}

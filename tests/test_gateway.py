@@ -1,0 +1,95 @@
+"""The gateway state machine driven by hand: events in, actions out, no simulator."""
+
+from __future__ import annotations
+
+import random
+
+from testbed.policy.gateway import Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.spec import ServingSpec
+
+
+def gateway(serving: dict | None = None, regions=("r/a", "r/a", "r/b")) -> Gateway:
+    replicas = [ReplicaState(i, region, "primary", capacity=8) for i, region in enumerate(regions)]
+    spec = ServingSpec.model_validate({"routing": {"policy": "round_robin"}, **(serving or {})})
+    return Gateway(spec, replicas, ["r/a", "r/b"], lambda a, b: 0.001 if a == b else 0.05, random.Random(0))
+
+
+def test_a_request_is_dispatched_then_finished_ok():
+    g = gateway()
+    [dispatch] = g.on_arrival(0, 0, "r/a", 0.0)
+    assert isinstance(dispatch, Dispatch) and g.replicas[dispatch.replica].outstanding == 1
+    actions = g.on_attempt_end(dispatch.attempt, "ok", 1.0)
+    assert actions == [Finish(0, "ok", dispatch.attempt, retries=0, hedged=False, failed_over=False)]
+    assert g.outstanding == 0 and not g.requests
+
+
+def test_a_failure_is_retried_after_a_backoff_on_another_replica():
+    g = gateway()
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    [wake] = g.on_attempt_end(first.attempt, "failed", 0.5)
+    assert isinstance(wake, Wake) and wake.tag == "retry" and 0.5 <= wake.at <= 0.5 + 0.05
+    [second] = g.on_timer(0, "retry", wake.at)
+    assert second.replica != first.replica
+    [finish] = g.on_attempt_end(second.attempt, "ok", 2.0)
+    assert finish.status == "ok" and finish.retries == 1
+
+
+def test_retries_run_out_and_the_request_fails():
+    g = gateway({"retries": {"max_attempts": 2}})
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    [wake] = g.on_attempt_end(first.attempt, "failed", 0.1)
+    [second] = g.on_timer(0, "retry", wake.at)
+    [finish] = g.on_attempt_end(second.attempt, "unavailable", 1.0)
+    assert finish.status == "failed" and finish.retries == 1
+
+
+def test_the_deadline_cancels_live_attempts_and_times_the_request_out():
+    g = gateway()
+    [dispatch] = g.on_arrival(0, 0, "r/a", 0.0)
+    cancel, finish = g.on_deadline(0, 60.0)
+    assert cancel == Cancel(0, dispatch.attempt, dispatch.replica)
+    assert finish.status == "timeout"
+    assert g.on_attempt_end(dispatch.attempt, "ok", 61.0) == []  # a late answer changes nothing
+
+
+def test_a_hedge_races_the_first_attempt_and_the_loser_is_cancelled():
+    g = gateway({"hedging": {"enabled": True, "delay": "200ms"}})
+    first, wake = g.on_arrival(0, 0, "r/a", 0.0)
+    assert wake == Wake(0, 0.2, "hedge")
+    [hedge] = g.on_timer(0, "hedge", 0.2)
+    assert hedge.hedge and hedge.replica != first.replica
+    [cancel] = g.on_first_token(hedge.attempt, 0.3)
+    assert cancel.attempt == first.attempt
+    [finish] = g.on_attempt_end(hedge.attempt, "ok", 1.0)
+    assert finish.hedged
+
+
+def test_health_probes_take_a_replica_out_of_routing_and_failover_is_recorded():
+    g = gateway({"routing": {"policy": "region_affine"}})
+    for replica in (0, 1):
+        for t in (1.0, 2.0):
+            g.on_probe(replica, False, t)
+    assert not g.replicas[0].available and not g.replicas[1].available
+    [dispatch] = g.on_arrival(0, 0, "r/a", 3.0)
+    assert dispatch.replica == 2
+    [finish] = g.on_attempt_end(dispatch.attempt, "ok", 4.0)
+    assert finish.failed_over
+
+
+def test_without_failover_requests_stay_home_and_fail():
+    g = gateway({"failover": {"enabled": False}, "retries": {"max_attempts": 1}})
+    for replica in (0, 1):
+        for t in (1.0, 2.0):
+            g.on_probe(replica, False, t)
+    [finish] = g.on_arrival(0, 0, "r/a", 3.0)
+    assert finish.status == "failed"
+
+
+def test_admission_sheds_less_important_requests_when_the_fleet_is_loaded():
+    g = gateway({"admission": {"shed_thresholds": {1: 0.1}}})
+    for rid in range(3):
+        g.on_arrival(rid, 0, "r/a", 0.0)  # 3 of 24 slots busy: load 0.125
+    [shed] = g.on_arrival(9, 1, "r/a", 0.0)
+    assert shed.status == "shed"
+    [admitted] = g.on_arrival(10, 0, "r/a", 0.0)
+    assert isinstance(admitted, Dispatch)
