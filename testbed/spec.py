@@ -50,6 +50,9 @@ class SpecError(Exception):
     """A spec file could not be read or is invalid; the message is meant for people."""
 
 
+PartName = Annotated[str, Field(min_length=1, pattern=r"^[^/\s]+$", description="a name without '/' or spaces: paths join names with '/'")]
+
+
 class Strict(BaseModel):
     """Base for specs: unknown keys are typos, so they are errors."""
 
@@ -62,7 +65,7 @@ class Strict(BaseModel):
 class RackSpec(Strict):
     """A rack (or cluster) of identical nodes: one power and network failure domain."""
 
-    name: str
+    name: PartName
     count: PositiveInt = Field(1, description="identical racks named NAME-0, NAME-1, ...")
     nodes: PositiveInt = Field(1, description="nodes per rack")
     device: str = Field(description="device kind: a built-in one (H100, A100, L4, cpu-fp32, cpu-int8) or one under devices:")
@@ -79,12 +82,12 @@ class RackSpec(Strict):
 
 
 class ZoneSpec(Strict):
-    name: str
+    name: PartName
     racks: list[RackSpec] = Field(min_length=1)
 
 
 class RegionSpec(Strict):
-    name: str
+    name: PartName
     tier: Literal["primary", "fallback"] = Field(
         "primary", description="fallback regions take traffic only when the primary tier cannot"
     )
@@ -92,7 +95,7 @@ class RegionSpec(Strict):
 
 
 class ProviderSpec(Strict):
-    name: str
+    name: PartName
     regions: list[RegionSpec] = Field(min_length=1)
 
 

@@ -172,12 +172,9 @@ class Topology:
 def _child(graph: nx.DiGraph, parent: str, name: str, level: str, **attrs: object) -> str:
     """Add ``parent/name`` under ``parent``; names are paths so that they are unique fleet-wide.
 
-    The spec keeps sibling names unique, but a name containing "/" could still collide with a
-    path elsewhere (zone "a/b" of region "r" and zone "b" of region "r/a"), hence the check.
+    The spec keeps sibling names unique and free of "/", so paths cannot collide.
     """
     path = name if parent == ROOT else f"{parent}/{name}"
-    if path in graph:
-        raise ValueError(f"duplicate name {path!r} in the topology")
     graph.add_node(path, level=level, **attrs)
     graph.add_edge(parent, path)
     return path

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.catalog import DEVICES, MODELS, DeviceKind, ModelKind
+from testbed.catalog import DEVICES, MODELS, ModelKind
 from testbed.perf import PerfModel, PerfProfile, Roofline, TableModel, kv_capacity_tokens, perf_model_for
 from testbed.spec import SpecError, TopologySpec
 

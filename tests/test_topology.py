@@ -184,5 +184,5 @@ def test_names_with_slashes_cannot_alias_another_path():
 
     # zone "a/b" of region "r" and zone "b" of region "r/a" would both be "p/r/a/b"
     spec = {"name": "t", "providers": [{"name": "p", "regions": [region("r", "a/b"), region("r/a", "b")]}]}
-    with pytest.raises(ValueError, match="duplicate name 'p/r/a/b'"):
-        Topology.from_spec(TopologySpec.model_validate(spec))
+    with pytest.raises(ValueError, match="should match pattern"):  # the spec refuses '/' in names
+        TopologySpec.model_validate(spec)

@@ -167,6 +167,7 @@ class Gateway:
 
     def on_attempt_end(self, attempt: int, outcome: str, now: float) -> list[Action]:
         """``attempt`` ended with ``outcome`` (one of OUTCOMES)."""
+        assert outcome in OUTCOMES, outcome
         rid = self._attempt_rid.pop(attempt, None)
         if rid is None:
             return []  # cancelled earlier: already accounted for

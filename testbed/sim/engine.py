@@ -21,8 +21,8 @@ import pandas as pd
 import simpy
 
 from testbed import workload
-from testbed.faults import Fault, build_schedule
-from testbed.observe.records import FAILED, OK, PENDING, SHED, STATUSES, TIMEOUT, RequestLog, status_names
+from testbed.faults import Fault, build_schedule, faults_frame
+from testbed.observe.records import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
@@ -383,8 +383,6 @@ class _Run:
 
     def _faults_frame(self) -> pd.DataFrame:
         """The fault timeline: injected, first detected by a health check, repaired."""
-        from testbed.faults import faults_frame
-
         frame = faults_frame(self.schedule)
         detected = []
         for fault in self.schedule:

@@ -80,7 +80,10 @@ class FaultInjector:
                 self._crash(replica, state, sign)
             elif fault.kind == "node_hang":
                 state.hung += sign
-                replica.hang() if state.hung else replica.resume()
+                if state.hung:
+                    replica.hang()
+                else:
+                    replica.resume()
             elif fault.kind == "slowdown":
                 _toggle(state.speeds, fault.params["speed"], sign)
                 speed = 1.0
