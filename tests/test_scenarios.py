@@ -23,6 +23,7 @@ EXPECTED = {
     "region-partition.yaml": (False, {"p99 ttft (during faults)"}),
     "gray-failure.yaml": (False, {"availability"}),
     "thermal-throttling.yaml": (False, {"p99 tpot (during faults)"}),
+    "gpu-supply-shock.yaml": (False, {"availability [batch]"}),
 }
 
 
