@@ -25,10 +25,9 @@ _DURATION_UNITS = {
     "w": 604800.0,
     "week": 604800.0,
 }
-_DURATION = re.compile(rf"^\s*{_NUMBER}\s*([a-z]+)\s*$")
+_WITH_UNIT = re.compile(rf"^\s*{_NUMBER}\s*([a-z]+)\s*$")
 _RATE = re.compile(rf"^\s*{_NUMBER}\s*/\s*([a-z]+)\s*$")
 _BANDWIDTH_UNITS = {"bps": 1 / 8, "kbps": 1e3 / 8, "mbps": 1e6 / 8, "gbps": 1e9 / 8, "tbps": 1e12 / 8}
-_BANDWIDTH = re.compile(rf"^\s*{_NUMBER}\s*([a-z]+)\s*$")
 
 DURATION_FORMS = "a number of seconds or a string like '250ms', '90s', '30min', '2h', '1d'"
 RATE_FORMS = "a number per second or a string like '250/s', '1200/min', '40000/h'"
@@ -43,14 +42,21 @@ def _plain_number(value: object) -> float | None:
     return None
 
 
+def _parse(value: object, pattern: re.Pattern[str], units: dict[str, float], per: bool, forms: str) -> float:
+    """A bare number, or NUMBER UNIT (or NUMBER / UNIT when ``per``) converted to base units."""
+    number = _plain_number(value)
+    if number is not None:
+        return number
+    match = pattern.match(value.lower()) if isinstance(value, str) else None
+    if not match or match.group(2) not in units:
+        raise ValueError(f"expected {forms}")
+    scale = units[match.group(2)]
+    return float(match.group(1)) / scale if per else float(match.group(1)) * scale
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``value``; rejects negatives, since no duration in a spec can be negative."""
-    number = _plain_number(value)
-    if number is None:
-        match = _DURATION.match(str(value).lower()) if isinstance(value, str) else None
-        if not match or match.group(2) not in _DURATION_UNITS:
-            raise ValueError(f"expected a duration: {DURATION_FORMS}")
-        number = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    number = _parse(value, _WITH_UNIT, _DURATION_UNITS, False, f"a duration: {DURATION_FORMS}")
     if number < 0:
         raise ValueError("expected a duration that is not negative")
     return number
@@ -58,12 +64,7 @@ def parse_duration(value: object) -> float:
 
 def parse_rate(value: object) -> float:
     """Events per second from ``value``."""
-    number = _plain_number(value)
-    if number is None:
-        match = _RATE.match(str(value).lower()) if isinstance(value, str) else None
-        if not match or match.group(2) not in _DURATION_UNITS:
-            raise ValueError(f"expected a rate: {RATE_FORMS}")
-        number = float(match.group(1)) / _DURATION_UNITS[match.group(2)]
+    number = _parse(value, _RATE, _DURATION_UNITS, True, f"a rate: {RATE_FORMS}")
     if number < 0:
         raise ValueError("expected a rate that is not negative")
     return number
@@ -71,12 +72,7 @@ def parse_rate(value: object) -> float:
 
 def parse_bandwidth(value: object) -> float:
     """Bytes per second from ``value`` (network convention: bits per second in the string)."""
-    number = _plain_number(value)
-    if number is None:
-        match = _BANDWIDTH.match(str(value).lower()) if isinstance(value, str) else None
-        if not match or match.group(2) not in _BANDWIDTH_UNITS:
-            raise ValueError(f"expected a bandwidth: {BANDWIDTH_FORMS}")
-        number = float(match.group(1)) * _BANDWIDTH_UNITS[match.group(2)]
+    number = _parse(value, _WITH_UNIT, _BANDWIDTH_UNITS, False, f"a bandwidth: {BANDWIDTH_FORMS}")
     if number <= 0:
         raise ValueError("expected a positive bandwidth")
     return number

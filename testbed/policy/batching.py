@@ -96,7 +96,8 @@ class Batcher(Protocol):
         """Remove and return every queued and running sequence (the replica died)."""
 
     def cancel(self, seq: Sequence) -> None:
-        """Drop ``seq`` wherever it is (its request was answered elsewhere or gave up)."""
+        """Drop ``seq`` wherever it is (its request was answered elsewhere or gave up); a sequence
+        that already finished or was evicted is no longer anywhere, and that is fine."""
 
     def set_kv_capacity(self, tokens: int) -> None:
         """Change the KV-cache capacity (memory pressure); running work adapts at the next step."""
@@ -239,7 +240,7 @@ class ContinuousBatcher:
     def cancel(self, seq: Sequence) -> None:
         if seq.key in self._running:
             self._stop(seq)
-        else:
+        elif seq in self._waiting:
             self._waiting.remove(seq)
 
     def set_kv_capacity(self, tokens: int) -> None:
@@ -377,7 +378,7 @@ class MicroBatcher:
     def cancel(self, seq: Sequence) -> None:
         if seq in self._batch:
             self._batch.remove(seq)
-        else:
+        elif seq in self._waiting:
             self._waiting.remove(seq)
 
     def set_kv_capacity(self, tokens: int) -> None:
