@@ -77,7 +77,7 @@ def _simulate_with_progress(scenario: Scenario, seed: int | None, duration: floa
 
 
 def _print_verdicts(result: Result) -> None:
-    from testbed.report import _fmt, outcome_counts
+    from testbed.report import format_value, outcome_counts
 
     counts = outcome_counts(result.requests)
     console.print(
@@ -90,7 +90,7 @@ def _print_verdicts(result: Result) -> None:
     for v in result.sla:
         op = "≤" if v.bound == "max" else "≥"
         verdict = "[green]pass[/]" if v.passed else "[bold red]FAIL[/]"
-        table.add_row(escape(v.objective), f"{op} {_fmt(v.limit, v.unit)}", _fmt(v.observed, v.unit), _fmt(v.margin, v.unit), verdict)
+        table.add_row(escape(v.objective), f"{op} {format_value(v.limit, v.unit)}", format_value(v.observed, v.unit), format_value(v.margin, v.unit), verdict)
     console.print(table)
     console.print("[bold green]all SLAs met[/]" if result.passed else "[bold red]SLA violated[/]")
 

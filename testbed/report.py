@@ -41,7 +41,8 @@ def availability_by(requests: pd.DataFrame, column: str) -> pd.Series:
     return (requests["status"] == "ok").groupby(requests[column], observed=True).mean()
 
 
-def _fmt(value: float, unit: str) -> str:
+def format_value(value: float, unit: str) -> str:
+    """A metric value for people: milliseconds or seconds, percentages, or a number and its unit."""
     if isinstance(value, float) and math.isnan(value):
         return "n/a"
     if unit == "s":
@@ -62,9 +63,9 @@ def fault_lines(result: Result) -> list[str]:
         recovered = row.get("recovered_at", math.nan) - row["start"]
         end = "never" if math.isinf(row["end"]) else f"{row['end']:.1f} s"
         held = recovered == 0
-        recovered_text = "held throughout" if held else _fmt(recovered, "s")
+        recovered_text = "held throughout" if held else format_value(recovered, "s")
         lines.append(
-            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {_fmt(detected, 's')} | {recovered_text} |"
+            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {format_value(detected, 's')} | {recovered_text} |"
         )
     if len(faults) > 50:
         lines.append(f"| … {len(faults) - 50:,} more in faults.parquet | | | | | |")
@@ -94,22 +95,22 @@ def markdown_report(result: Result) -> str:
     for v in result.sla:
         op = "≤" if v.bound == "max" else "≥"
         lines.append(
-            f"| {v.objective} | {op} {_fmt(v.limit, v.unit)} | {_fmt(v.observed, v.unit)} | "
-            f"{_fmt(v.margin, v.unit)} | {'pass' if v.passed else '**FAIL**'} |"
+            f"| {v.objective} | {op} {format_value(v.limit, v.unit)} | {format_value(v.observed, v.unit)} | "
+            f"{format_value(v.margin, v.unit)} | {'pass' if v.passed else '**FAIL**'} |"
         )
     if not result.sla:
         lines.append("| (no objectives) | | | | |")
     lines += ["", "## Latency of successful requests", "", "| class | requests | ttft p50 | ttft p99 | tpot p50 | tpot p99 | e2e p50 | e2e p99 |", "|---|---|---|---|---|---|---|---|"]
     for r in latency_summary(requests).to_dict("records"):
-        cells = [_fmt(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
+        cells = [format_value(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
         lines.append(f"| {r['class']} | {r['requests']:,} | " + " | ".join(cells) + " |")
     lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]
     for region, share in availability_by(requests, "client_region").items():
-        lines.append(f"| {region} | {_fmt(share, 'share')} |")
+        lines.append(f"| {region} | {format_value(share, 'share')} |")
     providers = requests["client_region"].astype(str).str.split("/").str[0]
     by_provider = (requests["status"] == "ok").groupby(providers).mean()
     lines += ["", "| client provider | availability |", "|---|---|"]
-    lines += [f"| {provider} | {_fmt(share, 'share')} |" for provider, share in by_provider.items()]
+    lines += [f"| {provider} | {format_value(share, 'share')} |" for provider, share in by_provider.items()]
     served = requests[requests["status"] == "ok"]
     if len(served):
         lines += ["", "## Where requests were served", "", "| region | requests | failed over | fallback tier | retried | hedged |", "|---|---|---|---|---|---|"]
