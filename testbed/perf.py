@@ -404,16 +404,19 @@ def kv_capacity_tokens(model: ModelKind, device: DeviceKind, tensor_parallel: in
     return int((memory - weights) * fraction / model.kv_bytes_per_token)
 
 
-def perf_model_for(topology: TopologySpec, device_kind: str, tensor_parallel: int) -> PerfModel:
+def perf_model_for(
+    topology: TopologySpec, device_kind: str, tensor_parallel: int, model: str | None = None
+) -> PerfModel:
     """The calibrated table if the topology names a profile for this device kind, else the roofline.
 
     Profile paths were resolved against the topology file's directory when the spec was loaded.
     A profile is only trusted for what it measured: a different device kind, model or tensor
-    parallelism is a :class:`SpecError` rather than a silently wrong latency.
+    parallelism is a :class:`SpecError` rather than a silently wrong latency. A rack serving a
+    model of its own (``model``) gets the roofline: profiles are measured for the topology's model.
     """
     profile_path = topology.profiles.get(device_kind)
-    if profile_path is None:
-        return Roofline(topology.model_kind(), topology.device_kind(device_kind), tensor_parallel)
+    if profile_path is None or model is not None:
+        return Roofline(topology.model_kind(model), topology.device_kind(device_kind), tensor_parallel)
     path = Path(profile_path)
     table = TableModel.from_json(path)
     profile = table.profile

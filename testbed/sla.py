@@ -14,6 +14,10 @@ Definitions (the README copies them):
   it counts against availability but is not an error.
 * **throughput** — ``ok`` requests per second of window; **token_throughput** — their output
   tokens per second.
+* **turn_latency** — agent turns: the percentile of a turn's latency (its first call's arrival
+  to its last call's answer) over turns whose calls all ended ``ok``; **turn_availability** —
+  the share of turns whose calls all ended ``ok`` (a skipped optional stage is no failure).
+  A turn counts in a window when its calls arrived in it.
 * **goodput** — share of all requests that ended ``ok`` *and* met both the objective's TTFT and
   TPOT limits: DistServe's SLO attainment.
 
@@ -31,8 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from testbed.observe.records import latency_columns
-from testbed.spec import LATENCY_METRICS, Objective
+from testbed.observe.records import latency_columns, turn_table
+from testbed.spec import LATENCY_METRICS, TURN_METRICS, Objective
 
 UNITS = {
     "ttft": "s",
@@ -43,6 +47,8 @@ UNITS = {
     "goodput": "share",
     "throughput": "req/s",
     "token_throughput": "tok/s",
+    "turn_latency": "s",
+    "turn_availability": "share",
 }
 
 
@@ -141,6 +147,8 @@ def recovery_times(
 def _verdict(objective: Objective, requests: pd.DataFrame, span: float) -> Verdict:
     if objective.request_class is not None:
         requests = requests[requests["request_class"] == objective.request_class]
+    if objective.stage is not None:
+        requests = requests[requests["stage"] == objective.stage]
     observed, samples = _observe(objective, requests, span)
     if objective.max is not None:
         bound, limit = "max", objective.max
@@ -167,6 +175,8 @@ def _verdict(objective: Objective, requests: pd.DataFrame, span: float) -> Verdi
 def _observe(objective: Objective, requests: pd.DataFrame, span: float) -> tuple[float, int]:
     """The metric's observed value and how many requests it was computed on."""
     metric, total = objective.metric, len(requests)
+    if metric in TURN_METRICS:
+        return _observe_turns(objective, turn_table(requests))
     status = requests["status"]
     ok = (status == "ok").to_numpy()
     if metric in LATENCY_METRICS:
@@ -189,6 +199,19 @@ def _observe(objective: Objective, requests: pd.DataFrame, span: float) -> tuple
     latency = latency_columns(requests)
     within = (latency["ttft"] <= objective.ttft) & ~(latency["tpot"] > objective.tpot)  # NaN tpot: one token
     return float((ok & within.to_numpy()).mean()), total
+
+
+def _observe_turns(objective: Objective, turns: pd.DataFrame) -> tuple[float, int]:
+    """turn_latency: the percentile over turns whose calls all succeeded; turn_availability: their share."""
+    if turns.empty:
+        return math.nan, 0
+    if objective.metric == "turn_availability":
+        return float(turns["ok"].mean()), len(turns)
+    assert objective.percentile is not None
+    latency = turns.loc[turns["ok"], "latency"].to_numpy()
+    if len(latency) == 0:
+        return math.nan, 0
+    return float(np.percentile(latency, objective.percentile)), len(latency)
 
 
 def verdicts_frame(verdicts: Sequence[Verdict]) -> pd.DataFrame:

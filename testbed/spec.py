@@ -71,6 +71,17 @@ class RackSpec(Strict):
     device: str = Field(description="device kind: a built-in one (H100, A100, L4, cpu-fp32, cpu-int8) or one under devices:")
     devices_per_node: PositiveInt = 8
     tensor_parallel: PositiveInt = Field(1, description="devices per replica; must divide devices_per_node")
+    pool: PartName = Field(
+        "default", description="replica pool this rack serves; a workload stage may ask for a pool (e.g. a small model)"
+    )
+    model: str | None = Field(None, description="built-in model this rack serves; default: the topology's model")
+
+    @field_validator("model")
+    @classmethod
+    def _known_rack_model(cls, value: str | None) -> str | None:
+        if value is not None and value not in MODELS:
+            raise ValueError(f"unknown model {value!r}; expected one of {sorted(MODELS)}")
+        return value
 
     @model_validator(mode="after")
     def _tp_divides_node(self) -> RackSpec:
@@ -165,8 +176,18 @@ class TopologySpec(Strict):
     def region_paths(self) -> list[str]:
         return [f"{p.name}/{r.name}" for p in self.providers for r in p.regions]
 
-    def model_kind(self) -> ModelKind:
+    def model_kind(self, name: str | None = None) -> ModelKind:
+        """The topology's model, or the built-in model ``name`` a rack overrides it with."""
+        if name is not None:
+            return MODELS[name]
         return MODELS[self.model] if isinstance(self.model, str) else self.model
+
+    def pools(self) -> list[str]:
+        """Replica pools in declaration order ("default" unless racks name others)."""
+        seen = dict.fromkeys(
+            rack.pool for p in self.providers for r in p.regions for z in r.zones for rack in z.racks
+        )
+        return list(seen)
 
     def device_kind(self, name: str) -> DeviceKind:
         return self.devices.get(name) or DEVICES[name]
@@ -292,6 +313,49 @@ class RequestClass(Strict):
     priority: NonNegativeInt = 0
 
 
+class StageSpec(Strict):
+    """One model call in an agent's turn, e.g. NLU or response generation."""
+
+    name: PartName
+    prompt_tokens: LengthSpec = FixedLength(kind="fixed", value=512)
+    output_tokens: LengthSpec = FixedLength(kind="fixed", value=64)
+    pool: PartName = Field("default", description="replica pool that serves this stage (a smaller model, say)")
+    slo: Duration = Field(description="this stage's latency objective; also the agent's first latency estimate")
+    optional: bool = Field(False, description="the agent loop may skip it when the turn's budget is short")
+    downgrade_pool: PartName | None = Field(
+        None, description="pool the agent loop switches this stage to when the turn's budget is short"
+    )
+    repeat_probability: float = Field(
+        0.0, ge=0, lt=1, description="tool-call loop: after each call, the stage runs again with this probability"
+    )
+    max_repeats: NonNegativeInt = Field(3, description="at most this many extra calls of the stage per turn")
+
+
+class AgentSpec(Strict):
+    """Multi-turn agent sessions: each turn runs its stages in order within a turn budget.
+
+    ``adaptation`` says where the turn's deadline is acted on. ``none``: every call gets only
+    the serving timeout. ``gateway``: the remaining turn budget travels with each call as its
+    deadline and the gateway cancels calls that overrun it — it sees single calls, so it can only
+    cut work off. ``agent``: the same propagation, and the agent loop itself skips optional
+    stages and downgrades stages to their ``downgrade_pool`` when its latency estimates say the
+    rest of the turn will not fit in what is left of the budget.
+    """
+
+    share: float = Field(gt=0, le=1, description="share of arrivals that start a session instead of a single call")
+    turns: LengthSpec = Field(description="turns per session")
+    think_time: Duration = Field(description="mean (exponential) pause between a turn's answer and the next turn")
+    turn_budget: Duration = Field(description="end-to-end latency budget of one turn")
+    adaptation: Literal["none", "gateway", "agent"] = "gateway"
+    stages: list[StageSpec] = Field(min_length=1)
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_unique(cls, value: list[StageSpec]) -> list[StageSpec]:
+        _require_unique("stage", [s.name for s in value])
+        return value
+
+
 class WorkloadSpec(Strict):
     arrival: ArrivalSpec
     prompt_tokens: LengthSpec = FixedLength(kind="fixed", value=512)
@@ -301,6 +365,7 @@ class WorkloadSpec(Strict):
         default_factory=dict,
         description="share of clients near each region ('provider/region'); empty = spread over primary regions",
     )
+    agents: AgentSpec | None = Field(None, description="agent sessions: a share of arrivals start multi-stage sessions")
 
     @field_validator("classes")
     @classmethod
@@ -598,17 +663,30 @@ FaultSpec = Annotated[
 
 # --------------------------------------------------------------------------- SLA
 
-LATENCY_METRICS = ("ttft", "tpot", "e2e")
+LATENCY_METRICS = ("ttft", "tpot", "e2e", "turn_latency")
+TURN_METRICS = ("turn_latency", "turn_availability")
 
 
 class Objective(Strict):
     """One SLA line, e.g. p99 TTFT of the interactive class at most 2 s."""
 
-    metric: Literal["ttft", "tpot", "e2e", "availability", "error_rate", "throughput", "token_throughput", "goodput"]
+    metric: Literal[
+        "ttft",
+        "tpot",
+        "e2e",
+        "availability",
+        "error_rate",
+        "throughput",
+        "token_throughput",
+        "goodput",
+        "turn_latency",
+        "turn_availability",
+    ]
     percentile: float | None = Field(None, gt=0, lt=100)
     max: float | None = None
     min: float | None = None
     request_class: str | None = Field(None, alias="class", description="restrict to one SLA class")
+    stage: str | None = Field(None, description="restrict to the calls of one agent stage")
     window: Literal["all", "during_faults", "after_faults"] = Field(
         "all", description="judge all requests, those that arrived during faults, or after the last repair"
     )
@@ -649,7 +727,9 @@ class Objective(Strict):
             raise ValueError(f"percentile applies only to {LATENCY_METRICS}")
         if self.metric == "goodput" and (self.ttft is None or self.tpot is None):
             raise ValueError("goodput needs both ttft and tpot limits")
-        if self.metric in ("availability", "error_rate", "goodput"):
+        if self.metric in TURN_METRICS and self.stage is not None:
+            raise ValueError(f"{self.metric} judges whole turns: it cannot be restricted to a stage")
+        if self.metric in ("availability", "error_rate", "goodput", "turn_availability"):
             limit = self.max if self.max is not None else self.min
             if not 0 <= limit <= 1:  # type: ignore[operator]
                 raise ValueError(f"{self.metric} is a share: expected a limit between 0 and 1 (or a percentage)")
@@ -661,7 +741,8 @@ class Objective(Strict):
         name = f"p{self.percentile:g} {self.metric}" if self.percentile is not None else self.metric
         if self.window != "all":
             name += f" ({self.window.replace('_', ' ')})"
-        return f"{name} [{self.request_class}]" if self.request_class else name
+        scope = "/".join(s for s in (self.request_class, self.stage and f"stage {self.stage}") if s)
+        return f"{name} [{scope}]" if scope else name
 
 
 # --------------------------------------------------------------------------- scenario
@@ -714,6 +795,7 @@ class Scenario(Strict):
                     f"sla objective {objective.label} names unknown class {objective.request_class!r}; "
                     f"expected one of {sorted(classes)}"
                 )
+        self._check_agent_references()
         if self.warmup >= self.duration:
             raise ValueError("warmup must be shorter than duration")
         if self.faults:
@@ -722,6 +804,29 @@ class Scenario(Strict):
 
             validate_targets(self.faults, Topology.from_spec(self.topology))
         return self
+
+    def _check_agent_references(self) -> None:
+        """Stages must name pools the topology has; stage objectives must name stages."""
+        agents = self.workload.agents
+        stages = [s.name for s in agents.stages] if agents else []
+        pools = self.topology.pools()
+        if "default" not in pools:
+            raise ValueError(f"topology has pools {pools} but no 'default' pool: single requests are served by 'default'")
+        for stage in agents.stages if agents else []:
+            for field_name in ("pool", "downgrade_pool"):
+                pool = getattr(stage, field_name)
+                if pool is not None and pool not in pools:
+                    raise ValueError(
+                        f"workload.agents stage {stage.name!r} {field_name} {pool!r} is not a pool of the topology; "
+                        f"expected one of {pools}"
+                    )
+        for objective in self.sla:
+            if objective.stage is not None and objective.stage not in stages:
+                raise ValueError(
+                    f"sla objective {objective.label} names unknown stage {objective.stage!r}; expected one of {stages}"
+                )
+            if objective.metric in TURN_METRICS and agents is None:
+                raise ValueError(f"sla objective {objective.label} needs workload.agents: there are no turns to judge")
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Scenario:

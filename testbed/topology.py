@@ -39,6 +39,8 @@ class Replica:
     device_kind: str
     tensor_parallel: int
     tier: str
+    pool: str = "default"
+    model: str | None = None  # a rack's own model; None serves the topology's
 
 
 class Topology:
@@ -106,6 +108,8 @@ class Topology:
                                             device_kind=rack_spec.device,
                                             tensor_parallel=tp,
                                             tier=region.tier,
+                                            pool=rack_spec.pool,
+                                            model=rack_spec.model,
                                         )
                                     )
         return cls(spec, graph, replicas)

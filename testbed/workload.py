@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from testbed.agents import SESSIONS, AgentPlan, plan_sessions
 from testbed.rng import RandomStreams
 from testbed.spec import (
     ArrivalSpec,
@@ -58,6 +59,7 @@ class Arrivals:
     client_region: np.ndarray  # int16 index into region_names
     class_names: list[str]
     region_names: list[str]
+    agents: AgentPlan | None = None  # sessions started by a share of the arrivals (then not in the columns above)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -105,7 +107,7 @@ def generate(
     drawn_region = _categorical(streams.numpy("workload.client_region"), region_shares, n)
     request_class = np.where(source.request_class >= 0, source.request_class, drawn_class).astype(np.int16)
     priorities = np.array([c.priority for c in spec.classes], dtype=np.int16)
-    return Arrivals(
+    arrivals = Arrivals(
         time=source.time,
         prompt_tokens=source.prompt_tokens,
         output_tokens=source.output_tokens,
@@ -115,6 +117,24 @@ def generate(
         class_names=class_names,
         region_names=region_names,
     )
+    return _split_sessions(spec, arrivals, streams) if spec.agents is not None else arrivals
+
+
+def _split_sessions(spec: WorkloadSpec, arrivals: Arrivals, streams: RandomStreams) -> Arrivals:
+    """A share of the arrivals start agent sessions instead of being single calls."""
+    assert spec.agents is not None
+    starts = streams.numpy(SESSIONS).random(len(arrivals)) < spec.agents.share
+    single = ~starts
+    plan = plan_sessions(
+        spec.agents,
+        arrivals.time[starts],
+        arrivals.priority[starts],
+        arrivals.request_class[starts],
+        arrivals.client_region[starts],
+        streams,
+    )
+    columns = ("time", "prompt_tokens", "output_tokens", "request_class", "priority", "client_region")
+    return replace(arrivals, **{name: getattr(arrivals, name)[single] for name in columns}, agents=plan)
 
 
 def mean_rate(spec: ArrivalSpec, duration: float, base_dir: Path | str = ".") -> float:

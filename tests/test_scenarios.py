@@ -24,6 +24,8 @@ EXPECTED = {
     "gray-failure.yaml": (False, {"availability"}),
     "thermal-throttling.yaml": (False, {"p99 tpot (during faults)"}),
     "gpu-supply-shock.yaml": (False, {"availability [batch]"}),
+    "agent-adaptation-gateway.yaml": (False, {"turn_availability", "availability [stage filter]"}),
+    "agent-adaptation-agent.yaml": (True, set()),
 }
 
 

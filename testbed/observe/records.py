@@ -17,10 +17,14 @@ PENDING, OK, FAILED, TIMEOUT, SHED = range(len(STATUSES))
 # an event did not happen (no first token for a failed request). replica is -1 when none served.
 # hedged: a duplicate attempt was sent; failed_over: served outside the region of its first
 # attempt; fallback: served by the fallback tier (e.g. CPU int8: quality may be lower);
-# fault_overlap: the request was in flight while some fault was active.
+# fault_overlap: the request was in flight while some fault was active. Agent calls carry their
+# session_id, turn (within the session) and stage; single requests have -1, -1 and "".
+# degraded: an agent loop sent this call to its stage's downgrade pool to save the turn's budget.
 REQUEST_COLUMNS: dict[str, str] = {
     "request_id": "int64",
     "session_id": "int64",
+    "turn": "int32",
+    "stage": "category",
     "request_class": "category",
     "priority": "int16",
     "client_region": "category",
@@ -36,6 +40,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "hedged": "bool",
     "failed_over": "bool",
     "fallback": "bool",
+    "degraded": "bool",
     "fault_overlap": "bool",
 }
 
@@ -82,3 +87,16 @@ def latency_columns(requests: pd.DataFrame) -> pd.DataFrame:
     decode_tokens = (requests["output_tokens"] - 1).where(requests["output_tokens"] > 1)
     tpot = (requests["finish"] - requests["first_token"]) / decode_tokens
     return pd.DataFrame({"ttft": ttft, "tpot": tpot, "e2e": e2e})
+
+
+def turn_table(requests: pd.DataFrame) -> pd.DataFrame:
+    """One row per agent turn: session_id, turn, start, end, latency, calls and ok (all calls ok)."""
+    calls = requests[requests["session_id"] >= 0] if "session_id" in requests else requests.iloc[:0]
+    if calls.empty:
+        return pd.DataFrame(columns=["session_id", "turn", "start", "end", "latency", "calls", "ok"])
+    grouped = calls.assign(call_ok=calls["status"] == "ok").groupby(["session_id", "turn"], sort=True, observed=True)
+    turns = grouped.agg(
+        start=("arrival", "min"), end=("finish", "max"), calls=("arrival", "size"), ok=("call_ok", "all")
+    ).reset_index()
+    turns["latency"] = turns["end"] - turns["start"]
+    return turns[["session_id", "turn", "start", "end", "latency", "calls", "ok"]]

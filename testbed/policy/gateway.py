@@ -44,6 +44,7 @@ class ReplicaState:
     capacity: int  # concurrent sequences it can run: the admission controller's load unit
     outstanding: int = 0
     available: bool = True
+    pool: str = "default"
 
 
 @dataclass(slots=True)
@@ -89,6 +90,7 @@ class RequestState:
     priority: int
     client_region: str
     arrival: float
+    pool: str = "default"
     attempts: int = 0
     retries: int = 0
     hedged: bool = False
@@ -131,21 +133,29 @@ class Gateway:
         self._next_attempt = 0
         self._attempt_rid: dict[int, int] = {}
 
-    def _routers(self, spec: ServingSpec, client_regions: Sequence[str], rtt: Callable[[str, str], float]) -> dict[str, Router]:
-        """One router per client region: with failover off it sees only the home region's replicas."""
+    def _routers(
+        self, spec: ServingSpec, client_regions: Sequence[str], rtt: Callable[[str, str], float]
+    ) -> dict[tuple[str, str], Router]:
+        """One router per (client region, pool): with failover off it sees only the home region's replicas."""
         usable = [r for r in self.replicas if spec.failover.fallback_tier or r.tier == "primary"]
-        if spec.failover.enabled:
-            shared = make_router(spec.routing, usable, rtt, self.rng)
-            return {region: shared for region in client_regions}
-        return {
-            region: make_router(spec.routing, [r for r in usable if r.region == region], rtt, self.rng)
-            for region in client_regions
-        }
+        routers: dict[tuple[str, str], Router] = {}
+        for pool in dict.fromkeys(r.pool for r in self.replicas):
+            in_pool = [r for r in usable if r.pool == pool]
+            if spec.failover.enabled:
+                shared = make_router(spec.routing, in_pool, rtt, self.rng)
+                routers.update({(region, pool): shared for region in client_regions})
+            else:
+                for region in client_regions:
+                    routers[(region, pool)] = make_router(
+                        spec.routing, [r for r in in_pool if r.region == region], rtt, self.rng
+                    )
+        return routers
 
     # ------------------------------------------------------------------ events
 
-    def on_arrival(self, rid: int, priority: int, client_region: str, now: float) -> list[Action]:
-        state = RequestState(rid, priority, client_region, now)
+    def on_arrival(self, rid: int, priority: int, client_region: str, now: float, pool: str = "default") -> list[Action]:
+        """A request for ``pool`` (the replica pool its model lives in) from ``client_region``."""
+        state = RequestState(rid, priority, client_region, now, pool)
         self.requests[rid] = state
         self.budget.on_request(now)
         actions: list[Action] = []
@@ -249,7 +259,7 @@ class Gateway:
         predicate exists for this reason). A replica whose breaker is half-open and has no trial
         request left is re-drawn too.
         """
-        router = self.routers[state.client_region]
+        router = self.routers[(state.client_region, state.pool)]
         replica = router.choose(state.client_region, now)
         for _ in range(RETRY_REDRAWS):
             if replica is None or (replica.index not in state.tried and self._breaker_allows(replica.index, now)):

@@ -24,6 +24,7 @@ from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
 from testbed.observe.records import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
+from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.result import Result
@@ -32,6 +33,7 @@ from testbed.sim.fleet import FleetSampler
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
+from testbed.sim.sessions import SessionDriver
 from testbed.sla import evaluate, fault_windows, recovery_times
 from testbed.spec import ContinuousBatching, Scenario, SpecError
 from testbed.topology import Replica, Topology
@@ -87,10 +89,14 @@ class _Run:
         self.horizon = scenario.duration + scenario.drain
         self.schedule: list[Fault] = build_schedule(scenario.faults, self.topology, self.horizon, self.streams)
         self.env = simpy.Environment()
-        self.log = RequestLog(len(self.arrivals))
+        self.plan = self.arrivals.agents
+        self.singles = len(self.arrivals)  # requests 0..singles-1; agent calls follow
+        self.total = self.singles + (self.plan.calls if self.plan else 0)
+        self.log = RequestLog(self.total)
         self.replicas = self._build_replicas()
         self.views = [
-            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher)) for p, r in zip(self.topology.replicas, self.replicas)
+            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher), pool=p.pool)
+            for p, r in zip(self.topology.replicas, self.replicas)
         ]
         self.gateway = Gateway(
             scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, self.streams.python("policy.gateway")
@@ -102,26 +108,66 @@ class _Run:
         # Per-request inputs as Python lists: scalar reads from lists are several times cheaper
         # than from numpy arrays, and the hot path reads each of them once per request.
         regions = self.arrivals.region_names
-        self._client_region = [regions[i] for i in self.arrivals.client_region.tolist()]
-        self._priority = self.arrivals.priority.tolist()
-        self._prompt_tokens = self.arrivals.prompt_tokens.tolist()
-        self._output_tokens = self.arrivals.output_tokens.tolist()
+        columns = self._request_columns()
+        self._client_region = [regions[i] for i in columns["client_region"].tolist()]
+        self._priority = columns["priority"].tolist()
+        self._prompt_tokens = columns["prompt_tokens"].tolist()
+        self._output_tokens = columns["output_tokens"].tolist()
+        self.columns = columns
+        self.arrival_time = columns["time"]  # NaN for agent calls until (unless) they are made
         self.attempts: dict[int, _Attempt] = {}
-        self.hedged = np.zeros(len(self.arrivals), dtype=bool)
-        self.failed_over = np.zeros(len(self.arrivals), dtype=bool)
+        self.hedged = np.zeros(self.total, dtype=bool)
+        self.failed_over = np.zeros(self.total, dtype=bool)
+        self.sessions = self._session_driver()
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper_armed = False
         self.ended = 0
+        self.dropped = 0  # planned agent calls that will never be made
         self.done = self.env.event()
 
-    # ------------------------------------------------------------------ building the fleet
+    # ------------------------------------------------------------------ building the run
+
+    def _request_columns(self) -> dict[str, np.ndarray]:
+        """Per-request inputs for single requests followed by every planned agent call."""
+        arrivals, plan = self.arrivals, self.plan
+        columns = {
+            name: getattr(arrivals, name)
+            for name in ("time", "client_region", "priority", "request_class", "prompt_tokens", "output_tokens")
+        }
+        if plan is None:
+            return columns
+        session = plan.call_session()
+        calls = {
+            "time": np.full(plan.calls, np.nan),
+            "client_region": plan.client_region[session],
+            "priority": plan.priority[session],
+            "request_class": plan.request_class[session],
+            "prompt_tokens": plan.prompt_tokens,
+            "output_tokens": plan.output_tokens,
+        }
+        return {name: np.concatenate([columns[name], calls[name]]) for name in columns}
+
+    def _session_driver(self) -> SessionDriver | None:
+        agents = self.scenario.workload.agents
+        if self.plan is None or agents is None:
+            return None
+        return SessionDriver(
+            self.env,
+            self.plan,
+            agents.turn_budget,
+            agents.adaptation,
+            self.scenario.duration,
+            self.singles,
+            self._issue_call,
+            self._drop_call,
+        )
 
     def _build_replicas(self) -> list[SimReplica]:
-        perf_cache: dict[tuple[str, int], PerfModel] = {}
+        perf_cache: dict[tuple[str, int, str | None], PerfModel] = {}
         replicas = []
         for placement in self.topology.replicas:
-            key = (placement.device_kind, placement.tensor_parallel)
+            key = (placement.device_kind, placement.tensor_parallel, placement.model)
             if key not in perf_cache:
                 perf_cache[key] = perf_model_for(self.scenario.topology, *key)
             replicas.append(
@@ -142,7 +188,7 @@ class _Run:
         topology = self.scenario.topology
         try:
             kv_tokens = getattr(spec, "kv_cache_tokens", None) or kv_capacity_tokens(
-                topology.model_kind(),
+                topology.model_kind(placement.model),
                 topology.device_kind(placement.device_kind),
                 placement.tensor_parallel,
                 getattr(spec, "kv_cache_fraction", 0.9),
@@ -173,6 +219,26 @@ class _Run:
             if not self._sweeper_armed:
                 self._arm_sweeper()
             self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now))
+
+    def _issue_call(self, session: int, rid: int, call: Call) -> None:
+        """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
+        now = self.env.now
+        self.arrival_time[rid] = now
+        timeout_at = now + self.scenario.serving.timeouts.request
+        self._deadlines.append((timeout_at, rid))  # same timeout for all: the queue stays in order
+        if not self._sweeper_armed:
+            self._arm_sweeper()
+        if call.deadline is not None and call.deadline < timeout_at:
+            self._later(max(0.0, call.deadline - now), lambda: self._call_deadline(rid))
+        self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, call.pool))
+
+    def _call_deadline(self, rid: int) -> None:
+        if self.log.status[rid] == PENDING:
+            self._execute(self.gateway.on_deadline(rid, self.env.now))
+
+    def _drop_call(self, rid: int) -> None:
+        self.dropped += 1
+        self._check_done()
 
     def _execute(self, actions: list[Action]) -> None:
         for action in actions:
@@ -273,7 +339,13 @@ class _Run:
     def _end(self, rid: int, status: int, at: float) -> None:
         self.log.end(rid, status, at)
         self.ended += 1
-        if self.ended == len(self.arrivals) and not self.done.triggered:
+        if rid >= self.singles and self.sessions is not None:
+            self.sessions.on_call_end(rid, status == OK, at)
+        self._check_done()
+
+    def _check_done(self) -> None:
+        """Every request, and every planned agent call, is accounted for: the run is over."""
+        if self.ended + self.dropped == self.total and not self.done.triggered:
             self.done.succeed()
 
     def _later(self, delay: float, callback: Callable[[], None]) -> None:
@@ -334,11 +406,13 @@ class _Run:
         sampler = FleetSampler(self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress)
         started = time.perf_counter()
         self.env.process(self._arrival_process())
+        if self.sessions is not None:
+            self.sessions.start()
         self.env.process(self._deadline(self.horizon))
         self.env.process(sampler.run(self.done))
         self.env.process(self.injector.run())
         self.env.process(self._health_process())
-        if len(self.arrivals) == 0:
+        if self.total == 0:
             self.done.succeed()
         self.env.run(until=self.done)
         self._time_out_unfinished()
@@ -351,11 +425,17 @@ class _Run:
             faults["recovered_at"] = recovery_times(scenario.sla, requests, faults)
         stats = {
             "wall_s": wall,
-            "requests": len(self.arrivals),
+            "requests": len(requests),
             "simulated_s": self.env.now,
             "faults": len(self.schedule),
             "preemptions": sum(getattr(r.batcher, "preemptions", 0) for r in self.replicas),
         }
+        if self.sessions is not None:
+            stats |= {
+                "agent_sessions": self.plan.sessions,
+                "agent_calls_skipped": self.sessions.skipped,
+                "agent_calls_degraded": int(self.sessions.degraded.sum()),
+            }
         return Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
@@ -370,7 +450,8 @@ class _Run:
         lost by a bug, and a replica holding work with no timer pending has stalled. Requests
         still running at the horizon (a drain shorter than the timeout) time out.
         """
-        pending = np.flatnonzero(self.log.status == PENDING).tolist()
+        made = ~np.isnan(self.arrival_time)  # planned agent calls never made are not requests
+        pending = np.flatnonzero((self.log.status == PENDING) & made).tolist()
         lost = [rid for rid in pending if rid not in self.gateway.requests]
         if lost:
             raise ConservationError(f"{len(lost)} requests were lost: neither ended nor tracked by the gateway")
@@ -392,24 +473,48 @@ class _Run:
         frame["detected_at"] = detected
         return frame
 
+    def _agent_columns(self) -> dict[str, np.ndarray | pd.Categorical]:
+        """session_id, turn, stage and degraded: -1/""/False for single requests."""
+        singles, plan = self.singles, self.plan
+        stage_names = [""] + ([s.name for s in plan.stages] if plan else [])
+        session = np.full(self.total, -1, dtype=np.int64)
+        turn = np.full(self.total, -1, dtype=np.int32)
+        stage = np.zeros(self.total, dtype=np.int16)
+        degraded = np.zeros(self.total, dtype=bool)
+        if plan is not None and self.sessions is not None:
+            session[singles:] = plan.call_session()
+            turn[singles:] = plan.call_turn_number()
+            stage[singles:] = plan.stage + 1
+            degraded[singles:] = self.sessions.degraded
+        return {
+            "session_id": session,
+            "turn": turn,
+            "stage": pd.Categorical.from_codes(stage, stage_names),
+            "degraded": degraded,
+        }
+
     def _requests_frame(self, faults: pd.DataFrame) -> pd.DataFrame:
-        arrivals, log = self.arrivals, self.log
-        n = len(arrivals)
+        """One row per request that entered (agent calls never made have no row)."""
+        arrivals, log, arrival = self.arrivals, self.log, self.arrival_time
+        n = self.total
         region_of_replica = np.array([self.topology.regions.index(r.region) for r in self.replicas] + [-1])
         tier_fallback = np.array([p.tier == "fallback" for p in self.topology.replicas] + [False])
-        finish = np.where(np.isnan(log.finish), arrivals.time, log.finish)
-        return pd.DataFrame(
+        finish = np.where(np.isnan(log.finish), arrival, log.finish)
+        agent = self._agent_columns()
+        frame = pd.DataFrame(
             {
                 "request_id": np.arange(n, dtype=np.int64),
-                "session_id": np.full(n, -1, dtype=np.int64),
-                "request_class": pd.Categorical.from_codes(arrivals.request_class, arrivals.class_names),
-                "priority": arrivals.priority.astype(np.int16),
-                "client_region": pd.Categorical.from_codes(arrivals.client_region, arrivals.region_names),
-                "arrival": arrivals.time,
+                "session_id": agent["session_id"],
+                "turn": agent["turn"],
+                "stage": agent["stage"],
+                "request_class": pd.Categorical.from_codes(self.columns["request_class"], arrivals.class_names),
+                "priority": self.columns["priority"].astype(np.int16),
+                "client_region": pd.Categorical.from_codes(self.columns["client_region"], arrivals.region_names),
+                "arrival": arrival,
                 "first_token": log.first_token,
                 "finish": log.finish,
-                "prompt_tokens": arrivals.prompt_tokens.astype(np.int32),
-                "output_tokens": arrivals.output_tokens.astype(np.int32),
+                "prompt_tokens": self.columns["prompt_tokens"].astype(np.int32),
+                "output_tokens": self.columns["output_tokens"].astype(np.int32),
                 "status": status_names(log.status),
                 "replica": log.replica,
                 "region": pd.Categorical.from_codes(region_of_replica[log.replica], self.topology.regions),
@@ -417,9 +522,13 @@ class _Run:
                 "hedged": self.hedged,
                 "failed_over": self.failed_over,
                 "fallback": tier_fallback[log.replica],
-                "fault_overlap": _overlaps(arrivals.time, finish, fault_windows(faults)),
+                "degraded": agent["degraded"],
+                "fault_overlap": _overlaps(arrival, finish, fault_windows(faults)),
             }
         )
+        if self.plan is None:
+            return frame
+        return frame[~np.isnan(arrival)].reset_index(drop=True)
 
 
 def _overlaps(start: np.ndarray, end: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
