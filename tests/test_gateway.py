@@ -93,3 +93,20 @@ def test_admission_sheds_less_important_requests_when_the_fleet_is_loaded():
     assert shed.status == "shed"
     [admitted] = g.on_arrival(10, 0, "r/a", 0.0)
     assert isinstance(admitted, Dispatch)
+
+
+def test_a_bad_request_is_not_retried_and_does_not_count_against_the_replica():
+    g = gateway({"circuit_breaker": {"consecutive_failures": 1}, "outlier_ejection": {"consecutive_errors": 1}})
+    [dispatch] = g.on_arrival(0, 0, "r/a", 0.0)
+    [finish] = g.on_attempt_end(dispatch.attempt, "bad_request", 0.1)
+    assert finish.status == "failed" and finish.retries == 0
+    assert g.replicas[dispatch.replica].available  # one "failure" would have opened the breaker
+
+
+def test_a_broken_stream_is_not_retried_but_counts_against_the_replica():
+    g = gateway({"circuit_breaker": {"consecutive_failures": 1}})
+    [dispatch] = g.on_arrival(0, 0, "r/a", 0.0)
+    g.on_first_token(dispatch.attempt, 0.1)
+    [finish] = g.on_attempt_end(dispatch.attempt, "failed", 0.2, retryable=False)
+    assert finish.status == "failed" and finish.retries == 0
+    assert not g.replicas[dispatch.replica].available

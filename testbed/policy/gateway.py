@@ -30,7 +30,10 @@ from testbed.policy.retry import RetryBudget, RetryPolicy
 from testbed.policy.routing import Router, make_router
 from testbed.spec import ServingSpec
 
-OUTCOMES = ("ok", "failed", "timeout", "unavailable", "rejected")
+# "bad_request": the replica refused the request because of the request itself (a 4xx in the
+# live plane). The replica worked, so breakers and ejection count it as a success, and sending
+# the same request elsewhere cannot help, so it is never retried.
+OUTCOMES = ("ok", "failed", "timeout", "unavailable", "rejected", "bad_request")
 RETRY_REDRAWS = 3
 
 
@@ -175,8 +178,12 @@ class Gateway:
         self.hedging.observe(now - state.arrival)
         return [self._cancel(state, other, now) for other in list(state.live) if other != attempt]
 
-    def on_attempt_end(self, attempt: int, outcome: str, now: float) -> list[Action]:
-        """``attempt`` ended with ``outcome`` (one of OUTCOMES)."""
+    def on_attempt_end(self, attempt: int, outcome: str, now: float, retryable: bool = True) -> list[Action]:
+        """``attempt`` ended with ``outcome`` (one of OUTCOMES).
+
+        ``retryable=False`` ends the request instead of retrying: a live stream that broke after
+        tokens reached the client cannot be replayed without sending them twice.
+        """
         assert outcome in OUTCOMES, outcome
         rid = self._attempt_rid.pop(attempt, None)
         if rid is None:
@@ -184,13 +191,15 @@ class Gateway:
         state = self.requests[rid]
         replica = state.live.pop(attempt)
         self._release(replica)
-        self._observe(replica, outcome == "ok", now)
+        self._observe(replica, outcome in ("ok", "bad_request"), now)
         if outcome == "ok":
             actions: list[Action] = [self._cancel(state, other, now) for other in list(state.live)]
             actions.append(self._finish(state, "ok", attempt))
             return actions
         if state.live:
             return []  # a hedge is still running
+        if not retryable:
+            return [self._finish(state, "failed")]
         return self._retry_or_fail(state, outcome, now)
 
     def on_timer(self, rid: int, tag: str, now: float) -> list[Action]:
