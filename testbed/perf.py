@@ -54,6 +54,7 @@ Written by ``testbed calibrate`` from timings of the live engine, read by :class
       "model": "qwen2.5-1.5b",           # model name it was measured with
       "tensor_parallel": 1,
       "source": "torch 2.13 CPU, 2025-01-01, host x",   # free text: how it was measured
+      "held_out_error": {"prefill_median": 0.03, "decode_max": 0.08},  # optional: fit error off the grid
       "prefill": {"tokens": [16, 128, 512], "seconds": [0.05, 0.2, 0.7]},
       "decode": {
         "batch_sizes": [1, 4, 16],
@@ -289,6 +290,9 @@ class PerfProfile(_Strict):
     model: str = Field(min_length=1)
     tensor_parallel: PositiveInt = 1
     source: str = ""
+    held_out_error: dict[str, float] = Field(
+        default_factory=dict, description="calibration's relative error on points off the grid, e.g. decode_median"
+    )
     prefill: PrefillTable
     decode: DecodeTable
 

@@ -1,0 +1,121 @@
+"""Calibration: the grid, the fit, the held-out error, the profile the simulator loads, and a
+real calibration of the built-in PyTorch engine on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from testbed.calibrate import Grid, calibrate, fit, held_out_errors, measure, midpoints
+from testbed.perf import TableModel, perf_model_for
+from testbed.spec import TopologySpec
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+class AnalyticTimer:
+    """An engine whose times are a known function of the point: the fit must recover it.
+
+    Only isolates the fitting arithmetic; the real engine is calibrated below.
+    """
+
+    def __init__(self, curvature: float = 0.0) -> None:
+        self.curvature = curvature
+        self.calls: list[tuple[str, int, int]] = []
+
+    def prefill(self, batch: int, prompt_tokens: int) -> float:
+        self.calls.append(("prefill", batch, prompt_tokens))
+        tokens = batch * prompt_tokens
+        return 0.002 + 1e-5 * tokens + self.curvature * tokens**2
+
+    def decode(self, batch: int, context_tokens: int, steps: int) -> float:
+        self.calls.append(("decode", batch, context_tokens))
+        # per step: fixed + per sequence + attention over the (growing) context
+        return sum(0.003 + 2e-4 * batch + 1e-7 * batch * (context_tokens + s) for s in range(steps))
+
+
+SMALL = Grid(batch_sizes=(1, 2, 4), prompt_tokens=(16, 64), context_tokens=(32, 128), decode_steps=4, repetitions=2)
+
+
+def test_midpoints_are_integer_geometric_means_strictly_inside():
+    assert midpoints([1, 2, 4, 8]) == [3, 6]  # none between 1 and 2
+    assert midpoints([16, 64, 256]) == [32, 128]
+
+
+def test_held_out_points_are_off_the_fit_grid():
+    held = SMALL.held_out_prefill()
+    assert held and not set(held) & set(SMALL.prefill_points())
+    assert (3, 16) in held and (1, 32) in held and (3, 32) in held
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_sizes": (4, 2)}, "batch_sizes must be at least two strictly increasing"),
+        ({"prompt_tokens": (16,)}, "prompt_tokens must be at least two"),
+        ({"repetitions": 0}, "repetitions must be at least 1"),
+        ({"context_tokens": (2, 64), "decode_steps": 8}, "context_tokens must start above"),
+    ],
+)
+def test_bad_grid_is_refused(changes: dict, message: str):
+    with pytest.raises(ValueError, match=message):
+        Grid(**changes)
+
+
+def test_measure_warms_up_then_keeps_the_median():
+    timer = AnalyticTimer()
+    grid = Grid(batch_sizes=(1, 2), prompt_tokens=(8, 16), context_tokens=(8, 16), decode_steps=2, repetitions=3, warmup=2)
+    measured = measure(timer, grid, [(1, 8)], [(2, 16)])
+    assert [c for c in timer.calls if c[0] == "prefill"] == [("prefill", 1, 8)] * 5
+    # decode starts half the steps early so the mean context of the timed steps is the grid's
+    assert ("decode", 2, 15) in timer.calls
+    assert measured.prefill[1, 8] == pytest.approx(0.002 + 8e-5)
+    assert measured.decode[2, 16] == pytest.approx(0.003 + 4e-4 + 1e-7 * 2 * 15.5)
+
+
+def test_a_linear_engine_is_fitted_exactly_and_held_out_error_is_tiny():
+    profile, errors = calibrate(AnalyticTimer(), SMALL, "cpu-fp32", "tiny")
+    assert profile.prefill.tokens == [16, 32, 64, 128, 256]  # totals B*L of the fit grid
+    assert profile.decode.batch_sizes == [1, 2, 4]
+    assert errors and all(abs(e.relative) < 1e-6 for e in errors)
+    assert set(profile.held_out_error) == {"prefill_median", "prefill_max", "decode_median", "decode_max"}
+
+
+def test_held_out_error_reveals_a_curve_the_grid_cannot_follow():
+    profile, errors = calibrate(AnalyticTimer(curvature=1e-6), SMALL, "cpu-fp32", "tiny")
+    worst = max(abs(e.relative) for e in errors if e.phase == "prefill")
+    assert worst > 0.01
+    assert profile.held_out_error["prefill_max"] == pytest.approx(worst, abs=1e-4)
+
+
+def test_prefill_totals_shared_by_several_points_take_the_median():
+    grid = Grid(batch_sizes=(1, 4), prompt_tokens=(16, 64), context_tokens=(32, 128), decode_steps=4, repetitions=1)
+    timer = AnalyticTimer()
+    measured = measure(timer, grid, grid.prefill_points(), grid.decode_points())
+    measured.prefill[1, 64] = 0.010
+    measured.prefill[4, 16] = 0.020
+    profile = fit(measured, grid, "cpu-fp32", "tiny")
+    assert profile.prefill.tokens == [16, 64, 256]
+    assert profile.prefill.seconds[1] == pytest.approx(0.015)
+    assert held_out_errors(profile, measured, grid) == []  # no held-out points were measured
+
+
+def test_a_calibrated_profile_is_loaded_by_the_simulation(tmp_path: Path):
+    profile, _ = calibrate(AnalyticTimer(), SMALL, "cpu-fp32", "tiny")
+    path = tmp_path / "cpu-fp32.json"
+    path.write_text(json.dumps(profile.model_dump(mode="json")))
+    topology = TopologySpec.model_validate(
+        {
+            "name": "t",
+            "model": "tiny",
+            "profiles": {"cpu-fp32": "cpu-fp32.json"},
+            "providers": [{"name": "p", "regions": [{"name": "r", "zones": [{"name": "z", "racks": [{"name": "k", "device": "cpu-fp32", "devices_per_node": 1}]}]}]}],
+        },
+        context={"base_dir": str(tmp_path)},
+    )
+    model = perf_model_for(topology, "cpu-fp32", 1)
+    assert isinstance(model, TableModel)
+    assert model.iteration_time(64, 0, 0) == pytest.approx(0.002 + 64e-5)
