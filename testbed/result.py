@@ -35,7 +35,8 @@ class Result:
         return verdicts_frame(self.sla)
 
     def write(self, out_dir: str | Path) -> list[Path]:
-        """Write requests/timeseries/faults parquet, verdicts.json and report.md into ``out_dir``."""
+        """Write requests/timeseries/faults parquet, verdicts.json, report.md and report.html into ``out_dir``."""
+        from testbed.html_report import html_report
         from testbed.report import markdown_report
 
         out = Path(out_dir)
@@ -46,6 +47,7 @@ class Result:
             "faults": out / "faults.parquet",
             "verdicts": out / "verdicts.json",
             "report": out / "report.md",
+            "html_report": out / "report.html",
         }
         self.requests.to_parquet(paths["requests"], index=False)
         self.timeseries.to_parquet(paths["timeseries"], index=False)
@@ -58,6 +60,7 @@ class Result:
         }
         paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
         paths["report"].write_text(markdown_report(self))
+        paths["html_report"].write_text(html_report(self), encoding="utf-8")
         return list(paths.values())
 
 
