@@ -1,0 +1,150 @@
+"""Live replay: the fault schedule as live actions, sizing and scaling, the fidelity comparison,
+and a short real replay with a replica crash (real processes on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from testbed.faults import build_schedule
+from testbed.fidelity import compare, relative_error
+from testbed.live.injector import Action, LiveUnsupported, plan
+from testbed.rng import RandomStreams
+from testbed.sim import simulate
+from testbed.spec import Scenario, validate_spec
+from testbed.topology import Topology
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parent.parent
+
+TOPOLOGY = {
+    "name": "two-regions",
+    "model": "tiny",
+    "providers": [
+        {
+            "name": "local",
+            "regions": [
+                {"name": region, "zones": [{"name": "z", "racks": [{"name": "host", "nodes": 2, "device": "cpu-fp32", "devices_per_node": 1}]}]}
+                for region in ("east", "west")
+            ],
+        }
+    ],
+}
+
+
+def scenario(faults: list[dict], **changes: object) -> Scenario:
+    data = {
+        "name": "t",
+        "topology": TOPOLOGY,
+        "duration": 20,
+        "drain": 30,
+        "workload": {"arrival": {"kind": "poisson", "rate": 4}, "prompt_tokens": {"kind": "fixed", "value": 32}, "output_tokens": {"kind": "fixed", "value": 16}},
+        "serving": {"batching": {"policy": "micro", "max_batch_size": 4, "max_queue_delay": 0.01}},
+        "faults": faults,
+        "sla": [{"metric": "availability", "min": "90%"}, {"metric": "e2e", "percentile": 99, "max": "5s"}],
+        **changes,
+    }
+    return validate_spec(data, Scenario, source="test")
+
+
+def planned(faults: list[dict]) -> list[Action]:
+    spec = scenario(faults)
+    topology = Topology.from_spec(spec.topology)
+    return plan(build_schedule(spec.faults, topology, 100, RandomStreams(0)), topology)
+
+
+NODE0 = "local/east/z/host/node-0"
+
+
+def test_a_crash_is_a_kill_then_a_restart_at_repair():
+    actions = planned([{"kind": "node_crash", "target": NODE0, "at": 5, "duration": 10}])
+    assert [(a.at, a.verb, a.target) for a in actions] == [(5, "kill", 0), (15, "restart", 0)]
+
+
+def test_overlapping_crashes_kill_once_and_restart_after_the_last_repair():
+    actions = planned(
+        [
+            {"kind": "node_crash", "target": NODE0, "at": 5, "duration": 10},
+            {"kind": "outage", "target": "local/east/z", "at": 8, "duration": 20},
+        ]
+    )
+    assert [(a.at, a.verb, a.target) for a in actions] == [(5, "kill", 0), (8, "kill", 1), (28, "restart", 0), (28, "restart", 1)]
+
+
+def test_region_outage_is_cut_at_the_proxy_and_a_hang_is_a_pause():
+    actions = planned(
+        [
+            {"kind": "outage", "target": "local/west", "at": 3, "duration": 4},
+            {"kind": "node_hang", "target": NODE0, "at": 1},
+        ]
+    )
+    assert [(a.at, a.verb, a.target) for a in actions] == [(1, "pause", 0), (3, "cut", "local/west"), (7, "heal", "local/west")]
+
+
+def test_slowdowns_multiply_and_errors_take_the_worst_rate():
+    actions = planned(
+        [
+            {"kind": "slowdown", "target": NODE0, "speed": 0.5, "at": 1, "duration": 10},
+            {"kind": "slowdown", "target": "local/east", "speed": 0.5, "at": 2, "duration": 2},
+            {"kind": "error_injection", "target": NODE0, "rate": 0.3, "status": 503, "at": 3, "duration": 1},
+        ]
+    )
+    hooks = [(a.at, a.target, a.params) for a in actions if a.target == 0]
+    assert hooks == [
+        (1, 0, {"slowdown": 2.0}),
+        (2, 0, {"slowdown": 4.0}),
+        (3, 0, {"error_rate": 0.3, "error_status": 503.0}),
+        (4, 0, {"slowdown": 2.0}),
+        (4, 0, {"error_rate": 0.0, "error_status": 500.0}),
+        (11, 0, {"slowdown": 1.0}),
+    ]
+
+
+def test_a_client_partition_is_a_toxic_on_the_region():
+    actions = planned([{"kind": "partition", "between": ["clients:local/east", "local/east"], "at": 2, "duration": 3}])
+    assert [(a.at, a.verb, a.target, a.params["kind"]) for a in actions] == [
+        (2, "toxic", "local/east", "partition"),
+        (5, "untoxic", "local/east", "partition"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ({"kind": "memory_pressure", "target": NODE0, "kv_fraction": 0.5, "at": 1}, "memory_pressure .*no KV-cache limit"),
+        ({"kind": "latency", "between": ["local/east", "local/west"], "delay": "50ms", "at": 1}, "no path between regions"),
+    ],
+)
+def test_faults_without_a_live_counterpart_are_refused(fault: dict, message: str):
+    with pytest.raises(LiveUnsupported, match=message):
+        planned([fault])
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def test_comparing_a_run_with_itself_has_no_error_and_agreeing_verdicts():
+    result = simulate(scenario([{"kind": "node_crash", "target": NODE0, "at": 5, "duration": 5}]))
+    comparison = compare(result, result)
+    assert comparison.verdicts_agree
+    assert comparison.error("e2e p50") == 0 and comparison.error("availability") == 0
+    text = comparison.markdown()
+    assert "| e2e p99 |" in text and "node_crash" in text
+
+
+def test_a_slower_simulation_shows_positive_latency_error(tmp_path: Path):
+    base = scenario([])
+    slow = simulate(base.model_copy(update={"serving": base.serving.model_copy(update={"batching": base.serving.batching.model_copy(update={"max_queue_delay": 0.5})})}))
+    comparison = compare(slow, simulate(base))
+    assert comparison.error("ttft p50") > 0.5
+    assert (comparison.write(tmp_path)).read_text().startswith("# Fidelity: t")
+
+
+def test_relative_error_edge_cases():
+    assert relative_error(1.1, 1.0) == pytest.approx(0.1)
+    assert relative_error(0.0, 0.0) == 0.0
+    assert math.isinf(relative_error(1.0, 0.0))
+    assert math.isnan(relative_error(math.nan, 1.0))
