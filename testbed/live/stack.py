@@ -1,0 +1,317 @@
+"""The whole live stack in one ``async with``: replica processes, a chaos proxy each, the gateway.
+
+:class:`LiveStack` starts one real replica process per :class:`ReplicaPlan` (the PyTorch
+replica server, or vLLM where installed; fallback-tier replicas run int8-quantized), puts a
+chaos proxy in front of each, and serves the :class:`~testbed.live.gateway.LiveGateway` over
+the proxies on this event loop. The gateway's policies come from a
+:class:`~testbed.spec.ServingSpec`, so a scenario's ``serving:`` section drives the live stack
+exactly as it drives the simulator, and :func:`plans_from_topology` turns a scenario's topology
+into the replica list.
+
+Faults are methods — :meth:`kill`, :meth:`pause`, :meth:`resume`, :meth:`restart`,
+:meth:`add_toxic`, :meth:`cut_region`, :meth:`heal`, :meth:`chaos` — and each leaves a row in
+:meth:`faults` (the simulator's fault-table columns plus ``detected_at`` from the gateway's
+health checks), so :meth:`records` can mark which requests overlapped a fault, as in
+simulation. Everything is torn down on exit, on an exception and on Ctrl-C (cancellation):
+the gateway times out what is still in flight so every record ends, and each replica's whole
+process group is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pandas as pd
+from opentelemetry.sdk.trace.export import SpanExporter
+
+from testbed.faults import Fault, faults_frame
+from testbed.live.chaos_proxy import Down, ProxyFleet, Toxic
+from testbed.live.gateway import LiveGateway, Served, Upstream, serve
+from testbed.live.supervisor import Supervisor
+from testbed.sla import fault_windows
+from testbed.spec import ServingSpec
+from testbed.topology import Topology
+
+ENGINES = ("torch", "vllm")
+CUT = "cut"  # the proxy toxic name cut_region uses
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaPlan:
+    """One replica to start: its name, region ("provider/region"), tier and pool."""
+
+    name: str
+    region: str
+    tier: str = "primary"
+    pool: str = "default"
+
+    @property
+    def provider(self) -> str:
+        return self.region.split("/", 1)[0]
+
+
+def plan_replicas(replicas: int, regions: int = 1, fallback: bool = False) -> list[ReplicaPlan]:
+    """``replicas`` primaries spread round-robin over ``regions`` local regions, plus a fallback.
+
+    With ``fallback`` one more replica, int8-quantized, serves in its own fallback-tier region.
+    """
+    if replicas < 1 or regions < 1:
+        raise ValueError("replicas and regions must be at least 1")
+    if regions > replicas:
+        raise ValueError(f"{regions} regions need at least as many replicas, got {replicas}")
+    plans = [ReplicaPlan(f"r{i}", f"local/region-{i % regions}") for i in range(replicas)]
+    if fallback:
+        plans.append(ReplicaPlan("fallback-0", "local/fallback", tier="fallback"))
+    return plans
+
+
+def plans_from_topology(topology: Topology) -> list[ReplicaPlan]:
+    """One live replica per replica of ``topology``, with its name, region, tier and pool."""
+    return [ReplicaPlan(r.name, r.region, r.tier, r.pool) for r in topology.replicas]
+
+
+class LiveStack:
+    """See the module docstring. Use as ``async with LiveStack(...) as stack:``."""
+
+    def __init__(
+        self,
+        spec: ServingSpec | None = None,
+        replicas: Sequence[ReplicaPlan] | None = None,
+        *,
+        n_replicas: int = 2,
+        regions: int = 1,
+        fallback: bool = False,
+        model: str = "tiny",
+        engine: str = "torch",
+        threads: int = 1,
+        max_batch_size: int | None = None,
+        max_delay: float | None = None,
+        host: str = "127.0.0.1",
+        gateway_port: int = 0,
+        seed: int = 0,
+        rtt: Callable[[str, str], float] | None = None,
+        span_exporter: SpanExporter | None = None,
+        log_dir: Path | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
+        self.spec = spec or ServingSpec()
+        self.plans = list(replicas) if replicas is not None else plan_replicas(n_replicas, regions, fallback)
+        names = [p.name for p in self.plans]
+        if len(set(names)) != len(names):
+            raise ValueError(f"replica names must be unique, got {names}")
+        self.model, self.engine, self.threads = model, engine, threads
+        self.max_batch_size, self.max_delay = max_batch_size, max_delay
+        self.host, self.gateway_port, self.seed, self.rtt = host, gateway_port, seed, rtt
+        self.span_exporter, self.start_timeout = span_exporter, start_timeout
+        self.supervisor = Supervisor(log_dir)
+        self.proxies: ProxyFleet | None = None
+        self.gateway: LiveGateway | None = None
+        self.served: Served | None = None
+        self.replica_urls: dict[str, str] = {}  # name -> the replica itself (chaos hooks, direct calls)
+        self.proxy_urls: dict[str, str] = {}  # name -> its proxy (what the gateway calls)
+        self.start = 0.0
+        self._faults: list[Fault] = []
+        self._index = {plan.name: i for i, plan in enumerate(self.plans)}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> LiveStack:
+        self.start = time.monotonic()  # the clock the gateway, the records and the faults count from
+        try:
+            await self._open()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _open(self) -> None:
+        self.proxies = ProxyFleet(self.host, seed=self.seed)
+        started = await asyncio.gather(*(asyncio.to_thread(self._start_replica, plan) for plan in self.plans))
+        for plan, url in zip(self.plans, started):
+            self.replica_urls[plan.name] = url
+            self.proxy_urls[plan.name] = await asyncio.to_thread(self.proxies.add, plan.name, url)
+        upstreams = [Upstream(p.name, self.proxy_urls[p.name], p.region, p.tier, p.pool, self._capacity()) for p in self.plans]
+        self.gateway = LiveGateway(
+            self.spec, upstreams, models=[self.model], rtt=self.rtt, seed=self.seed, start=self.start, span_exporter=self.span_exporter
+        )
+        self.served = await serve(self.gateway.app, self.host, self.gateway_port)
+
+    async def aclose(self) -> None:
+        """Stop the gateway (its in-flight requests time out), the proxies and every replica."""
+        try:
+            if self.served is not None:
+                served, self.served = self.served, None
+                await served.close()
+        finally:
+            if self.proxies is not None:
+                proxies, self.proxies = self.proxies, None
+                await asyncio.to_thread(proxies.close)
+            await asyncio.to_thread(self.supervisor.stop_all, 5)
+
+    def _capacity(self) -> int:
+        return self.max_batch_size or 8
+
+    def _start_replica(self, plan: ReplicaPlan) -> str:
+        """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        if self.engine == "vllm":
+            return self._start_vllm(plan, env)
+        argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--host", self.host,
+                "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
+        if plan.tier == "fallback":
+            argv += ["--quantize", "int8"]
+        if self.max_batch_size is not None:
+            argv += ["--max-batch-size", str(self.max_batch_size)]
+        if self.max_delay is not None:
+            argv += ["--max-delay", str(self.max_delay)]
+        managed = self.supervisor.start(plan.name, argv, env, timeout=self.start_timeout)
+        assert managed.url is not None
+        return managed.url
+
+    def _start_vllm(self, plan: ReplicaPlan, env: dict[str, str]) -> str:
+        from testbed.live.models import ensure_model
+        from testbed.live.vllm_replica import missing_reason, vllm_command
+
+        reason = missing_reason()
+        if reason is not None:
+            raise RuntimeError(f"--engine vllm: {reason}")
+        port = _free_port(self.host)
+        argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name)
+        url = f"http://{self.host}:{port}"
+        self.supervisor.start(plan.name, argv, {**env, **vllm_env}, timeout=self.start_timeout, url=url)
+        return url
+
+    # ------------------------------------------------------------------ what the stack offers
+
+    @property
+    def gateway_url(self) -> str:
+        if self.served is None:
+            raise RuntimeError("the stack is not running")
+        return self.served.url
+
+    def now(self) -> float:
+        """Seconds since the stack started: the clock of records and faults."""
+        return time.monotonic() - self.start
+
+    def pids(self) -> dict[str, int]:
+        return {name: self.supervisor.get(name).pid for name in self.replica_urls}
+
+    def records(self) -> pd.DataFrame:
+        """One row per request the gateway accepted, in the simulator's schema."""
+        assert self.gateway is not None
+        return self.gateway.recorder.frame(fault_windows(self.faults()))
+
+    def faults(self) -> pd.DataFrame:
+        """The faults injected so far (ongoing ones end at +inf), with when health checks saw them."""
+        frame = faults_frame(self._faults)
+        events = self.gateway.health_events if self.gateway is not None else []
+        detected = []
+        for fault in self._faults:
+            times = [t for r, t, change in events if change == "unhealthy" and r in fault.replicas and fault.start <= t <= fault.end]
+            detected.append(min(times) if times else np.nan)
+        frame["detected_at"] = detected
+        return frame
+
+    # ------------------------------------------------------------------ faults
+
+    async def kill(self, replica: str) -> None:
+        """SIGKILL the replica's process group (a crash): the node_crash fault of simulation."""
+        self._open_fault("node_crash", replica)
+        await asyncio.to_thread(self.supervisor.kill, replica)
+
+    async def pause(self, replica: str) -> None:
+        """SIGSTOP the group: it holds its connections and answers nothing (a hang)."""
+        self._open_fault("node_hang", replica)
+        await asyncio.to_thread(self.supervisor.pause, replica)
+
+    async def resume(self, replica: str) -> None:
+        await asyncio.to_thread(self.supervisor.resume, replica)
+        self._close_faults(lambda f: f.kind == "node_hang" and f.target == replica)
+
+    async def restart(self, replica: str) -> None:
+        """Start the replica again (after a kill) and point its proxy at its new address."""
+        managed = await asyncio.to_thread(self.supervisor.restart, replica, self.start_timeout)
+        assert managed.url is not None and self.proxies is not None
+        self.replica_urls[replica] = managed.url
+        await asyncio.to_thread(self.proxies.set_upstream, replica, managed.url)
+        self._close_faults(lambda f: f.kind in ("node_crash", "node_hang") and f.target == replica)
+
+    async def add_toxic(self, replica: str, name: str, toxic: Toxic) -> None:
+        """Put a network toxic (latency, bandwidth, reset, black hole, down) on the replica's path."""
+        assert self.proxies is not None
+        self._open_fault(f"toxic:{name}", replica, {"type": type(toxic).__name__})
+        await asyncio.to_thread(self.proxies.set_toxic, replica, name, toxic)
+
+    async def remove_toxic(self, replica: str, name: str) -> None:
+        assert self.proxies is not None
+        await asyncio.to_thread(self.proxies.remove_toxic, replica, name)
+        self._close_faults(lambda f: f.kind == f"toxic:{name}" and f.target == replica)
+
+    async def cut_region(self, region: str) -> None:
+        """Partition ``region`` from the gateway: every proxy of its replicas goes down."""
+        members = self.replicas_in(region)
+        self._open_fault("partition", region, replicas=tuple(self._index[m] for m in members))
+        for name in members:
+            await self.add_toxic(name, CUT, Down())
+
+    async def heal(self, target: str) -> None:
+        """Clear every toxic on a replica, or on all replicas of a region (ends a cut)."""
+        assert self.proxies is not None
+        members = self.replicas_in(target) if target not in self._index else [target]
+        for name in members:
+            await asyncio.to_thread(self.proxies.clear, name)
+        self._close_faults(lambda f: (f.kind.startswith("toxic:") and f.target in members) or (f.kind == "partition" and f.target == target))
+
+    async def chaos(self, replica: str, **hooks: Any) -> None:
+        """Set the replica's own chaos hooks (slowdown, error_rate, error_status, hang); none clears them."""
+        url = self.replica_urls[replica] + "/chaos"
+        async with httpx.AsyncClient(timeout=5) as client:
+            if hooks:
+                self._open_fault("chaos", replica, {k: v for k, v in hooks.items() if isinstance(v, (int, float))})
+                response = await client.post(url, json=hooks)
+            else:
+                response = await client.delete(url)
+                self._close_faults(lambda f: f.kind == "chaos" and f.target == replica)
+        response.raise_for_status()
+
+    def replicas_in(self, region: str) -> list[str]:
+        members = [p.name for p in self.plans if p.region == region]
+        if not members:
+            known = sorted({p.region for p in self.plans})
+            raise KeyError(f"no replicas in region {region!r}; regions: {', '.join(known)}")
+        return members
+
+    def _open_fault(self, kind: str, target: str, params: dict[str, Any] | None = None, replicas: tuple[int, ...] | None = None) -> None:
+        if replicas is None:
+            if target not in self._index:
+                raise KeyError(f"no replica named {target!r}; replicas: {', '.join(self._index)}")
+            replicas = (self._index[target],)
+        self._faults.append(Fault(kind, target, self.now(), math.inf, replicas, dict(params or {}), source="live"))
+
+    def _close_faults(self, match: Callable[[Fault], bool]) -> None:
+        now = self.now()
+        self._faults = [dataclasses.replace(f, end=now) if f.end == math.inf and match(f) else f for f in self._faults]
+
+
+def _free_port(host: str) -> int:
+    """A port free right now, for servers (vLLM) that must be told theirs in advance."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
