@@ -120,6 +120,93 @@ def _spec_kind(path: Path) -> str:
 
 
 @app.command()
+def campaign(
+    campaign_file: Annotated[Path, typer.Argument(help="campaign YAML, e.g. faults/campaigns/failover-matrix.yaml")],
+    workers: Annotated[int, typer.Option(help="runs at a time (processes, or Ray CPUs)")] = 1,
+    executor: Annotated[str, typer.Option(help="local (process pool) or ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local cluster)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output directory (default out/campaigns/<name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="keep the runs already in the journal, do the rest")] = False,
+    retry_errors: Annotated[bool, typer.Option(help="with --resume, also redo runs that errored")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Run every cell x seed of a campaign; journal, summarise and report it (exit 1 if a cell fails)."""
+    from testbed.campaign.console import campaign_command
+
+    code = campaign_command(campaign_file, workers, executor, address, out, resume, retry_errors, quiet, console, errors)
+    raise typer.Exit(code)
+
+
+@app.command()
+def hunt(
+    scenario_file: Annotated[Path, typer.Argument(help="scenario YAML whose SLA should survive faults")],
+    budget: Annotated[int, typer.Option(min=1, help="fault schedules to simulate while searching")] = 100,
+    shrink_budget: Annotated[Optional[int], typer.Option(min=0, help="simulations for shrinking (default 2 x budget, at least 50)")] = None,
+    max_faults: Annotated[int, typer.Option(min=1, help="faults per schedule at most")] = 3,
+    kinds: Annotated[Optional[str], typer.Option(help="comma-separated fault kinds, e.g. node_crash,outage (default: all)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the scenario's simulation seed")] = None,
+    search_seed: Annotated[int, typer.Option(help="seed of the search itself")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="where minimal-failure.yaml goes (default out/<scenario name>)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no live status line")] = False,
+) -> None:
+    """Search fault schedules that break the SLA; shrink the first to a minimal runnable scenario (exit 1 if found)."""
+    from testbed.hunt_cli import run_hunt
+
+    code = run_hunt(
+        scenario_file, budget=budget, shrink_budget=shrink_budget, max_faults=max_faults, kinds=kinds, seed=seed,
+        search_seed=search_seed, out=out, quiet=quiet, console=console, errors=errors,
+    )
+    raise typer.Exit(code)
+
+
+@app.command()
+def calibrate(
+    out: Annotated[Path, typer.Option(help="profile JSON to write, e.g. profiles/cpu-fp32-tiny.json")],
+    engine: Annotated[str, typer.Option(help="torch (built-in engine) or vllm")] = "torch",
+    model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF model directory")] = "tiny",
+    device: Annotated[str, typer.Option(help="device kind the profile is for: cpu-fp32 or cpu-int8 (quantized)")] = "cpu-fp32",
+    grid: Annotated[str, typer.Option(help="quick or standard measurement grid")] = "standard",
+) -> None:
+    """Time the real engine over a grid, fit the simulator's table model, write a profile (with its held-out error)."""
+    from testbed.live.commands import calibrate_command
+
+    raise typer.Exit(calibrate_command(out, engine, model, device, grid, console, errors))
+
+
+@app.command()
+def live(
+    scenario_file: Annotated[Path, typer.Argument(help="scenario YAML, e.g. faults/live-replica-crash.yaml")],
+    engine: Annotated[str, typer.Option(help="torch (built-in engine) or vllm")] = "torch",
+    scale: Annotated[Optional[float], typer.Option(help="shrink the scenario to this share of its replicas and load")] = None,
+    compare: Annotated[bool, typer.Option(help="also simulate it and write fidelity.md (sim vs live)")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="override the scenario's seed")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output directory (default out/<scenario name>-live)")] = None,
+    duration: Annotated[Optional[str], typer.Option(help="override the duration, e.g. 30s")] = None,
+) -> None:
+    """Replay a scenario on real replicas in wall-clock time, with its faults; same records and verdicts as run."""
+    from testbed.live.commands import live_command
+
+    raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors))
+
+
+@app.command()
+def serve(
+    replicas: Annotated[int, typer.Option(min=1, help="primary replicas")] = 2,
+    regions: Annotated[int, typer.Option(min=1, help="regions the primaries are spread over")] = 1,
+    engine: Annotated[str, typer.Option(help="torch or vllm")] = "torch",
+    fallback: Annotated[bool, typer.Option(help="add an int8 CPU replica in a fallback-tier region")] = False,
+    model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF directory")] = "tiny",
+    port: Annotated[int, typer.Option(help="gateway port on 127.0.0.1 (0 picks a free one)")] = 8000,
+    scenario: Annotated[Optional[Path], typer.Option(help="take the serving policies from this scenario YAML")] = None,
+    trace_file: Annotated[Optional[Path], typer.Option(help="write OpenTelemetry spans here as JSON lines")] = None,
+) -> None:
+    """Start replicas, a chaos proxy each and the gateway; print the endpoints; Ctrl-C stops it all."""
+    from testbed.live.serve import run_serve
+
+    raise typer.Exit(run_serve(replicas, regions, engine, fallback, model, port, scenario, trace_file, console, _fail))
+
+
+@app.command()
 def schema(
     kind: Annotated[str, typer.Option(help="scenario or topology")] = "scenario",
 ) -> None:

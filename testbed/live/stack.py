@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import math
+import signal
 import socket
 import sys
 import time
@@ -315,3 +316,27 @@ def _free_port(host: str) -> int:
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
+
+
+def run_until_stopped(stack: LiveStack, announce: Callable[[LiveStack], None]) -> None:
+    """Run ``stack`` until Ctrl-C or SIGTERM, then tear it down (``testbed serve``).
+
+    The signal cancels the main task, so teardown runs through ``async with`` even when the
+    signal arrives while replicas are still starting; the supervisor's exit hook is the net
+    for a process whose start was in flight at that moment.
+    """
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        async with stack:
+            announce(stack)
+            await asyncio.Event().wait()
+
+    try:
+        asyncio.run(main())
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        pass
