@@ -25,6 +25,7 @@ import math
 import signal
 import socket
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -340,3 +341,40 @@ def run_until_stopped(stack: LiveStack, announce: Callable[[LiveStack], None]) -
         asyncio.run(main())
     except (asyncio.CancelledError, KeyboardInterrupt):
         pass
+
+
+class StackThread:
+    """A :class:`LiveStack` on its own event-loop thread, for synchronous callers.
+
+    Tests, benchmarks and scripts drive load with ordinary blocking clients (the openai client,
+    thread pools) while the gateway keeps serving on its loop; ``run`` hands a coroutine of
+    the stack (``stack.kill("r0")``) to that loop and waits for it.
+    """
+
+    def __init__(self, stack: LiveStack) -> None:
+        self.stack = stack
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="live-stack", daemon=True)
+
+    def __enter__(self) -> LiveStack:
+        self._thread.start()
+        try:
+            self.run(self.stack.__aenter__())
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self.stack
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.run(self.stack.aclose())
+        finally:
+            self._stop_loop()
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=30)
+        self.loop.close()
