@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from testbed import explore, plots
-from testbed.html_report import verdict_rows
+from testbed.html_report import observed_frame, verdict_rows
 from testbed.report import outcome_counts
 from testbed.spec import Scenario, SpecError
 from testbed.topology import LEVELS, Topology
@@ -156,18 +156,15 @@ def show_results(result) -> None:
     left.plotly_chart(plots.latency_cdf(result.requests, metric), key="cdf")
     target = next((v.limit for v in result.sla if v.metric == "availability" and v.request_class is None), None)
     right.plotly_chart(plots.availability_by_region(result.requests, target=target), key="availability")
-    alerts = getattr(result, "alerts", None)
+    alerts, scorecard = observed_frame(result, "alerts"), observed_frame(result, "scorecard")
     if not result.faults.empty:
         st.plotly_chart(plots.fault_timeline(result.faults, alerts), key="faults")
-    st.subheader("Observability")
-    scorecard = getattr(result, "scorecard", None)
+    st.subheader("Observability: scorecard and alerts")
     if scorecard is None and alerts is None:
-        st.info("This version records no alerts or scorecard for runs.")
-    if isinstance(scorecard, pd.DataFrame):
+        st.info("No alerts fired and no scorecard was recorded for this run.")
+    if scorecard is not None:
         st.dataframe(scorecard, hide_index=True)
-    elif scorecard is not None:
-        st.write(scorecard)
-    if isinstance(alerts, pd.DataFrame):
+    if alerts is not None:
         st.caption(f"{len(alerts)} alerts")
         st.dataframe(alerts.head(200), hide_index=True)
 

@@ -207,6 +207,28 @@ def serve(
 
 
 @app.command()
+def explore(
+    port: Annotated[int, typer.Option(help="port to serve the page on")] = 8501,
+    address: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps the page on this machine")] = "127.0.0.1",
+) -> None:
+    """Open the what-if explorer: `streamlit run app.py`, served on 127.0.0.1."""
+    import subprocess
+
+    from testbed.explore import streamlit_command
+
+    try:
+        command = streamlit_command(address, port)
+    except SpecError as exc:
+        raise _fail(str(exc)) from None
+    console.print(f"explorer on [bold]http://{address}:{port}[/] (Ctrl-C stops it)")
+    try:
+        code = subprocess.call(command)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+@app.command()
 def schema(
     kind: Annotated[str, typer.Option(help="scenario or topology")] = "scenario",
 ) -> None:

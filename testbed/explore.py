@@ -14,6 +14,7 @@ import importlib
 import importlib.util
 import inspect
 import io
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -399,3 +400,20 @@ def records_parquet(result: Result) -> bytes:
     buffer = io.BytesIO()
     result.requests.to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- serving the page
+
+
+def streamlit_command(address: str = "127.0.0.1", port: int = 8501) -> list[str]:
+    """The command that serves ``app.py``: bound to ``address`` (this machine only by default)."""
+    app = ROOT / "app.py"
+    if not app.is_file():
+        raise SpecError(f"{app}: not found; the explorer runs from a source checkout (pip install -e '.[explore]')")
+    if importlib.util.find_spec("streamlit") is None:
+        raise SpecError("streamlit is not installed; install the explorer with pip install -e '.[explore]'")
+    return [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", address, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+    ]

@@ -8,13 +8,13 @@ simulated and a live run of one scenario give reports that compare line by line.
 from __future__ import annotations
 
 import html
+import importlib.util
 import math
+from pathlib import Path
+from typing import Any
 
 import pandas as pd
-import plotly.graph_objects as go
-import plotly.io as pio
 
-from testbed import plots
 from testbed.report import format_value, latency_summary, outcome_counts
 from testbed.result import Result
 from testbed.sla import Verdict
@@ -66,8 +66,10 @@ def _table(frame: pd.DataFrame, row_class: list[str] | None = None, cell_class: 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _figure(fig: go.Figure, first: bool) -> str:
+def _figure(fig: Any, first: bool) -> str:
     """A figure's div; the first one carries plotly.js inline, the rest reuse it."""
+    import plotly.io as pio
+
     return pio.to_html(fig, full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False})
 
 
@@ -95,8 +97,8 @@ def _faults_table(faults: pd.DataFrame, limit: int = 50) -> str:
     return _table(pd.DataFrame(rows)) + more
 
 
-def _optional_frame(result: Result, name: str) -> pd.DataFrame | None:
-    """``result.alerts`` / ``result.scorecard`` when the run has them (observability is optional)."""
+def observed_frame(result: Result, name: str) -> pd.DataFrame | None:
+    """``result.alerts`` / ``result.scorecard`` when the run has them and they are not empty."""
     value = getattr(result, name, None)
     if isinstance(value, pd.DataFrame) and not value.empty:
         return value
@@ -107,6 +109,7 @@ def _optional_frame(result: Result, name: str) -> pd.DataFrame | None:
 
 def html_report(result: Result) -> str:
     """The report.html of a run: verdicts, outcome ledger, latency table and the figures."""
+    from testbed import plots  # plotly comes with the explore extra; see write_html_report
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
     verdicts = pd.DataFrame(verdict_rows(result.sla), columns=["objective", "limit", "observed", "margin", "verdict"])
@@ -136,13 +139,13 @@ def html_report(result: Result) -> str:
     parts += [f"<div>{_figure(fig, first=False)}</div>" for fig in grid]
     parts.append("</div><h2>Availability</h2>")
     parts.append(_figure(plots.availability_by_region(requests, target=_availability_target(result)), first=False))
-    alerts = _optional_frame(result, "alerts")
+    alerts = observed_frame(result, "alerts")
     if not result.faults.empty or alerts is not None:
         parts.append("<h2>Faults, detection and recovery</h2>")
         parts.append(_figure(plots.fault_timeline(result.faults, alerts), first=False))
         if not result.faults.empty:
             parts.append(_faults_table(result.faults))
-    scorecard = _optional_frame(result, "scorecard")
+    scorecard = observed_frame(result, "scorecard")
     if scorecard is not None:
         parts += ["<h2>Observability scorecard</h2>", _table(scorecard)]
     if alerts is not None:
@@ -168,3 +171,12 @@ def _latency_table(requests: pd.DataFrame) -> pd.DataFrame:
     for column in columns:
         table[column.replace("_", " ")] = summary[column].map(lambda v: format_value(v, "s"))
     return table
+
+
+def write_html_report(result: Result, path: str | Path) -> bool:
+    """Write report.html; False (nothing written) when plotly, of the explore extra, is missing,
+    so a core install still runs scenarios and writes report.md."""
+    if importlib.util.find_spec("plotly") is None:
+        return False
+    Path(path).write_text(html_report(result), encoding="utf-8")
+    return True

@@ -36,7 +36,7 @@ class Result:
 
     def write(self, out_dir: str | Path) -> list[Path]:
         """Write requests/timeseries/faults parquet, verdicts.json, report.md and report.html into ``out_dir``."""
-        from testbed.html_report import html_report
+        from testbed.html_report import write_html_report
         from testbed.report import markdown_report
 
         out = Path(out_dir)
@@ -60,7 +60,8 @@ class Result:
         }
         paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
         paths["report"].write_text(markdown_report(self))
-        paths["html_report"].write_text(html_report(self), encoding="utf-8")
+        if not write_html_report(self, paths["html_report"]):
+            del paths["html_report"]  # plotly (the explore extra) is not installed
         return list(paths.values())
 
 

@@ -125,3 +125,17 @@ def test_runs_are_cached_by_scenario_and_seed():
     assert cache.run(base.model_copy()) is first and cache.misses == 1
     other = cache.run(base.model_copy(update={"seed": base.seed + 1}))
     assert other is not first and cache.misses == 2
+
+
+def test_explore_command_serves_app_py_on_localhost_and_explains_a_missing_app(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from testbed.cli import app as cli
+
+    command = explore.streamlit_command()
+    assert command[command.index("run") + 1] == APP
+    assert command[command.index("--server.address") + 1] == "127.0.0.1"
+    monkeypatch.setattr(explore, "ROOT", tmp_path)
+    result = CliRunner().invoke(cli, ["explore"])
+    assert result.exit_code == 2
+    assert "app.py: not found" in result.output and "Traceback" not in result.output

@@ -103,3 +103,13 @@ def test_html_report_is_self_contained_and_shows_the_verdicts(outage, tmp_path):
     written = outage.write(tmp_path)
     assert tmp_path / "report.html" in written
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+
+
+def test_without_plotly_the_run_still_writes_its_other_outputs(outage, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
+    written = outage.write(tmp_path)
+    assert not (tmp_path / "report.html").exists() and tmp_path / "report.html" not in written
+    assert (tmp_path / "report.md").exists()
