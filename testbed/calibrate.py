@@ -24,9 +24,12 @@ is the interpolation error a simulation will actually make. The profile records 
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
 from typing import Protocol
 
 from testbed.perf import DecodeTable, PerfProfile, PrefillTable, TableModel
@@ -214,3 +217,52 @@ def calibrate(
     profile = fit(measured, grid, device, model, source)
     errors = held_out_errors(profile, measured, grid)
     return profile.model_copy(update={"held_out_error": error_summary(errors)}), errors
+
+
+# --------------------------------------------------------------------------- the command
+
+GRIDS = {
+    # ~15 s for the tiny model on one core: the tests' and the README's quick look
+    "quick": Grid(batch_sizes=(1, 2, 4), prompt_tokens=(16, 64, 256), context_tokens=(32, 128, 384), decode_steps=8, repetitions=3),
+    # ~1 min for the tiny model: what the committed profiles were made with
+    "standard": Grid(
+        batch_sizes=(1, 2, 4, 8), prompt_tokens=(16, 64, 256), context_tokens=(32, 128, 384), decode_steps=16, repetitions=5
+    ),
+}
+
+
+def open_timer(engine: str, model: str, device: str) -> StepTimer:
+    """The timer for ``engine`` ("torch" or "vllm") serving ``model`` as device kind ``device``."""
+    if device not in ("cpu-fp32", "cpu-int8"):
+        raise ValueError(f"--device: the live engines run on this CPU: expected cpu-fp32 or cpu-int8, got {device!r}")
+    from testbed.live.models import resolve_model
+
+    model_dir = resolve_model(model)
+    if engine == "torch":
+        from testbed.live.timers import TorchTimer
+
+        return TorchTimer(model_dir, quantize="int8" if device == "cpu-int8" else None)
+    if engine == "vllm":
+        from testbed.live.timers import VllmTimer
+
+        return VllmTimer(model_dir)
+    raise ValueError(f"--engine: expected torch or vllm, got {engine!r}")
+
+
+def profile_model_name(model: str) -> str:
+    """A built-in model keeps its name (the catalog knows it); a directory is named by its basename."""
+    from testbed.live.models import RECIPES
+
+    return model if model in RECIPES else Path(model).expanduser().resolve().name
+
+
+def source_note(engine: str, grid_name: str) -> str:
+    """How a profile was measured, for the profile's ``source`` field."""
+    import platform
+
+    import torch
+
+    return (
+        f"testbed calibrate --engine {engine} --grid {grid_name}; torch {torch.__version__} on "
+        f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores; {date.today().isoformat()}"
+    )

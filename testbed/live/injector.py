@@ -15,7 +15,7 @@ outage of a region or provider                         the chaos proxy cuts the 
 node_hang                                              SIGSTOP (``pause``), SIGCONT at repair
 slowdown                                               replica hook ``slowdown`` (1 / speed)
 error_injection                                        replica hooks ``error_rate``/``error_status``
-partition / latency / bandwidth / packet_loss          proxy toxics on the replicas of the region
+partition / latency / bandwidth                        proxy toxics on the replicas of the region
 between ``clients:R`` and ``R``                        (the live stack has one gateway, so every
                                                        client's path to R carries them)
 =====================================================  ===========================================
@@ -23,8 +23,8 @@ between ``clients:R`` and ``R``                        (the live stack has one g
 Faults overlap (a node crash inside a region outage), so, as in the simulator, each replica and
 region counts what is active: a replica is killed when its first crash starts and restarted when
 its last one ends; slowdowns multiply and error rates take the maximum, re-sent on every change.
-A fault the live stack cannot reproduce (memory pressure; a network fault between two regions,
-which has no path of its own in a one-gateway stack) raises :class:`LiveUnsupported` before
+A fault the live stack cannot reproduce (memory pressure; packet loss; a network fault between
+two regions, which has no path of its own in a one-gateway stack) raises :class:`LiveUnsupported` before
 anything starts.
 """
 
@@ -77,6 +77,11 @@ def check_supported(schedule: Sequence[Fault], topology: Topology) -> None:
             raise LiveUnsupported(
                 f"faults.{i} (memory_pressure on {fault.target}): the live engine has no KV-cache limit to squeeze; "
                 "drop this fault for live replay"
+            )
+        if fault.kind == "packet_loss":
+            raise LiveUnsupported(
+                f"faults.{i} (packet_loss on {fault.target}): the chaos proxy has no lossy toxic; "
+                "use a partition or added latency for live replay"
             )
         if fault.kind in NETWORK_KINDS:
             assert fault.endpoints is not None

@@ -1,4 +1,4 @@
-"""Step timers for calibration: the built-in PyTorch engine's runner, timed call by call.
+"""Step timers for calibration: the built-in engine's runner call by call, or a server over HTTP.
 
 A timer answers the two questions of :class:`testbed.calibrate.StepTimer` by running the real
 model. Prompts are random token ids from a seeded stream (the text does not change the compute,
@@ -8,6 +8,7 @@ starts so that only the model's work is timed.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -39,3 +40,78 @@ class TorchTimer:
         for _ in range(steps):
             tokens = self.runner.decode(kv, tokens)
         return time.perf_counter() - started
+
+
+class HttpTimer:
+    """Times an OpenAI-compatible server (vLLM) from outside, as its clients see it.
+
+    A prefill point is ``batch`` concurrent completions of one token, timed until the last one
+    answers; a decode point is ``batch`` concurrent streamed completions of ``steps + 1`` tokens,
+    timed from the last first token to the last final token, so only decode steps are inside.
+    HTTP adds a little to each, which the live replay pays too.
+    """
+
+    def __init__(self, url: str, model: str, vocabulary: int = 2048, seed: int = 0) -> None:
+        self.url = url.rstrip("/")
+        self.model = model
+        self.vocabulary = vocabulary
+        self.rng = random.Random(seed)
+
+    def _body(self, length: int, max_tokens: int) -> dict:
+        prompt = [self.rng.randrange(16, self.vocabulary) for _ in range(length)]
+        return {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "stream": True, "ignore_eos": True, "temperature": 0.0}
+
+    def prefill(self, batch: int, prompt_tokens: int) -> float:
+        started, _, ends = self._run([self._body(prompt_tokens, 1) for _ in range(batch)])
+        return max(ends) - started
+
+    def decode(self, batch: int, context_tokens: int, steps: int) -> float:
+        _, firsts, ends = self._run([self._body(context_tokens, steps + 1) for _ in range(batch)])
+        return max(ends) - max(firsts)
+
+    def _run(self, bodies: list[dict]) -> tuple[float, list[float], list[float]]:
+        import asyncio
+
+        import httpx
+
+        async def one(client: httpx.AsyncClient, body: dict) -> tuple[float, float]:
+            first = math.nan
+            async with client.stream("POST", "/v1/completions", json=body) as response:
+                response.raise_for_status()
+                async for line in response.aiter_lines():
+                    if line.startswith("data:") and math.isnan(first):
+                        first = time.perf_counter()
+            return first, time.perf_counter()
+
+        async def all_of() -> tuple[float, list[float], list[float]]:
+            async with httpx.AsyncClient(base_url=self.url, timeout=120) as client:
+                started = time.perf_counter()
+                times = await asyncio.gather(*(one(client, body) for body in bodies))
+            return started, [t[0] for t in times], [t[1] for t in times]
+
+        return asyncio.run(all_of())
+
+
+class VllmTimer(HttpTimer):
+    """A vLLM server started for the calibration (from its own venv), timed over HTTP."""
+
+    def __init__(self, model_dir: str | Path) -> None:
+        import socket
+
+        from testbed.live.supervisor import Supervisor
+        from testbed.live.vllm_replica import missing_reason, vllm_command
+
+        reason = missing_reason()
+        if reason is not None:
+            raise RuntimeError(f"--engine vllm: {reason}")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        argv, env = vllm_command(Path(model_dir), port, "calibrate")
+        self.supervisor = Supervisor()
+        url = f"http://127.0.0.1:{port}"
+        self.supervisor.start("calibrate", argv, env, timeout=600, url=url)
+        super().__init__(url, str(model_dir))
+
+    def close(self) -> None:
+        self.supervisor.stop_all()

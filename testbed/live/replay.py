@@ -1,0 +1,278 @@
+"""Live replay: a scenario played against the real stack in wall-clock time.
+
+:func:`run_live` is the live twin of :func:`testbed.sim.simulate`. From the scenario and seed it
+draws exactly what the simulation draws — the same arrivals, lengths, classes and client regions
+(:func:`testbed.workload.generate` on the same named streams) and the same fault schedule
+(:func:`testbed.faults.build_schedule`) — then:
+
+1. refuses what this machine cannot hold (:mod:`testbed.live.sizing`; ``scale`` shrinks first)
+   and what the live stack cannot reproduce (:func:`testbed.live.injector.plan`);
+2. brings up :class:`~testbed.live.stack.LiveStack`: one replica process per replica of the
+   topology, grouped into its regions, behind chaos proxies and a gateway running the
+   scenario's ``serving:`` policies;
+3. sends each request at its arrival time as a streamed completion of exactly its prompt length
+   (seeded random token ids) and output length, while the injector applies the fault schedule
+   at its times (SIGKILL, SIGSTOP, proxy cuts and toxics, replica chaos hooks);
+4. collects the gateway's records (the simulator's schema), evaluates the SLA and writes the same
+   files as ``testbed run``. The stack is torn down on the way out, whatever happened —
+   Ctrl-C included.
+
+Times in the records count from the moment the first request could be sent (the stack is up),
+like simulated time counts from zero. Conservation holds as in simulation: every request sent
+leaves exactly one row with a final status; a row still pending after the drain is an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from testbed import workload
+from testbed.faults import Fault, build_schedule, faults_frame
+from testbed.live.injector import Action, Injector, plan
+from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
+from testbed.result import Result
+from testbed.rng import RandomStreams
+from testbed.sim.engine import _overlaps
+from testbed.sla import evaluate, fault_windows, recovery_times
+from testbed.spec import ContinuousBatching, Scenario, SpecError
+from testbed.topology import Topology
+
+LEAD = 0.5  # seconds between the stack being up and the first arrival time
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass
+class ReplayPlan:
+    """Everything a live run does, decided before any process starts (pure, deterministic)."""
+
+    scenario: Scenario
+    seed: int
+    topology: Topology
+    arrivals: workload.Arrivals
+    schedule: list[Fault]
+    actions: list[Action]
+    prompts: list[list[int]]
+
+
+def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048) -> ReplayPlan:
+    """Draw the scenario's arrivals and faults exactly as the simulation does, and plan the actions."""
+    seed = scenario.seed if seed is None else seed
+    if scenario.workload.agents is not None:
+        raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
+    topology = Topology.from_spec(scenario.topology)
+    streams = RandomStreams(seed)
+    serving = {p.region for p in topology.replicas if p.tier == "primary"}
+    primary = [r for r in topology.regions if r in serving] or topology.regions
+    arrivals = workload.generate(scenario.workload, scenario.duration, primary, streams)
+    schedule = build_schedule(scenario.faults, topology, scenario.duration + scenario.drain, streams)
+    rng = random.Random(streams.python("live.prompts").random())
+    # Token ids above the special tokens (the built-in tokenizers put them first).
+    prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in arrivals.prompt_tokens.tolist()]
+    return ReplayPlan(scenario, seed, topology, arrivals, schedule, plan(schedule, topology), prompts)
+
+
+def run_live(
+    scenario: Scenario,
+    seed: int | None = None,
+    out_dir: str | Path | None = None,
+    engine: str = "torch",
+    scale: float | None = None,
+    duration: float | None = None,
+    progress: ProgressCallback | None = None,
+    machine: Machine | None = None,
+) -> Result:
+    """Replay ``scenario`` on the live stack; the same :class:`Result` as a simulation."""
+    if scale is not None:
+        scenario = scale_scenario(scenario, scale)
+    if duration is not None:
+        scenario = scenario.model_copy(update={"duration": duration})
+    check_fits(scenario, machine or Machine.here())
+    batching = scenario.serving.batching
+    if engine == "torch" and isinstance(batching, ContinuousBatching):
+        raise SpecError(
+            f"{scenario.name}: serving.batching: the built-in engine micro-batches; set policy: micro "
+            "(with max_batch_size and max_queue_delay) to replay it live, or use --engine vllm"
+        )
+    replay = prepare(scenario, seed)
+    result = asyncio.run(_replay(replay, engine, progress or (lambda _: None)))
+    if out_dir is not None:
+        result.write(out_dir)
+    return result
+
+
+class _StackTarget:
+    """Carries out injector actions on a :class:`~testbed.live.stack.LiveStack`."""
+
+    def __init__(self, stack, topology: Topology) -> None:
+        self.stack = stack
+        self.names = [r.name for r in topology.replicas]
+        self.regions = {r: [p.name for p in topology.replicas if p.region == r] for r in topology.regions}
+
+    async def perform(self, action: Action) -> None:
+        stack, verb = self.stack, action.verb
+        if verb in ("kill", "restart", "pause", "resume"):
+            await getattr(stack, verb)(self.names[action.target])
+        elif verb == "cut":
+            await stack.cut_region(action.target)
+        elif verb == "heal":
+            await stack.heal(action.target)
+        elif verb == "hooks":
+            params = dict(action.params)
+            if "error_status" in params:
+                params["error_status"] = [int(params["error_status"])]
+            await stack.chaos(self.names[action.target], **params)
+        elif verb in ("toxic", "untoxic"):
+            name = f"{action.params['kind']}-{action.fault}"
+            for replica in self.regions[action.target]:
+                if verb == "toxic":
+                    await stack.add_toxic(replica, name, _toxic(action.params))
+                else:
+                    await stack.remove_toxic(replica, name)
+        else:
+            raise ValueError(f"unknown live action {verb!r}")
+
+
+def _toxic(params: dict):
+    """The chaos-proxy toxic for a network fault: a partition drops everything (a black hole)."""
+    from testbed.live.chaos_proxy import Bandwidth, Latency, Timeout
+
+    kind = params["kind"]
+    if kind == "partition":
+        return Timeout()
+    if kind == "latency":
+        return Latency(latency_ms=params["delay"] * 1000, jitter_ms=params.get("jitter", 0.0) * 1000)
+    return Bandwidth(rate_kbps=params["limit"] * 8 / 1000)
+
+
+async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -> Result:
+    from testbed.live.stack import LiveStack, plans_from_topology
+
+    scenario = replay.scenario
+    batching = scenario.serving.batching
+    model = scenario.topology.model if isinstance(scenario.topology.model, str) else "tiny"
+    progress(f"starting {len(replay.topology.replicas)} replicas of {model} ({engine})")
+    async with LiveStack(
+        scenario.serving,
+        plans_from_topology(replay.topology),
+        model=model,
+        engine=engine,
+        max_batch_size=getattr(batching, "max_batch_size", None),
+        max_delay=getattr(batching, "max_queue_delay", None),
+        seed=replay.seed,
+        rtt=replay.topology.rtt,
+    ) as stack:
+        started = time.monotonic() + LEAD
+        offset = started - stack.start  # stack clock -> replay clock
+        progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
+        injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
+        faults_task = asyncio.create_task(injector.run())
+        try:
+            await _send_all(replay, stack.gateway_url, model, started)
+        finally:
+            faults_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await faults_task
+        requests = stack.records()
+        health = list(stack.gateway.health_events) if stack.gateway is not None else []
+    return _result(replay, requests, health, offset, injector)
+
+
+async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> None:
+    """Every request at its arrival time; returns when each has been answered."""
+    arrivals = replay.arrivals
+    timeout = replay.scenario.serving.timeouts.request + 10
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        tasks = [
+            asyncio.create_task(_send(client, replay, i, model, started + at))
+            for i, at in enumerate(arrivals.time.tolist())
+        ]
+        await asyncio.gather(*tasks)
+
+
+async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: str, at: float) -> None:
+    arrivals = replay.arrivals
+    delay = at - time.monotonic()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    body = {
+        "model": model,
+        "prompt": replay.prompts[i],
+        "max_tokens": int(arrivals.output_tokens[i]),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "ignore_eos": True,  # vLLM honours it; the built-in random-weight models practically never emit EOS
+    }
+    headers = {
+        "x-client-region": arrivals.region_names[arrivals.client_region[i]],
+        "x-priority": str(int(arrivals.priority[i])),
+        "x-request-class": arrivals.class_names[arrivals.request_class[i]],
+    }
+    # The gateway records the outcome whatever happens here; the client only has to listen.
+    with contextlib.suppress(httpx.HTTPError):
+        async with client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+            async for _ in response.aiter_raw():
+                pass
+
+
+def _result(replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: float, injector: Injector) -> Result:
+    """The live records on the replay clock, with the simulation's fault table and verdicts."""
+    scenario = replay.scenario
+    n = len(replay.arrivals)
+    pending = int((requests["status"] == "pending").sum())
+    if len(requests) != n or pending:
+        raise RuntimeError(f"conservation: {n} requests sent, {len(requests)} recorded, {pending} never ended")
+    requests = requests.copy()
+    for column in ("arrival", "first_token", "finish"):
+        requests[column] = requests[column] - offset
+    _fill_lengths(requests, replay.arrivals)
+    faults = faults_frame(replay.schedule)
+    faults["detected_at"] = [_detected(fault, health, offset) for fault in replay.schedule]
+    windows = fault_windows(faults)
+    finish = requests["finish"].fillna(requests["arrival"]).to_numpy()
+    requests["fault_overlap"] = _overlaps(requests["arrival"].to_numpy(), finish, windows)
+    verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration), faults)
+    if not faults.empty:
+        faults["recovered_at"] = recovery_times(scenario.sla, requests, faults)
+    stats = {
+        "wall_s": float(np.nanmax(requests["finish"].to_numpy(), initial=0.0)),
+        "requests": n,
+        "faults": len(replay.schedule),
+        "live_actions": len(injector.done),
+        "live_action_failures": [f"{a.verb} {a.target} at {a.at:g}s: {why}" for a, why in injector.failures],
+        "live_action_lag_s": max((done - a.at for done, a in injector.done), default=0.0),
+    }
+    return Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
+
+
+def _fill_lengths(requests: pd.DataFrame, arrivals: workload.Arrivals) -> None:
+    """Rows the replica never answered carry no usage: give them the lengths that were asked for.
+
+    Rows are in gateway arrival order, which is send order (requests leave at their arrival
+    times); answered rows keep the lengths the replica reported.
+    """
+    order = np.argsort(requests["arrival"].to_numpy(), kind="stable")
+    for column, asked in (("prompt_tokens", arrivals.prompt_tokens), ("output_tokens", arrivals.output_tokens)):
+        values = requests[column].to_numpy().copy()
+        missing = values[order] == 0
+        values[order[missing]] = asked[missing]
+        requests[column] = values.astype(np.int32)
+
+
+def _detected(fault: Fault, health: list, offset: float) -> float:
+    """When the gateway's health checks first marked one of the fault's replicas unhealthy."""
+    members = set(fault.replicas)
+    times = [t - offset for r, t, change in health if change == "unhealthy" and r in members]
+    times = [t for t in times if fault.start <= t <= fault.end]
+    return min(times) if times else math.nan
