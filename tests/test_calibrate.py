@@ -119,3 +119,38 @@ def test_a_calibrated_profile_is_loaded_by_the_simulation(tmp_path: Path):
     model = perf_model_for(topology, "cpu-fp32", 1)
     assert isinstance(model, TableModel)
     assert model.iteration_time(64, 0, 0) == pytest.approx(0.002 + 64e-5)
+
+
+@pytest.mark.live
+def test_calibrating_the_real_engine_gives_a_profile_the_simulation_runs(tmp_path: Path):
+    from testbed.live.models import ensure_model
+    from testbed.live.timers import TorchTimer
+    from testbed.sim import simulate
+    from testbed.spec import Scenario, validate_spec
+
+    grid = Grid(batch_sizes=(1, 2, 4), prompt_tokens=(8, 32), context_tokens=(16, 64), decode_steps=2, repetitions=1)
+    profile, errors = calibrate(TorchTimer(ensure_model("tiny")), grid, "cpu-fp32", "tiny")
+    assert len(errors) == len(grid.held_out_prefill()) + len(grid.held_out_decode())
+    assert all(e.measured > 0 and e.predicted > 0 for e in errors)
+    # a 4 x 32-token prefill does more work than a 1 x 8 one, far beyond timing noise
+    assert profile.prefill.seconds[-1] > profile.prefill.seconds[0]
+    (tmp_path / "profile.json").write_text(json.dumps(profile.model_dump(mode="json")))
+    rack = {"name": "host", "nodes": 2, "device": "cpu-fp32", "devices_per_node": 1}
+    spec = validate_spec(
+        {
+            "name": "calibrated",
+            "duration": 30,
+            "topology": {"name": "t", "model": "tiny", "profiles": {"cpu-fp32": "profile.json"}, "providers": [{"name": "p", "regions": [{"name": "r", "zones": [{"name": "z", "racks": [rack]}]}]}]},
+            "workload": {"arrival": {"kind": "poisson", "rate": 5}, "prompt_tokens": {"kind": "fixed", "value": 32}, "output_tokens": {"kind": "fixed", "value": 8}},
+            "serving": {"batching": {"policy": "micro", "max_batch_size": 4}},
+        },
+        Scenario,
+        source="test",
+        base_dir=tmp_path,
+    )
+    result = simulate(spec)
+    ok = result.requests[result.requests["status"] == "ok"]
+    assert len(ok) == len(result.requests) > 100
+    # simulated service times are the measured ones: at least the quickest prefill and seven of the quickest decode steps
+    floor = min(profile.prefill.seconds) + 7 * min(min(row) for row in profile.decode.seconds)
+    assert ((ok["finish"] - ok["arrival"]) >= floor * 0.999).all()

@@ -14,7 +14,7 @@ from testbed.fidelity import compare, relative_error
 from testbed.live.injector import Action, LiveUnsupported, plan
 from testbed.rng import RandomStreams
 from testbed.sim import simulate
-from testbed.spec import Scenario, validate_spec
+from testbed.spec import Scenario, SpecError, validate_spec
 from testbed.topology import Topology
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -148,3 +148,95 @@ def test_relative_error_edge_cases():
     assert relative_error(0.0, 0.0) == 0.0
     assert math.isinf(relative_error(1.0, 0.0))
     assert math.isnan(relative_error(math.nan, 1.0))
+
+
+# --------------------------------------------------------------------------- sizing and refusals
+
+
+def test_a_fleet_too_large_is_refused_with_the_scale_that_fits():
+    from testbed.live.sizing import Machine, check_fits
+
+    big = scenario([], topology={**TOPOLOGY, "providers": [{"name": "local", "regions": [{"name": "east", "zones": [{"name": "z", "racks": [{"name": "host", "nodes": 40, "device": "cpu-fp32", "devices_per_node": 1}]}]}]}]})
+    with pytest.raises(SpecError, match=r"40 replicas do not fit on this machine \(2 cores run at most 4\); scale it down with --scale 0.1"):
+        check_fits(big, Machine(cores=2, memory_bytes=16e9))
+
+
+def test_scale_shrinks_replicas_and_load_in_proportion():
+    from testbed.live.sizing import replica_count, scale
+
+    big = scenario([], topology={**TOPOLOGY, "providers": [{"name": "local", "regions": [{"name": "east", "zones": [{"name": "z", "racks": [{"name": "host", "nodes": 8, "device": "cpu-fp32", "devices_per_node": 1}]}]}]}]})
+    small = scale(big, 0.25)
+    assert replica_count(small) == 2
+    assert small.workload.arrival.rate == pytest.approx(big.workload.arrival.rate * 0.25)
+
+
+@pytest.mark.parametrize(
+    "path, message",
+    [
+        ("faults/baseline.yaml", "the live plane runs its built-in models"),
+        ("faults/trace-replay.yaml", "the live plane runs its built-in models"),
+    ],
+)
+def test_live_refuses_what_it_cannot_run_with_exit_2(path: str, message: str):
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+
+    outcome = CliRunner().invoke(app, ["live", str(ROOT / path)])
+    assert outcome.exit_code == 2
+    assert message in " ".join(outcome.output.split())
+    assert "Traceback" not in outcome.output
+
+
+# --------------------------------------------------------------------------- a real replay
+
+
+@pytest.mark.live
+def test_live_replay_with_a_replica_crash_conserves_requests_in_the_simulation_schema(tmp_path: Path):
+    from testbed.fidelity import compare
+    from testbed.live.replay import run_live
+    from testbed.observe.records import REQUEST_COLUMNS
+
+    topology = {
+        **TOPOLOGY,
+        "profiles": {"cpu-fp32": str(ROOT / "profiles" / "cpu-fp32-tiny.json")},
+        "providers": [
+            {
+                "name": "local",
+                "regions": [
+                    {"name": region, "zones": [{"name": "z", "racks": [{"name": "host", "nodes": 1, "device": "cpu-fp32", "devices_per_node": 1}]}]}
+                    for region in ("east", "west")
+                ],
+            }
+        ],
+    }
+    spec = scenario(
+        [{"kind": "node_crash", "target": NODE0, "at": 3, "duration": 3}],
+        topology=topology,
+        duration=10,
+        drain=15,
+        serving={"batching": {"policy": "micro", "max_batch_size": 4, "max_queue_delay": 0.01}, "health_check": {"period": 1, "timeout": 0.5}},
+    )
+    live = run_live(spec, out_dir=tmp_path / "live")
+    sim = simulate(spec)
+
+    records = live.requests
+    assert list(records.columns) == list(REQUEST_COLUMNS)
+    assert [str(t) for t in records.dtypes] == [str(t) for t in sim.requests.dtypes]
+    # Conservation: every request the workload drew was sent, recorded once and ended.
+    assert len(records) == len(sim.requests)
+    assert set(records["status"].astype(str)) <= {"ok", "failed", "timeout", "shed"}
+    # The same arrival times as the simulation (sent on time, give or take the event loop).
+    assert abs(records["arrival"].sort_values().to_numpy() - sim.requests["arrival"].to_numpy()).max() < 0.5
+    # The crash happened for real: the kill and the restart were carried out, and nothing was
+    # served by the dead replica while it was down.
+    assert live.stats["live_actions"] == 2 and not live.stats["live_action_failures"]
+    served = records[(records["status"] == "ok") & (records["replica"] == 0)]
+    assert not ((served["first_token"] > 3.5) & (served["first_token"] < 6.0)).any()
+    assert (records["status"] == "ok").mean() > 0.8
+    assert (tmp_path / "live" / "requests.parquet").exists() and (tmp_path / "live" / "verdicts.json").exists()
+
+    comparison = compare(sim, live)
+    text = comparison.write(tmp_path / "live").read_text()
+    assert "| e2e p50 |" in text and "node_crash" in text
+    assert comparison.metrics.set_index("metric").loc["requests ok", "live"] == (records["status"] == "ok").sum()

@@ -182,11 +182,22 @@ class Injector:
         self.done: list[tuple[float, Action]] = []  # (run time it was performed, action)
         self.failures: list[tuple[Action, str]] = []
 
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Perform no further action; one under way finishes (a half-done restart would leak a process)."""
+        self._stopping.set()
+
     async def run(self) -> None:
         for action in self.actions:
             delay = self.started + action.at - self.clock()
             if delay > 0:
-                await asyncio.sleep(delay)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                except TimeoutError:
+                    pass
+            if self._stopping.is_set():
+                return
             try:
                 await self.target.perform(action)
             except Exception as exc:  # noqa: BLE001 - one failed action must not abort the replay

@@ -180,9 +180,8 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         try:
             await _send_all(replay, stack.gateway_url, model, started)
         finally:
-            faults_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await faults_task
+            injector.stop()  # the run is over; an action under way (a restart) completes first
+            await faults_task
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
     return _result(replay, requests, health, offset, injector)
