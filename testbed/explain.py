@@ -1,4 +1,4 @@
-"""Verdicts and faults as one line a person reads, and the command that reproduces a run.
+"""Verdicts and faults as one line a person reads, and the file and command that reproduce a run.
 
 Shared by ``testbed hunt`` and the pytest plugin's ``assert_sla`` so that a failure found by a
 hunt and a failure in a resilience suite read the same way. Imports stay light (no simulator):
@@ -8,11 +8,12 @@ the pytest plugin imports this only when an assertion fails.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from testbed.sla import Verdict
-    from testbed.spec import FaultSpec
+    from testbed.spec import FaultSpec, Scenario
 
 
 def describe_verdict(verdict: Verdict) -> str:
@@ -46,3 +47,18 @@ def reproduce_command(path: str, seed: int, plane: str = "sim", duration: float 
     """The ``testbed`` command line that runs the same scenario the same way."""
     command = f"testbed {'run' if plane == 'sim' else 'live'} {path} --seed {seed}"
     return command + (f" --duration {duration:g}s" if duration is not None else "")
+
+
+def scenario_yaml(scenario: Scenario, seed: int) -> str:
+    """``scenario`` as YAML that runs from any directory: explicit seed, absolute file paths."""
+    import yaml
+
+    data = scenario.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data["seed"] = seed
+    arrival = data.get("workload", {}).get("arrival", {})
+    if arrival.get("kind") == "trace":
+        arrival["path"] = str(Path(arrival["path"]).resolve())
+    profiles = data.get("topology", {}).get("profiles")
+    if profiles:
+        data["topology"]["profiles"] = {k: str(Path(v).resolve()) for k, v in profiles.items()}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -30,7 +30,7 @@ import yaml
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as search_seed_of
 
-from testbed.explain import describe_verdict
+from testbed.explain import describe_verdict, scenario_yaml
 from testbed.result import Result
 from testbed.sim import simulate
 from testbed.sla import Verdict
@@ -168,19 +168,6 @@ def hunt(
 def size(schedule: Sequence[FaultSpec]) -> tuple[int, float, float]:
     """What "smaller" means: fewer faults, then less total fault time, then earlier starts."""
     return (len(schedule), sum(_duration(f) for f in schedule), sum(f.at for f in schedule))
-
-
-def scenario_yaml(scenario: Scenario, seed: int) -> str:
-    """``scenario`` as YAML that runs from any directory: explicit seed, absolute file paths."""
-    data = scenario.model_dump(mode="json", by_alias=True, exclude_defaults=True)
-    data["seed"] = seed
-    arrival = data.get("workload", {}).get("arrival", {})
-    if arrival.get("kind") == "trace":
-        arrival["path"] = str(Path(arrival["path"]).resolve())
-    profiles = data.get("topology", {}).get("profiles")
-    if profiles:
-        data["topology"]["profiles"] = {k: str(Path(v).resolve()) for k, v in profiles.items()}
-    return yaml.safe_dump(data, sort_keys=False)
 
 
 class _Oracle:
