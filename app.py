@@ -12,7 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from testbed import explore, plots
-from testbed.html_report import observed_frame, verdict_rows
+from testbed.html_report import observation_summary, observed_frame, verdict_rows
 from testbed.report import outcome_counts
 from testbed.spec import Scenario, SpecError
 from testbed.topology import LEVELS, Topology
@@ -142,7 +142,8 @@ def show_verdicts(result) -> None:
     cols[0].metric("requests", f"{len(result.requests):,}", help=", ".join(f"{k} {v:,}" for k, v in counts.items()))
     for col, row in zip(cols[1:], verdict_rows(result.sla)):
         # The delta is the margin: negative (red, down) is a violation of that size.
-        col.metric(row["objective"], row["observed"], delta=row["margin"], help=f"limit {row['limit']}; {row['verdict']}")
+        margin = None if row["margin"] == "n/a" else row["margin"]
+        col.metric(row["objective"], row["observed"], delta=margin, help=f"limit {row['limit']}; {row['verdict']}")
     table = pd.DataFrame(verdict_rows(result.sla))
     if not table.empty:
         st.dataframe(table.style.apply(lambda r: ["background-color: #fde8e8" if r["verdict"] == "FAIL" else ""] * len(r), axis=1), hide_index=True)
@@ -160,8 +161,13 @@ def show_results(result) -> None:
     if not result.faults.empty:
         st.plotly_chart(plots.fault_timeline(result.faults, alerts), key="faults")
     st.subheader("Observability: scorecard and alerts")
-    if scorecard is None and alerts is None:
+    summary = observation_summary(result)
+    if scorecard is None and alerts is None and summary is None:
         st.info("No alerts fired and no scorecard was recorded for this run.")
+    if summary is not None:
+        shown = {k: v for k, v in summary.items() if k in ("precision", "recall", "false_alerts_per_hour", "top1", "top3")}
+        for col, (name, value) in zip(st.columns(len(shown)), shown.items()):
+            col.metric(name.replace("_", " "), "n/a" if value != value else f"{value:.2f}")
     if scorecard is not None:
         st.dataframe(scorecard, hide_index=True)
     if alerts is not None:

@@ -415,5 +415,5 @@ def streamlit_command(address: str = "127.0.0.1", port: int = 8501) -> list[str]
     return [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", address, "--server.port", str(port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false",
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]

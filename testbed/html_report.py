@@ -33,6 +33,7 @@ tr.fail td.verdict { color: #b3261e; font-weight: 700; }
 .badge { display: inline-block; padding: 0.2rem 0.8rem; border-radius: 1rem; color: white; font-weight: 700; }
 .badge.pass { background: #137333; } .badge.fail { background: #b3261e; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.scroll { max-height: 28rem; overflow: auto; }
 """
 
 
@@ -59,11 +60,23 @@ def _table(frame: pd.DataFrame, row_class: list[str] | None = None, cell_class: 
     for i, row in enumerate(frame.itertuples(index=False)):
         attrs = f' class="{row_class[i]}"' if row_class else ""
         cells = "".join(
-            f'<td class="{(cell_class or {}).get(str(col), "")}">{html.escape(str(value))}</td>'
+            f'<td class="{(cell_class or {}).get(str(col), "")}">{html.escape(_cell(value))}</td>'
             for col, value in zip(frame.columns, row)
         )
         body.append(f"<tr{attrs}>{cells}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _cell(value: object, width: int = 60) -> str:
+    """A table cell for people: four significant digits, long text cut (the parquet has it all)."""
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def observation_summary(result: Result) -> dict[str, float] | None:
+    """The run's detection figures (precision, recall, false alerts per hour...) if it was observed."""
+    summary = getattr(getattr(result, "observation", None), "summary", None)
+    return summary.as_dict() if hasattr(summary, "as_dict") else None
 
 
 def _figure(fig: Any, first: bool) -> str:
@@ -145,11 +158,15 @@ def html_report(result: Result) -> str:
         parts.append(_figure(plots.fault_timeline(result.faults, alerts), first=False))
         if not result.faults.empty:
             parts.append(_faults_table(result.faults))
-    scorecard = observed_frame(result, "scorecard")
+    scorecard, summary = observed_frame(result, "scorecard"), observation_summary(result)
+    if scorecard is not None or summary is not None:
+        parts.append("<h2>Observability scorecard</h2>")
+    if summary is not None:
+        parts.append(_table(pd.DataFrame([summary])))
     if scorecard is not None:
-        parts += ["<h2>Observability scorecard</h2>", _table(scorecard)]
+        parts.append(f"<div class='scroll'>{_table(scorecard)}</div>")
     if alerts is not None:
-        parts += ["<h2>Alerts</h2>", _table(alerts.head(100))]
+        parts += [f"<h2>Alerts ({len(alerts):,})</h2>", f"<div class='scroll'>{_table(alerts.head(500))}</div>"]
     parts += ["<h2>Topology</h2>", _figure(plots.topology_graph(Topology.from_spec(scenario.topology)), first=False)]
     if result.stats:
         parts.append(

@@ -35,6 +35,17 @@ LEVEL_COLOURS = {
 }
 
 
+def seconds_ticks(values: Sequence[float]) -> dict[str, list]:
+    """Ticks for a log axis of seconds at 1, 2 and 5 of each decade, labelled "20 ms", "2 s"."""
+    finite = [v for v in values if v is not None and v > 0 and math.isfinite(v)]
+    if not finite:
+        return {}
+    low, high = math.floor(math.log10(min(finite))), math.ceil(math.log10(max(finite)))
+    ticks = [m * 10.0**e for e in range(low, high + 1) for m in (1, 2, 5)]
+    ticks = [t for t in ticks if min(finite) / 2 <= t <= max(finite) * 2]
+    return {"tickvals": ticks, "ticktext": [f"{t * 1000:g} ms" if t < 1 else f"{t:g} s" for t in ticks]}
+
+
 def _runs(requests: pd.DataFrame | Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """One frame or several labelled ones (A/B): builders overlay every run they are given."""
     return {"": requests} if isinstance(requests, pd.DataFrame) else dict(requests)
@@ -77,7 +88,7 @@ def latency_cdf(
             )
     fig.update_layout(
         title=f"CDF of {LATENCY_TITLES[metric]} (successful requests)",
-        xaxis={"title": f"{metric} (s)", "type": "log"},
+        xaxis={"title": metric, "type": "log", **seconds_ticks([x for t in fig.data for x in t.x])},
         yaxis={"title": "share of requests", "tickformat": ".0%", "range": [0, 1.02]},
         legend={"orientation": "h", "y": -0.2},
         margin={"t": 50, "b": 40, "l": 60, "r": 20},
@@ -139,7 +150,8 @@ def percentiles_over_time(
     )
     end = float(requests["finish"].max()) if len(requests) else horizon
     shade_faults(fig, faults, end=end, row="all", col=1)
-    fig.update_yaxes(title_text=f"{metric} (s)", type="log", row=1, col=1)
+    latencies = [y for t in fig.data if t.name != "availability" for y in t.y]
+    fig.update_yaxes(title_text=metric, type="log", **seconds_ticks(latencies), row=1, col=1)
     fig.update_yaxes(title_text="availability", tickformat=".1%", row=2, col=1)
     fig.update_xaxes(title_text=f"arrival time (s), bins of {width:g} s", row=2, col=1)
     fig.update_layout(
@@ -150,11 +162,13 @@ def percentiles_over_time(
     return fig
 
 
-def _alert_columns(alerts: pd.DataFrame) -> tuple[str | None, str | None]:
-    """Which columns of an alerts frame hold the firing time and the alert's name."""
-    time_col = next((c for c in ("fired_at", "time", "start", "at") if c in alerts), None)
-    name_col = next((c for c in ("alert", "name", "rule", "kind") if c in alerts), None)
-    return time_col, name_col
+def _alert_labels(alerts: pd.DataFrame) -> tuple[str | None, list[str] | None]:
+    """Which column holds an alert's firing time, and a label per alert (detector, severity, target)."""
+    time_col = next((c for c in ("time", "fired_at", "start", "at") if c in alerts), None)
+    parts = [c for c in ("detector", "alert", "name", "severity", "target") if c in alerts]
+    if not parts:
+        return time_col, None
+    return time_col, [" ".join(str(v) for v in row) for row in alerts[parts].itertuples(index=False)]
 
 
 def fault_timeline(faults: pd.DataFrame, alerts: pd.DataFrame | None = None, limit: int = 200) -> go.Figure:
@@ -190,15 +204,12 @@ def fault_timeline(faults: pd.DataFrame, alerts: pd.DataFrame | None = None, lim
                 )
             )
     if alerts is not None and not alerts.empty:
-        time_col, name_col = _alert_columns(alerts)
+        time_col, labels = _alert_labels(alerts)
         if time_col is not None:
-            for t in alerts[time_col].dropna().tolist():
-                fig.add_vline(x=float(t), line={"color": "#ff7f0e", "dash": "dot"})
             fig.add_trace(
                 go.Scatter(
                     x=alerts[time_col].to_numpy(), y=["alerts"] * len(alerts), mode="markers", name="alert fired",
-                    marker={"symbol": "triangle-down", "size": 11, "color": "#ff7f0e"},
-                    text=alerts[name_col].astype(str).tolist() if name_col else None,
+                    marker={"symbol": "triangle-down", "size": 11, "color": "#ff7f0e"}, text=labels,
                 )
             )
     title = "fault timeline" + (f" (first {limit} of {len(faults)})" if len(faults) > limit else "")

@@ -62,7 +62,7 @@ def test_percentiles_over_time_shade_the_fault_windows(outage):
 
 
 def test_fault_timeline_marks_detection_recovery_and_alerts(outage):
-    alerts = pd.DataFrame({"fired_at": [185.0, 190.0], "alert": ["availability burn", "ttft p99"]})
+    alerts = pd.DataFrame({"time": [185.0, 190.0], "detector": ["burn_rate", "cusum"], "target": ["aws", "gcp"]})
     fig = plots.fault_timeline(outage.faults, alerts)
     bars = fig.data[0]
     assert list(bars.base) == outage.faults["start"].tolist()
@@ -70,7 +70,7 @@ def test_fault_timeline_marks_detection_recovery_and_alerts(outage):
     detected = next(t for t in fig.data if t.name == "detected by health checks")
     assert list(detected.x) == outage.faults["detected_at"].tolist()
     fired = next(t for t in fig.data if t.name == "alert fired")
-    assert list(fired.x) == [185.0, 190.0] and list(fired.text) == ["availability burn", "ttft p99"]
+    assert list(fired.x) == [185.0, 190.0] and list(fired.text) == ["burn_rate aws", "cusum gcp"]
     assert plots.fault_timeline(outage.faults.iloc[:0]).layout.title.text == "no faults in this run"
 
 
