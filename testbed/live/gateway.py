@@ -472,11 +472,13 @@ class LiveGateway:
                             self._first_token(live, attempt)
                     elif usage is not None and not choices and live.strip_usage:
                         continue  # the usage chunk the gateway asked for; the client did not
-            out = line + "\n"
+            out = line + "\n" if not attempt.saw_done else line + "\n\n"
             if attempt.queue is not None:
                 attempt.queue.put_nowait(out)
             else:
                 attempt.lines.append(out)
+            if attempt.saw_done:
+                break  # end the request now: the client may hang up as soon as it reads [DONE]
         if not attempt.saw_done:
             attempt.error = "stream ended without [DONE]"
             self._attempt_ended(live, attempt, "failed", retryable=live.winner is not attempt)

@@ -269,8 +269,9 @@ class LiveStack:
         """Partition ``region`` from the gateway: every proxy of its replicas goes down."""
         members = self.replicas_in(region)
         self._open_fault("partition", region, replicas=tuple(self._index[m] for m in members))
+        assert self.proxies is not None
         for name in members:
-            await self.add_toxic(name, CUT, Down())
+            await asyncio.to_thread(self.proxies.set_toxic, name, CUT, Down())
 
     async def heal(self, target: str) -> None:
         """Clear every toxic on a replica, or on all replicas of a region (ends a cut)."""
