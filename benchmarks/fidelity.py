@@ -1,0 +1,106 @@
+"""Sim-vs-live fidelity: the same scenario replayed on real replicas and simulated with their profile.
+
+For each load (a share of the capacity the calibrated profile implies, testbed.capacity) and with
+and without the scenario's faults, it replays the scenario live, simulates it with the same seed,
+and prints one row per run: end-to-end, TTFT and TPOT percentiles, their relative error
+(sim / live - 1), availability, verdict agreement, and when health checks noticed the fault.
+
+    python benchmarks/fidelity.py                                   # faults/live-replica-crash.yaml
+    python benchmarks/fidelity.py --loads 0.3,0.6 --duration 30s --markdown
+
+Each run takes its duration plus start-up and drain in wall time (about a minute at 40 s).
+Figures depend on what else the machine is doing: the live replicas share its cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from testbed.capacity import fleet_capacity  # noqa: E402
+from testbed.fidelity import compare  # noqa: E402
+from testbed.live.replay import run_live  # noqa: E402
+from testbed.sim import simulate  # noqa: E402
+from testbed.spec import Scenario, validate_spec  # noqa: E402
+from testbed.units import parse_duration  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def variant(base: Scenario, rate: float, faults: bool, duration: float) -> Scenario:
+    data = base.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data["workload"]["arrival"] = {"kind": "poisson", "rate": rate}
+    data["duration"] = duration
+    if not faults:
+        data["faults"] = []
+    return validate_spec(data, Scenario, source=f"{base.name} at {rate:.2f}/s")
+
+
+def pct(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 100:+.1f}%"
+
+
+def ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value * 1000:.0f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scenario", default=str(ROOT / "faults" / "live-replica-crash.yaml"))
+    parser.add_argument("--loads", default="0.3,0.6,0.85", help="shares of the profile's capacity")
+    parser.add_argument("--duration", default="40s")
+    parser.add_argument("--engine", default="torch")
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    args = parser.parse_args()
+    base = Scenario.from_yaml(args.scenario)
+    duration = parse_duration(args.duration)
+    capacity = fleet_capacity(base)
+    loads = [float(x) for x in args.loads.split(",")]
+    print(f"{base.name}: profile capacity {capacity:.1f} req/s over {len(base.topology.providers[0].regions)} regions; "
+          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    header = ["load", "faults", "req/s", "requests", "e2e p50 sim/live ms", "err", "e2e p99 sim/live ms", "err",
+              "ttft p50 err", "tpot p50 err", "avail sim/live", "verdicts agree", "detected sim/live s"]
+    rows = []
+    for faults in (False, True):
+        for load in loads:
+            scenario = variant(base, load * capacity, faults, duration)
+            started = time.perf_counter()
+            live = run_live(scenario, engine=args.engine)
+            sim = simulate(scenario)
+            c = compare(sim, live)
+            m = c.metrics.set_index("metric")
+            detected = "—"
+            if not c.faults.empty:
+                f = c.faults.iloc[0]
+                detected = f"{f['sim_detected']:.1f} / {f['live_detected']:.1f}"
+            rows.append([
+                f"{load:.0%}", "crash" if faults else "none", f"{load * capacity:.1f}", f"{len(live.requests)}",
+                f"{ms(m.loc['e2e p50', 'sim'])} / {ms(m.loc['e2e p50', 'live'])}", pct(c.error("e2e p50")),
+                f"{ms(m.loc['e2e p99', 'sim'])} / {ms(m.loc['e2e p99', 'live'])}", pct(c.error("e2e p99")),
+                pct(c.error("ttft p50")), pct(c.error("tpot p50")),
+                f"{m.loc['availability', 'sim']:.1%} / {m.loc['availability', 'live']:.1%}",
+                "yes" if c.verdicts_agree else "no", detected,
+            ])
+            print(f"  {rows[-1][0]} {rows[-1][1]}: done in {time.perf_counter() - started:.0f} s "
+                  f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+    if args.markdown:
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+        for row in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
