@@ -182,3 +182,42 @@ def test_loading_the_plugin_stays_cheap():
     code = f"import sys, testbed.pytest_plugin; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_live_stack_is_skipped_with_a_reason_when_the_live_extra_is_missing(suite, monkeypatch):
+    monkeypatch.setitem(sys.modules, "testbed.live.stack", None)  # what a core install without torch/fastapi sees
+    suite.makepyfile("def test_live(live_stack):\n    raise AssertionError('unreachable')\n")
+    outcome = suite.runpytest("-p", "no:cacheprovider", "-rs")
+    outcome.assert_outcomes(skipped=1)
+    assert "the live plane is not installed" in outcome.stdout.str() and "pip install -e '.[live]'" in outcome.stdout.str()
+
+
+@pytest.mark.live
+def test_live_stack_starts_once_per_session_and_serves(suite):
+    suite.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def live_stack_options():
+            return {"n_replicas": 1, "model": "tiny"}
+        """
+    )
+    suite.makepyfile(
+        """
+        import httpx
+
+        SEEN = []
+
+        def test_first(live_stack):
+            SEEN.append(live_stack)
+            assert httpx.get(live_stack.stack.gateway_url + "/health", timeout=10).status_code == 200
+
+        def test_second(live_stack):
+            assert live_stack is SEEN[0]  # the same running stack: started once
+            live_stack.run(live_stack.stack.pause("r0"))
+            live_stack.run(live_stack.stack.resume("r0"))
+            assert list(live_stack.stack.faults()["kind"]) == ["node_hang"]
+        """
+    )
+    suite.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
