@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Scenario", "simulate"]
+__all__ = ["Scenario", "run_campaign", "simulate"]
 
 
 def __getattr__(name: str) -> Any:
@@ -22,4 +22,8 @@ def __getattr__(name: str) -> Any:
         from testbed.sim import simulate
 
         return simulate
+    if name == "run_campaign":
+        from testbed.campaign import run_campaign
+
+        return run_campaign
     raise AttributeError(f"module 'testbed' has no attribute {name!r}")
