@@ -210,22 +210,31 @@ def show_hunt(scenario: Scenario) -> None:
         st.info("Failure hunting is not installed in this version (testbed.hunt); `testbed hunt` will bring it.")
         return
     budget = int(st.number_input("budget (simulations)", min_value=1, max_value=500, value=20, key="hunt_budget"))
+    st.caption("Hunted faults are added to the scenario's own; the search and the shrinking simulate at most 3 x budget runs.")
     if st.button("hunt for the smallest failing schedule", key="hunt"):
-        with st.spinner("hunting…"):
-            try:
-                st.session_state["hunted"] = explore.hunt(scenario, budget)
-            except (SpecError, ValueError) as exc:
-                st.error(str(exc))
-                return
-    found = st.session_state.get("hunted")
-    if found is None:
-        return
+        bar = st.progress(0.0, text="hunting…")
+        report = lambda phase, done, total: bar.progress(min(done / max(total, 1), 1.0), text=f"{phase}: {done}/{total} simulations")  # noqa: E731
+        try:
+            st.session_state["hunted"] = (scenario.to_yaml(), explore.hunt(scenario, budget, report))
+        except (SpecError, ValueError) as exc:
+            st.error(str(exc))
+            return
+        finally:
+            bar.empty()
+    hunted = st.session_state.get("hunted")
+    if hunted is None or hunted[0] != scenario.to_yaml():
+        return  # nothing hunted yet for these settings
+    found = hunted[1]
+    cost = f"{found.evaluations} simulations, {found.wall_time:.1f} s"
     if not found.found:
-        st.success(f"No failure found in {found.evaluations} simulations ({found.wall_time:.1f} s).")
+        st.success(f"No failing schedule found ({cost}).")
         return
-    st.error(f"Minimal failing schedule after {found.evaluations} simulations ({found.wall_time:.1f} s):")
-    for fault in found.schedule:
-        st.markdown("- " + explore.describe_fault(fault.model_dump(mode="json", by_alias=True)))
+    if not found.schedule:
+        st.warning(f"These settings fail with no added fault ({cost}):")
+    else:
+        st.error(f"Minimal failing schedule ({cost}):")
+        for fault in found.schedule:
+            st.markdown("- " + explore.describe_fault(fault.model_dump(mode="json", by_alias=True)))
     st.dataframe(pd.DataFrame(verdict_rows(found.violations)), hide_index=True)
     st.download_button("minimal-failure.yaml", found.to_yaml(), file_name="minimal-failure.yaml", on_click="ignore")
 

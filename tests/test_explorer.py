@@ -64,11 +64,11 @@ def test_invalid_settings_show_a_message_naming_the_field_not_a_traceback(app):
 
 
 def test_a_fault_added_on_the_timeline_is_simulated(app):
-    app.selectbox(key=key("new:kind")).set_value("slowdown").run()
-    app.selectbox(key=key("new:target")).set_value("onprem/cpu-fallback").run()
-    app.number_input(key=key("new:at")).set_value(180.0).run()
-    app.number_input(key=key("new:duration")).set_value(240.0).run()
-    app.number_input(key=key("new:value")).set_value(0.25).run()
+    app.selectbox(key=key("new:kind")).set_value("slowdown").run()  # slowdown brings its speed input
+    app.selectbox(key=key("new:target")).set_value("onprem/cpu-fallback")
+    app.number_input(key=key("new:at")).set_value(180.0)
+    app.number_input(key=key("new:duration")).set_value(240.0)
+    app.number_input(key=key("new:value")).set_value(0.25)
     app.button(key=key("new:add")).click().run()
     assert not app.exception
     assert "slowdown onprem/cpu-fallback at 180 s for 240 s (speed 0.25)" in [c.label for c in app.checkbox]
@@ -120,6 +120,7 @@ def test_replicas_are_resized_by_whole_racks_and_the_page_says_so():
 
 def test_runs_are_cached_by_scenario_and_seed():
     base = Scenario.from_yaml(explore.scenario_catalog()[explore.DEFAULT_SCENARIO])
+    base = base.model_copy(update={"observability": base.observability.model_copy(update={"enabled": False})})
     cache = explore._Cache(size=2)
     first = cache.run(base)
     assert cache.run(base.model_copy()) is first and cache.misses == 1
@@ -139,3 +140,13 @@ def test_explore_command_serves_app_py_on_localhost_and_explains_a_missing_app(m
     result = CliRunner().invoke(cli, ["explore"])
     assert result.exit_code == 2
     assert "app.py: not found" in result.output and "Traceback" not in result.output
+
+
+def test_hunt_from_the_page_reports_why_the_settings_fail(app):
+    assert explore.hunt_available()
+    app.number_input(key="hunt_budget").set_value(1).run()
+    app.button(key="hunt").click().run()
+    assert not app.exception
+    assert any(w.startswith("These settings fail with no added fault (1 simulations") for w in texts(app.warning))
+    violations = next(d.value for d in app.dataframe if "verdict" in d.value.columns and "objective" in d.value.columns and len(d.value) == 1)
+    assert violations.to_dict("records")[0]["objective"] == "p99 ttft (during faults)"
