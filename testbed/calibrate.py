@@ -207,16 +207,53 @@ def calibrate(
     progress: ProgressCallback | None = None,
 ) -> tuple[PerfProfile, list[PointError]]:
     """Measure the fit grid and the held-out points, fit, and attach the held-out error."""
-    measured = measure(
+    return fit_with_error(measure_grid(timer, grid, progress), grid, device, model, source)
+
+
+def measure_grid(timer: StepTimer, grid: Grid, progress: ProgressCallback | None = None) -> Measurements:
+    """Every fit and held-out point of ``grid``."""
+    return measure(
         timer,
         grid,
         grid.prefill_points() + grid.held_out_prefill(),
         grid.decode_points() + grid.held_out_decode(),
         progress,
     )
+
+
+def fit_with_error(
+    measured: Measurements, grid: Grid, device: str, model: str, source: str = ""
+) -> tuple[PerfProfile, list[PointError]]:
     profile = fit(measured, grid, device, model, source)
     errors = held_out_errors(profile, measured, grid)
     return profile.model_copy(update={"held_out_error": error_summary(errors)}), errors
+
+
+def merge(runs: list[Measurements]) -> Measurements:
+    """Per point, the median over runs measured side by side (see :func:`measure_in_parallel`)."""
+    return Measurements(
+        prefill={k: statistics.median(r.prefill[k] for r in runs) for k in runs[0].prefill},
+        decode={k: statistics.median(r.decode[k] for r in runs) for k in runs[0].decode},
+    )
+
+
+def _measure_worker(engine: str, model: str, device: str, grid: Grid) -> Measurements:
+    return measure_grid(open_timer(engine, model, device), grid)
+
+
+def measure_in_parallel(engine: str, model: str, device: str, grid: Grid, processes: int) -> Measurements:
+    """The grid measured by ``processes`` engines at once, each in its own process.
+
+    Replicas of a live stack share this machine's cores, so an engine that is alone on a core
+    during calibration is faster than each of them when several are busy: measuring with as many
+    engines side by side as will serve together puts that contention into the profile.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_measure_worker, engine, model, device, grid) for _ in range(processes)]
+        return merge([f.result() for f in futures])
 
 
 # --------------------------------------------------------------------------- the command
@@ -233,8 +270,7 @@ GRIDS = {
 
 def open_timer(engine: str, model: str, device: str) -> StepTimer:
     """The timer for ``engine`` ("torch" or "vllm") serving ``model`` as device kind ``device``."""
-    if device not in ("cpu-fp32", "cpu-int8"):
-        raise ValueError(f"--device: the live engines run on this CPU: expected cpu-fp32 or cpu-int8, got {device!r}")
+    check_engine(engine, device)
     from testbed.live.models import resolve_model
 
     model_dir = resolve_model(model)
@@ -246,7 +282,15 @@ def open_timer(engine: str, model: str, device: str) -> StepTimer:
         from testbed.live.timers import VllmTimer
 
         return VllmTimer(model_dir)
-    raise ValueError(f"--engine: expected torch or vllm, got {engine!r}")
+    raise AssertionError(engine)
+
+
+def check_engine(engine: str, device: str) -> None:
+    """ValueError naming the option when the engine or device kind cannot be calibrated here."""
+    if engine not in ("torch", "vllm"):
+        raise ValueError(f"--engine: expected torch or vllm, got {engine!r}")
+    if device not in ("cpu-fp32", "cpu-int8"):
+        raise ValueError(f"--device: the live engines run on this CPU: expected cpu-fp32 or cpu-int8, got {device!r}")
 
 
 def profile_model_name(model: str) -> str:
@@ -256,13 +300,13 @@ def profile_model_name(model: str) -> str:
     return model if model in RECIPES else Path(model).expanduser().resolve().name
 
 
-def source_note(engine: str, grid_name: str) -> str:
+def source_note(engine: str, grid_name: str, parallel: int = 1) -> str:
     """How a profile was measured, for the profile's ``source`` field."""
     import platform
 
     import torch
 
     return (
-        f"testbed calibrate --engine {engine} --grid {grid_name}; torch {torch.__version__} on "
+        f"testbed calibrate --engine {engine} --grid {grid_name} --parallel {parallel}; torch {torch.__version__} on "
         f"{platform.processor() or platform.machine()}, {len(os.sched_getaffinity(0))} cores; {date.today().isoformat()}"
     )

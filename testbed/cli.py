@@ -170,7 +170,8 @@ def calibrate(
     """Time the real engine over a grid, fit the simulator's table model, write a profile (with its held-out error)."""
     from testbed.live.commands import calibrate_command
 
-    raise typer.Exit(calibrate_command(out, engine, model, device, grid, console, errors))
+    raise typer.Exit(calibrate_command(out, engine, model, device, grid, parallel, console, errors))
+    parallel: Annotated[int, typer.Option(help="engines measured side by side (as many as will share this machine live)")] = 1,
 
 
 @app.command()

@@ -154,3 +154,23 @@ def test_calibrating_the_real_engine_gives_a_profile_the_simulation_runs(tmp_pat
     # simulated service times are the measured ones: at least the quickest prefill and seven of the quickest decode steps
     floor = min(profile.prefill.seconds) + 7 * min(min(row) for row in profile.decode.seconds)
     assert ((ok["finish"] - ok["arrival"]) >= floor * 0.999).all()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--device", "H100"], "--device: the live engines run on this CPU"),
+        (["--engine", "tensorrt"], "--engine: expected torch or vllm"),
+        (["--grid", "huge"], "--grid: expected one of"),
+        (["--model", "/nonexistent/model"], "expected a built-in name"),
+    ],
+)
+def test_calibrate_refuses_bad_options_with_exit_2(tmp_path: Path, args: list[str], message: str):
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+
+    outcome = CliRunner().invoke(app, ["calibrate", "--out", str(tmp_path / "p.json"), *args])
+    assert outcome.exit_code == 2, outcome.output
+    assert message in " ".join(outcome.output.split())
+    assert not (tmp_path / "p.json").exists()

@@ -18,28 +18,38 @@ EXIT_PASS, EXIT_SLA_VIOLATED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def calibrate_command(
-    out: Path, engine: str, model: str, device: str, grid_name: str, console: Console, errors: Console
+    out: Path, engine: str, model: str, device: str, grid_name: str, parallel: int, console: Console, errors: Console
 ) -> int:
-    """Measure, fit, write the profile and print the held-out error."""
-    from testbed.calibrate import GRIDS, calibrate, open_timer, profile_model_name, source_note
+    """Measure (with ``parallel`` engines side by side), fit, write the profile, print the held-out error."""
+    from testbed.calibrate import (
+        GRIDS, check_engine, fit_with_error, measure_grid, measure_in_parallel, open_timer, profile_model_name, source_note,
+    )
 
     if grid_name not in GRIDS:
         errors.print(f"[bold red]error:[/] --grid: expected one of {sorted(GRIDS)}, got {grid_name!r}")
         return EXIT_BAD_INPUT
-    try:
-        timer = open_timer(engine, model, device)
-    except (ValueError, RuntimeError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    if parallel < 1 or (parallel > 1 and engine != "torch"):
+        errors.print("[bold red]error:[/] --parallel: expected an integer >= 1 (above 1 only with --engine torch)")
         return EXIT_BAD_INPUT
     grid = GRIDS[grid_name]
     try:
-        profile, point_errors = calibrate(
-            timer, grid, device, profile_model_name(model), source_note(engine, grid_name), progress=lambda m: console.print(f"  {m}", highlight=False)
-        )
-    finally:
-        close = getattr(timer, "close", None)
-        if close is not None:
-            close()
+        check_engine(engine, device)
+        profile_model_name(model)
+        if parallel > 1:
+            console.print(f"measuring with {parallel} engines side by side ...")
+            measured = measure_in_parallel(engine, model, device, grid, parallel)
+        else:
+            timer = open_timer(engine, model, device)
+            try:
+                measured = measure_grid(timer, grid, progress=lambda m: console.print(f"  {m}", highlight=False))
+            finally:
+                close = getattr(timer, "close", None)
+                if close is not None:
+                    close()
+    except (ValueError, RuntimeError) as exc:
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+        return EXIT_BAD_INPUT
+    profile, point_errors = fit_with_error(measured, grid, device, profile_model_name(model), source_note(engine, grid_name, parallel))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile.model_dump(mode="json"), indent=2) + "\n")
     summary = ", ".join(f"{k} {v * 100:.1f}%" for k, v in profile.held_out_error.items())
