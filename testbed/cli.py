@@ -213,20 +213,14 @@ def explore(
     address: Annotated[str, typer.Option(help="address to bind; 127.0.0.1 keeps the page on this machine")] = "127.0.0.1",
 ) -> None:
     """Open the what-if explorer: `streamlit run app.py`, served on 127.0.0.1."""
-    import subprocess
-
-    from testbed.explore import streamlit_command
+    from testbed.explore import serve, streamlit_command
 
     try:
-        command = streamlit_command(address, port)
+        streamlit_command(address, port)  # checks that app.py and streamlit are there
     except SpecError as exc:
         raise _fail(str(exc)) from None
     console.print(f"explorer on [bold]http://{address}:{port}[/] (Ctrl-C stops it)")
-    try:
-        code = subprocess.call(command)
-    except KeyboardInterrupt:
-        code = 0
-    raise typer.Exit(code)
+    serve(address, port)
 
 
 @app.command()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import importlib.util
 import io
+import signal
+import subprocess
 import sys
 import threading
 from collections import OrderedDict
@@ -407,3 +409,19 @@ def streamlit_command(address: str = "127.0.0.1", port: int = 8501) -> list[str]
         "--server.address", address, "--server.port", str(port),
         "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer",
     ]
+
+
+def serve(address: str = "127.0.0.1", port: int = 8501) -> int:
+    """Run Streamlit in the foreground until it exits; SIGINT and SIGTERM are passed on to it,
+    so stopping ``testbed explore`` (from a terminal or a supervisor) never leaves it behind."""
+    process = subprocess.Popen(streamlit_command(address, port))
+
+    def forward(signum: int, _frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return process.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
