@@ -1,0 +1,169 @@
+"""Live failover under steady load: kill a replica, pause another, cut a region.
+
+Four tiny-model replicas in two regions serve a closed loop of openai clients (half streaming)
+through the gateway. The script first measures the gateway's overhead — p50 latency through
+the gateway versus calling a replica directly, interleaved in the same run — then injects, in
+turn, a SIGKILL of r0 (restarted later), a SIGSTOP of r1 (resumed) and a partition of region
+b at its proxies (healed). It prints requests sent, succeeded, failed with a clear error and
+lost (never answered: must be 0), and per fault the time until p99 latency over 1 s windows is
+back within the SLA.
+
+    .venv/bin/python benchmarks/live_failover.py [--phase 12] [--workers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import httpx  # noqa: E402
+import numpy as np  # noqa: E402
+import openai  # noqa: E402
+
+from testbed.live.stack import LiveStack, ReplicaPlan, StackThread  # noqa: E402
+from testbed.spec import ServingSpec  # noqa: E402
+
+SPEC = ServingSpec.model_validate(
+    {
+        "routing": {"policy": "least_outstanding"},
+        "timeouts": {"request": "10s", "connect": "500ms"},
+        "retries": {"max_attempts": 3, "backoff": "50ms", "budget_min_per_s": 50},
+        "hedging": {"enabled": True, "delay": "1s"},
+        "health_check": {"period": "500ms", "timeout": "500ms", "unhealthy_threshold": 2, "healthy_threshold": 2},
+        "circuit_breaker": {"consecutive_failures": 3, "open_for": "3s"},
+    }
+)
+PLANS = [ReplicaPlan("r0", "local/a"), ReplicaPlan("r1", "local/a"), ReplicaPlan("r2", "local/b"), ReplicaPlan("r3", "local/b")]
+BODY = {"model": "tiny", "prompt": "benchmark", "max_tokens": 8}
+WINDOW = 1.0
+
+
+def overhead(stack: LiveStack, n: int) -> tuple[float, float]:
+    """p50 seconds of the same request direct to r2 and through the gateway, interleaved."""
+    direct, via = [], []
+    with httpx.Client(timeout=30) as client:
+        for _ in range(3):  # warm both paths
+            client.post(stack.replica_urls["r2"] + "/v1/completions", json=BODY)
+            client.post(stack.gateway_url + "/v1/completions", json=BODY)
+        for _ in range(n):
+            for url, sink in ((stack.replica_urls["r2"], direct), (stack.gateway_url, via)):
+                started = time.perf_counter()
+                client.post(url + "/v1/completions", json=BODY).raise_for_status()
+                sink.append(time.perf_counter() - started)
+    return statistics.median(direct), statistics.median(via)
+
+
+class Load:
+    def __init__(self, url: str, workers: int) -> None:
+        self.client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        self.outcomes: list[str] = []
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(workers)
+        self.futures = [self.pool.submit(self._worker, i) for i in range(workers)]
+
+    def _worker(self, worker: int) -> None:
+        while not self.stop.is_set():
+            try:
+                if worker % 2:
+                    stream = self.client.completions.create(**BODY, stream=True)
+                    "".join(c.choices[0].text for c in stream if c.choices)
+                else:
+                    self.client.completions.create(**BODY)
+                self.outcomes.append("ok")
+            except (openai.APITimeoutError, openai.APIConnectionError):
+                self.outcomes.append("lost")
+            except openai.APIError:  # a status with a message, or a stream's error event
+                self.outcomes.append("failed")
+
+    def finish(self) -> list[str]:
+        self.stop.set()
+        for future in self.futures:
+            future.result()
+        self.pool.shutdown()
+        return self.outcomes
+
+
+def recovery(rows, start: float, end: float, sla: float) -> float:
+    """Seconds from ``start`` until p99 e2e latency per window stays within ``sla`` (before ``end``).
+
+    A window holding a failed request counts as out of SLA.
+    """
+    window = rows[(rows["arrival"] >= start) & (rows["arrival"] < end)]
+    bad_until = start
+    for left in np.arange(start, end, WINDOW):
+        inside = window[(window["arrival"] >= left) & (window["arrival"] < left + WINDOW)]
+        if inside.empty:
+            continue
+        e2e = (inside["finish"] - inside["arrival"]).to_numpy()
+        if (inside["status"] != "ok").any() or np.percentile(e2e, 99) > sla:
+            bad_until = left + WINDOW
+    return bad_until - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--phase", type=float, default=12.0, help="seconds per phase (baseline, each fault, recovery)")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--overhead-requests", type=int, default=40)
+    args = parser.parse_args()
+    phase = args.phase
+
+    runner = StackThread(LiveStack(SPEC, PLANS, max_batch_size=4))
+    started = time.perf_counter()
+    with runner as stack:
+        print(f"stack up in {time.perf_counter() - started:.1f}s: gateway {stack.gateway_url}, {len(PLANS)} replicas in 2 regions")
+        direct, via = overhead(stack, args.overhead_requests)
+        print(f"overhead: p50 direct {direct * 1000:.1f} ms, via gateway {via * 1000:.1f} ms, "
+              f"added {(via - direct) * 1000:.1f} ms, ratio {via / direct:.2f}")
+
+        load_start = stack.now()
+        load = Load(stack.gateway_url, args.workers)
+        time.sleep(phase)  # baseline
+        marks = []
+        for label, fault, repair in (
+            ("kill r0", lambda: stack.kill("r0"), lambda: stack.restart("r0")),
+            ("pause r1", lambda: stack.pause("r1"), lambda: stack.resume("r1")),
+            ("cut region local/b", lambda: stack.cut_region("local/b"), lambda: stack.heal("local/b")),
+        ):
+            at = stack.now()
+            runner.run(fault())
+            time.sleep(phase / 2)
+            repair_started = time.perf_counter()
+            runner.run(repair())
+            repair_s = time.perf_counter() - repair_started
+            time.sleep(phase)
+            marks.append((label, at, repair_s))
+        outcomes = load.finish()
+        time.sleep(0.5)
+        rows = stack.records()
+        rows = rows[rows["arrival"] >= load_start]  # not the overhead probes
+        end = stack.now()
+
+    baseline = rows[rows["arrival"] < marks[0][1]]
+    base_e2e = (baseline["finish"] - baseline["arrival"]).to_numpy()
+    sla = max(1.0, 2 * float(np.percentile(base_e2e, 99)))
+    pending = int((rows["status"] == "pending").sum())
+    lost = outcomes.count("lost") + pending
+    print(f"requests: sent {len(outcomes)}, succeeded {outcomes.count('ok')}, failed with a clear error "
+          f"{outcomes.count('failed')}, lost {lost}")
+    status = rows["status"].value_counts()
+    print("records: " + ", ".join(f"{name} {int(count)}" for name, count in status.items() if count)
+          + f"; retried {int((rows['retries'] > 0).sum())}, hedged {int(rows['hedged'].sum())}, "
+          f"failed over {int(rows['failed_over'].sum())}")
+    print(f"SLA: p99 e2e <= {sla:.2f}s (twice the baseline p99 of {np.percentile(base_e2e, 99):.2f}s)")
+    bounds = [at for _, at, _ in marks[1:]] + [end]
+    for (label, at, repair_s), until in zip(marks, bounds):
+        print(f"  {label:<20} p99 back within SLA after {recovery(rows, at, until, sla):.1f}s "
+              f"(fault held {phase / 2:.0f}s; its repair took {repair_s:.1f}s)")
+    if lost:
+        raise SystemExit(f"{lost} requests were lost")
+
+
+if __name__ == "__main__":
+    main()
