@@ -100,10 +100,10 @@ def print_failure(found: HuntResult, console: Console) -> None:
     before = len(found.first_failure or [])
     console.print(
         f"[bold red]SLA violated[/] by a schedule found after {found.search_evaluations} schedules; "
-        f"shrunk from {before} to {len(found.schedule)} faults in {found.shrink_evaluations} simulations",
+        f"shrunk from {_count(before)} to {_count(len(found.schedule))} in {found.shrink_evaluations} simulations",
         highlight=False,
     )
-    schedule = Table(title=f"minimal failing schedule ({len(found.schedule)} faults)", title_justify="left")
+    schedule = Table(title=f"minimal failing schedule ({_count(len(found.schedule))})", title_justify="left")
     for column in ("#", "kind", "target", "start", "duration", "parameters"):
         schedule.add_column(column, justify="right" if column in ("#", "start", "duration") else "left")
     for index, fault in enumerate(found.schedule, 1):
@@ -126,8 +126,18 @@ def print_failure(found: HuntResult, console: Console) -> None:
         why.add_row(escape(v.objective), f"{op} {format_value(v.limit, v.unit)}", format_value(v.observed, v.unit),
                     f"[bold red]{format_value(v.margin, v.unit)}[/]")
     console.print(why)
-    counts = outcome_counts(found.result.requests)
+    requests = found.result.requests
+    counts = outcome_counts(requests)
     console.print("requests: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()), highlight=False)
+    failed = requests.loc[requests["status"] != "ok", "arrival"]
+    if len(failed) and found.schedule:
+        # Failures that outlast the faults point at the policies (breakers, ejection, health checks).
+        ends = [f.at + f.duration for f in found.schedule if f.duration is not None]
+        span = f"{min(f.at for f in found.schedule):g} s to {max(ends):g} s" if ends else "never repaired"
+        console.print(
+            f"requests not ok arrived from {failed.min():.1f} s to {failed.max():.1f} s; the faults span {span}",
+            highlight=False,
+        )
     if found.scenario.faults:
         console.print(f"(added to the scenario's own {len(found.scenario.faults)} faults)", highlight=False)
     console.print(
@@ -135,3 +145,7 @@ def print_failure(found: HuntResult, console: Console) -> None:
         f"({found.search_evaluations} searching, {found.shrink_evaluations} shrinking)",
         highlight=False,
     )
+
+
+def _count(faults: int) -> str:
+    return f"{faults} fault" if faults == 1 else f"{faults} faults"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -221,3 +222,12 @@ def test_live_stack_starts_once_per_session_and_serves(suite):
         """
     )
     suite.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+def test_the_examples_suite_passes_as_shipped():
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples"], cwd=root, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "4 passed" in proc.stdout
