@@ -92,6 +92,11 @@ def _print_verdicts(result: Result) -> None:
         verdict = "[green]pass[/]" if v.passed else "[bold red]FAIL[/]"
         table.add_row(escape(v.objective), f"{op} {format_value(v.limit, v.unit)}", format_value(v.observed, v.unit), format_value(v.margin, v.unit), verdict)
     console.print(table)
+    from testbed.observe.render import scorecard_table
+
+    scorecard = scorecard_table(result)
+    if scorecard is not None:
+        console.print(scorecard)
     console.print("[bold green]all SLAs met[/]" if result.passed else "[bold red]SLA violated[/]")
 
 

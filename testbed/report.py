@@ -120,6 +120,9 @@ def markdown_report(result: Result) -> str:
                 f"{int((group['retries'] > 0).sum()):,} | {int(group['hedged'].sum()):,} |"
             )
     lines += fault_lines(result)
+    from testbed.observe.render import scorecard_markdown
+
+    lines += scorecard_markdown(result)
     if not result.timeseries.empty:
         load = result.timeseries.groupby("region", observed=True).agg(
             utilisation=("utilisation", "mean"), queue_depth=("queue_depth", "mean"), running=("running", "mean")

@@ -24,6 +24,13 @@ class Result:
     sla: list[Verdict]
     stats: dict[str, Any] = field(default_factory=dict)
     faults: pd.DataFrame = field(default_factory=pd.DataFrame)
+    # Observability (testbed/observe/): the gateway's attempts and health-probe changes, and
+    # what the detectors made of the run — alerts, a scorecard against the injected faults.
+    attempts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    health: pd.DataFrame = field(default_factory=pd.DataFrame)
+    alerts: pd.DataFrame = field(default_factory=pd.DataFrame)
+    scorecard: pd.DataFrame = field(default_factory=pd.DataFrame)
+    observation: Any = None  # testbed.observe.pipeline.Observation: metrics, summary, graph
 
     @property
     def passed(self) -> bool:
@@ -60,6 +67,10 @@ class Result:
         }
         paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
         paths["report"].write_text(markdown_report(self))
+        if self.observation is not None:
+            from testbed.observe.pipeline import write_observation
+
+            paths |= write_observation(self, out)
         if not write_html_report(self, paths["html_report"]):
             del paths["html_report"]  # plotly (the explore extra) is not installed
         return list(paths.values())

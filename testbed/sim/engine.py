@@ -22,6 +22,8 @@ import simpy
 
 from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
+from testbed.observe.attempts import AttemptLog, health_frame
+from testbed.observe.pipeline import observe_into
 from testbed.observe.records import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
@@ -71,6 +73,8 @@ class _Attempt:
     replica: int
     work: Sequence
     oneway: float
+    started: float = 0.0
+    hedge: bool = False
     delivered: bool = False
 
 
@@ -116,6 +120,7 @@ class _Run:
         self.columns = columns
         self.arrival_time = columns["time"]  # NaN for agent calls until (unless) they are made
         self.attempts: dict[int, _Attempt] = {}
+        self.attempt_log = AttemptLog()
         self.hedged = np.zeros(self.total, dtype=bool)
         self.failed_over = np.zeros(self.total, dtype=bool)
         self.sessions = self._session_driver()
@@ -267,7 +272,9 @@ class _Run:
             if path.bandwidth:
                 oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
         work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
-        attempt = _Attempt(rid, action.replica, work, oneway)
+        attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
+        if action.hedge:
+            self.attempt_log.traced.add(rid)
         self.attempts[action.attempt] = attempt
         if not reachable:
             self._later(self.scenario.serving.timeouts.connect, lambda: self._attempt_ended(action.attempt, "unavailable"))
@@ -296,6 +303,7 @@ class _Run:
 
     def _attempt_ended(self, key: int, outcome: str) -> None:
         if key in self.attempts:
+            self.attempt_log.ended(key, self.attempts[key], outcome, self.env.now)
             self._execute(self.gateway.on_attempt_end(key, outcome, self.env.now))
             self.attempts.pop(key, None)
 
@@ -317,6 +325,8 @@ class _Run:
 
     def _cancel(self, action: Cancel) -> None:
         attempt = self.attempts.pop(action.attempt, None)
+        if attempt is not None:
+            self.attempt_log.ended(action.attempt, attempt, "cancelled", self.env.now)
         if attempt is not None and attempt.delivered:
             replica = self.replicas[attempt.replica]
             if replica.alive:
@@ -436,7 +446,10 @@ class _Run:
                 "agent_calls_skipped": self.sessions.skipped,
                 "agent_calls_degraded": int(self.sessions.degraded.sum()),
             }
-        return Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
+        result = Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
+        result.attempts = self.attempt_log.frame()
+        result.health = health_frame(self.detected, [r.region for r in self.replicas])
+        return observe_into(result)
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
         yield self.env.timeout(at)

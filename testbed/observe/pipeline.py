@@ -1,0 +1,100 @@
+"""Observation of a run, end to end: records → metrics → alerts → root causes → scorecard.
+
+Both planes call :func:`observe` on their :class:`~testbed.result.Result` (the simulator does it
+at the end of :func:`~testbed.sim.simulate`; the live driver on its live records), so detectors
+are validated on the same records whichever plane produced them. :func:`write_observation`
+writes what an operator's tools would read: ``metrics.parquet``, ``alerts.parquet``,
+``scorecard.parquet`` (+ ``scorecard.json``), ``metrics.prom`` and ``traces.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+
+from testbed.observe.detectors import Span, alerts_frame, detect
+from testbed.observe.metrics import Placement, default_window, window_metrics
+from testbed.observe.rootcause import SignalGraph
+from testbed.observe.scorecard import Summary, as_jsonable, objective_verdicts, score
+from testbed.sla import Verdict
+from testbed.spec import Scenario
+from testbed.topology import Topology
+
+if TYPE_CHECKING:
+    from testbed.result import Result
+
+
+@dataclass
+class Observation:
+    """What the observability stack made of a run."""
+
+    metrics: pd.DataFrame
+    alerts: pd.DataFrame
+    scorecard: pd.DataFrame
+    summary: Summary
+    verdicts: list[Verdict]
+    graph: SignalGraph
+    window: float
+
+
+def observe(result: Result, spec: Scenario | None = None) -> Observation:
+    """Metrics, alerts (with root-cause rankings), scorecard and observability verdicts of a run."""
+    scenario = spec or result.scenario
+    settings = scenario.observability
+    topology = Topology.from_spec(scenario.topology)
+    window = default_window(scenario.timeseries_interval, settings.window)
+    metrics = window_metrics(result.requests, result.timeseries, result.attempts, Placement.of(topology), window)
+    span = Span(window, max(scenario.warmup, 2 * window), scenario.duration)
+    alerts = alerts_frame(detect(settings.detectors, scenario.sla, result.requests, metrics, result.health, topology, span))
+    graph = SignalGraph.build(metrics, window, 0.0, scenario.duration)
+    rankings = [graph.rank(t, s) for t, s in zip(alerts["time"].tolist(), alerts["signal"].tolist())]
+    alerts["root_cause"] = [r[0][0] if r else "" for r in rankings]
+    alerts["root_causes"] = [json.dumps([c for c, _ in r[:5]]) for r in rankings]
+    faults = result.faults if not result.faults.empty else _no_faults()
+    card, summary = score(alerts, faults, settings.match_grace, (span.start, span.stop))
+    verdicts = objective_verdicts(settings.objectives, card, summary)
+    return Observation(metrics, alerts, card, summary, verdicts, graph, window)
+
+
+def observe_into(result: Result) -> Result:
+    """Attach an observation to ``result``: alerts, scorecard, and the verdicts added to ``sla``."""
+    if not result.scenario.observability.enabled:
+        return result
+    observation = observe(result)
+    result.observation = observation
+    result.alerts = observation.alerts
+    result.scorecard = observation.scorecard
+    result.sla = list(result.sla) + observation.verdicts
+    return result
+
+
+def write_observation(result: Result, out: Path) -> dict[str, Path]:
+    """Write the observation's files into ``out``; returns name → path."""
+    from testbed.observe.prometheus import exposition
+    from testbed.observe.traces import write_traces
+
+    observation: Observation = result.observation
+    paths = {
+        "metrics": out / "metrics.parquet",
+        "alerts": out / "alerts.parquet",
+        "scorecard": out / "scorecard.parquet",
+        "scorecard_summary": out / "scorecard.json",
+        "prometheus": out / "metrics.prom",
+        "traces": out / "traces.jsonl",
+    }
+    observation.metrics.to_parquet(paths["metrics"], index=False)
+    observation.alerts.to_parquet(paths["alerts"], index=False)
+    observation.scorecard.to_parquet(paths["scorecard"], index=False)
+    paths["scorecard_summary"].write_text(json.dumps(as_jsonable(observation.summary.as_dict()), indent=2) + "\n")
+    paths["prometheus"].write_bytes(exposition(result))
+    write_traces(result, paths["traces"])
+    return paths
+
+
+def _no_faults() -> pd.DataFrame:
+    return pd.DataFrame({"fault_id": pd.Series(dtype="int64"), "kind": pd.Series(dtype=object), "target": pd.Series(dtype=object),
+                         "start": pd.Series(dtype=float), "end": pd.Series(dtype=float)})

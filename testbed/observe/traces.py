@@ -1,0 +1,219 @@
+"""Requests as OpenTelemetry traces, made with the OpenTelemetry SDK from the records.
+
+Each exported request is one trace: a CLIENT span named as the GenAI semantic conventions ask
+(``{gen_ai.operation.name} {gen_ai.request.model}``, with ``gen_ai.usage.*`` token counts and
+``error.type``), a SERVER span for the gateway, one span per attempt — retries and hedges are
+their own spans, from the attempt records — and, under the attempt that answered, a
+``queue+prefill`` span up to the first token and a ``decode`` span after it. The records do not
+split queueing from prefill, so neither do the spans.
+
+A run can have 300k requests, so a deterministic share (by request id and seed) is exported,
+plus every request that failed, retried or hedged. Span and trace ids come from the seed too,
+so the same seed writes the same file. The file exporter writes OTLP/JSON
+(``ExportTraceServiceRequest`` per line, one trace per line); tests use the SDK's in-memory one.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from testbed.observe.prometheus import model_name
+from testbed.topology import Topology
+
+if TYPE_CHECKING:
+    from testbed.result import Result
+
+NS = 1_000_000_000
+OTLP_KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}
+
+
+class SeededIds(IdGenerator):
+    """Trace and span ids from a seeded stream: the same run exports the same ids."""
+
+    def __init__(self, seed: int) -> None:
+        self._rng = random.Random(seed)
+
+    def generate_span_id(self) -> int:
+        return self._rng.getrandbits(64) or 1
+
+    def generate_trace_id(self) -> int:
+        return self._rng.getrandbits(128) or 1
+
+
+def sampled(request_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """Whether each request id is in the deterministic sample (a splitmix64 hash below the share)."""
+    with np.errstate(over="ignore"):
+        z = request_ids.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
+
+
+def traced_requests(result: Result, share: float) -> pd.DataFrame:
+    """The requests to export: the sample plus every failed, retried or hedged one."""
+    requests = result.requests
+    keep = sampled(requests["request_id"].to_numpy(), share, result.seed)
+    keep |= (requests["status"] != "ok").to_numpy() | (requests["retries"] > 0).to_numpy() | requests["hedged"].to_numpy()
+    return requests[keep]
+
+
+def emit_spans(result: Result, exporter: SpanExporter, share: float | None = None) -> int:
+    """Export the traced requests' spans through ``exporter``; returns how many requests."""
+    scenario = result.scenario
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": "testbed-gateway", "testbed.scenario": scenario.name, "testbed.seed": result.seed}),
+        id_generator=SeededIds(result.seed),
+    )
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("testbed.observe.traces")
+    requests = traced_requests(result, scenario.observability.trace_sample if share is None else share)
+    attempts = result.attempts.groupby("request_id", sort=False) if not result.attempts.empty else None
+    attempt_ids = set(result.attempts["request_id"].tolist()) if attempts is not None else set()
+    names = [r.name for r in Topology.from_spec(scenario.topology).replicas]
+    model = model_name(result)
+    for row in requests.itertuples(index=False):
+        rows = attempts.get_group(row.request_id) if row.request_id in attempt_ids else None
+        _request_trace(tracer, row, rows, names, model)
+    provider.shutdown()
+    return len(requests)
+
+
+def _ns(seconds: float) -> int:
+    return int(round(seconds * NS))
+
+
+def _request_trace(tracer: trace.Tracer, row, attempts: pd.DataFrame | None, names: Sequence[str], model: str) -> None:
+    ok = row.status == "ok"
+    attributes = {
+        "gen_ai.operation.name": "text_completion",
+        "gen_ai.provider.name": "testbed",
+        "gen_ai.request.model": model,
+        "gen_ai.usage.input_tokens": int(row.prompt_tokens),
+        "testbed.request_id": int(row.request_id),
+        "testbed.request_class": str(row.request_class),
+        "testbed.client_region": str(row.client_region),
+        "testbed.status": str(row.status),
+    }
+    if ok:
+        attributes["gen_ai.usage.output_tokens"] = int(row.output_tokens)
+        attributes["gen_ai.response.finish_reasons"] = ("length",)
+    else:
+        attributes["error.type"] = str(row.status)
+    if row.session_id >= 0:
+        attributes |= {"gen_ai.conversation.id": str(row.session_id), "testbed.agent.stage": str(row.stage), "testbed.agent.turn": int(row.turn)}
+    start, end = _ns(row.arrival), _ns(row.finish)
+    root = tracer.start_span(f"text_completion {model}", kind=SpanKind.CLIENT, attributes=attributes, start_time=start)
+    context = trace.set_span_in_context(root)
+    gateway = tracer.start_span(
+        "gateway", context=context, kind=SpanKind.SERVER, start_time=start,
+        attributes={"testbed.retries": int(row.retries), "testbed.hedged": bool(row.hedged), "testbed.failed_over": bool(row.failed_over)},
+    )
+    inner = trace.set_span_in_context(gateway)
+    if attempts is None:  # one attempt, and it answered (else it would be in the attempt records)
+        plan = [(row.arrival, row.finish, int(row.replica), "ok" if ok else str(row.status), False)]
+    else:
+        plan = list(zip(attempts["start"], attempts["end"], attempts["replica"], attempts["outcome"].astype(str), attempts["hedge"]))
+    for number, (a_start, a_end, replica, outcome, hedge) in enumerate(plan):
+        kind = "hedge" if hedge else ("retry" if number else "attempt")
+        span = tracer.start_span(
+            kind, context=inner, kind=SpanKind.CLIENT, start_time=_ns(a_start),
+            attributes={"testbed.attempt": number, "testbed.replica": names[replica] if replica >= 0 else "", "testbed.outcome": outcome},
+        )
+        if outcome == "ok" and ok and row.first_token == row.first_token:
+            stage_context = trace.set_span_in_context(span)
+            first = min(max(row.first_token, a_start), a_end)
+            tracer.start_span("queue+prefill", context=stage_context, start_time=_ns(a_start)).end(end_time=_ns(first))
+            tracer.start_span("decode", context=stage_context, start_time=_ns(first)).end(end_time=_ns(a_end))
+        if outcome not in ("ok", "cancelled"):
+            span.set_status(Status(StatusCode.ERROR, outcome))
+        span.end(end_time=_ns(a_end))
+    gateway.end(end_time=end)
+    if not ok:
+        root.set_status(Status(StatusCode.ERROR, str(row.status)))
+    root.end(end_time=end)
+
+
+class OtlpJsonFileExporter(SpanExporter):
+    """Collects spans and writes OTLP/JSON, one ``ExportTraceServiceRequest`` per trace per line."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._traces: dict[int, list[ReadableSpan]] = {}
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        for span in spans:
+            self._traces.setdefault(span.context.trace_id, []).append(span)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self.path.open("w") as out:
+            for spans in self._traces.values():
+                out.write(json.dumps(otlp_json(spans), separators=(",", ":")) + "\n")
+        self._traces.clear()
+
+
+def otlp_json(spans: Sequence[ReadableSpan]) -> dict:
+    """Spans (of one resource and scope) as an OTLP/JSON ExportTraceServiceRequest."""
+    first = spans[0]
+    scope = first.instrumentation_scope
+    return {
+        "resourceSpans": [
+            {
+                "resource": {"attributes": _attributes(first.resource.attributes)},
+                "scopeSpans": [{"scope": {"name": scope.name if scope else ""}, "spans": [_span(s) for s in spans]}],
+            }
+        ]
+    }
+
+
+def _span(span: ReadableSpan) -> dict:
+    encoded = {
+        "traceId": f"{span.context.trace_id:032x}",
+        "spanId": f"{span.context.span_id:016x}",
+        "name": span.name,
+        "kind": OTLP_KIND[span.kind],
+        "startTimeUnixNano": str(span.start_time),
+        "endTimeUnixNano": str(span.end_time),
+        "attributes": _attributes(span.attributes or {}),
+        "status": {"code": {StatusCode.UNSET: 0, StatusCode.OK: 1, StatusCode.ERROR: 2}[span.status.status_code]},
+    }
+    if span.parent is not None:
+        encoded["parentSpanId"] = f"{span.parent.span_id:016x}"
+    if span.status.description:
+        encoded["status"]["message"] = span.status.description
+    return encoded
+
+
+def _attributes(attributes) -> list[dict]:
+    return [{"key": key, "value": _value(value)} for key, value in attributes.items()]
+
+
+def _value(value) -> dict:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (tuple, list)):
+        return {"arrayValue": {"values": [_value(v) for v in value]}}
+    return {"stringValue": str(value)}
+
+
+def write_traces(result: Result, path: str | Path) -> int:
+    """Write traces.jsonl; returns the number of traced requests."""
+    return emit_spans(result, OtlpJsonFileExporter(path))
