@@ -99,7 +99,7 @@ class VllmTimer(HttpTimer):
         import socket
 
         from testbed.live.supervisor import Supervisor
-        from testbed.live.vllm_replica import missing_reason, vllm_command
+        from testbed.live.vllm_replica import missing_reason, served_name, vllm_command
 
         reason = missing_reason()
         if reason is not None:
@@ -111,7 +111,7 @@ class VllmTimer(HttpTimer):
         self.supervisor = Supervisor()
         url = f"http://127.0.0.1:{port}"
         self.supervisor.start("calibrate", argv, env, timeout=600, url=url)
-        super().__init__(url, str(model_dir))
+        super().__init__(url, served_name(Path(model_dir)))
 
     def close(self) -> None:
         self.supervisor.stop_all()
