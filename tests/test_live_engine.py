@@ -241,3 +241,18 @@ def test_slowdown_stretches_each_step_by_the_factor(model_dir, runner):
     stats = run(main())
     assert stats.steps == 8
     assert stats.slowdown_seconds == pytest.approx(2.0 * stats.step_seconds, rel=1e-6)
+
+
+def test_adaptive_mode_lets_the_delay_controller_move_the_batching_delay(model_dir, runner):
+    async def main():
+        engine = Engine(model_dir, max_batch_size=4, max_delay=0.001, adaptive=True, threads=1, latency_target=50.0)
+        await engine.start()
+        try:
+            before = engine.batching_delay
+            await collect(engine, runner.encode(TEXTS[0]), 2)  # far under the target: the delay grows
+            return before, engine.batching_delay
+        finally:
+            await engine.stop()
+
+    before, after = run(main())
+    assert before == 0.001 and after == pytest.approx(0.001 + 50.0 / 50)
