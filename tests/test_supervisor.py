@@ -137,6 +137,11 @@ def test_a_child_that_dies_before_ready_raises_with_code_and_output(sup):
     assert "'bad'" in message and "code 3" in message and "boom: no such model" in message
 
 
+def test_a_missing_program_is_a_start_error(sup, tmp_path):
+    with pytest.raises(ReplicaStartError, match="could not be started: .*nope"):
+        sup.start("ghost", [str(tmp_path / "nope")], timeout=5)
+
+
 def test_a_child_that_never_gets_ready_times_out_and_is_killed(sup):
     with pytest.raises(ReplicaStartError, match="not ready within"):
         sup.start("slow", [sys.executable, "-c", "import time; print('warming', flush=True); time.sleep(60)"], timeout=1)

@@ -441,6 +441,7 @@ class ProxyFleet:
         self.listen_host = listen_host
         self.seed = seed
         self._proxies: dict[str, ChaosProxy] = {}
+        self._adding = threading.Lock()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="proxy-fleet", daemon=True)
         self._thread.start()
@@ -470,12 +471,13 @@ class ProxyFleet:
 
     def add(self, name: str, upstream_url: str, listen_port: int = 0) -> str:
         """Start a proxy for ``upstream_url`` and return the url to use instead."""
-        if name in self._proxies:
-            raise ValueError(f"proxy {name!r} already exists")
         host, port = _host_port(upstream_url)
-        proxy = ChaosProxy(host, port, self.listen_host, listen_port, seed=self.seed + len(self._proxies))
-        self._call(proxy.start)
-        self._proxies[name] = proxy
+        with self._adding:
+            if name in self._proxies:
+                raise ValueError(f"proxy {name!r} already exists")
+            proxy = ChaosProxy(host, port, self.listen_host, listen_port, seed=self.seed + len(self._proxies))
+            self._call(proxy.start)
+            self._proxies[name] = proxy
         return proxy.url
 
     def url(self, name: str) -> str:

@@ -92,15 +92,19 @@ def group_members(pgid: int) -> list[int]:
     Read from /proc where there is one, because ``killpg(pgid, 0)`` also succeeds for zombies a
     container's init may never reap; elsewhere fall back to that probe.
     """
-    proc = Path("/proc")
-    if not proc.is_dir():
+    if not Path("/proc").is_dir():
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
             return []
         return [pgid]
-    members = []
-    for entry in proc.iterdir():
+    return [pid for pid, state in _member_states(pgid).items() if state != "Z"]
+
+
+def _member_states(pgid: int) -> dict[int, str]:
+    """pid -> /proc state letter (R, S, T, Z, ...) of every process in group ``pgid``."""
+    states = {}
+    for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
@@ -109,9 +113,20 @@ def group_members(pgid: int) -> list[int]:
             continue
         # pid (comm) state ppid pgrp ... — comm may contain spaces and parentheses
         fields = stat[stat.rindex(")") + 2 :].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
-            members.append(int(entry.name))
-    return members
+        if int(fields[2]) == pgid:
+            states[int(entry.name)] = fields[0]
+    return states
+
+
+def _wait_stopped(pgid: int, timeout: float = 2.0) -> None:
+    """SIGSTOP lands asynchronously: wait until every live member is stopped (state T)."""
+    if not Path("/proc").is_dir():
+        return
+    deadline = time.monotonic() + timeout
+    while any(state not in ("T", "t", "Z", "X") for state in _member_states(pgid).values()):
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(0.005)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
@@ -189,14 +204,17 @@ class Supervisor:
         url: str | None,
     ) -> Managed:
         child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        proc = subprocess.Popen(
-            argv,
-            env=child_env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=child_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as err:
+            raise ReplicaStartError(f"replica {name!r} could not be started: {argv[0]}: {err.strerror}") from None
         managed = Managed(name, list(argv), env, ready_pattern, ready_url_health, proc, given_url=url, url=url)
         log = self._open_log(name, proc.pid, argv)
         log_lock = threading.Lock()
@@ -304,9 +322,10 @@ class Supervisor:
             _signal_group(managed.pgid, sig)
 
     def pause(self, name: str) -> None:
-        """SIGSTOP the group: the process is alive, holds its connections and answers nothing."""
+        """SIGSTOP the group and wait until it is stopped: alive, holding its connections, silent."""
         managed = self.get(name)
         _signal_group(managed.pgid, signal.SIGSTOP)
+        _wait_stopped(managed.pgid)
         if managed.state in ("starting", "ready"):
             managed._state = "paused"
 
