@@ -81,7 +81,7 @@ def sup(tmp_path):
 
 
 def test_start_waits_for_the_ready_line_and_reports_url_pid_and_group(sup, tmp_path):
-    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
+    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
     assert m.state == "ready" and sup.alive("r1")
     assert m.url and m.url.startswith("http://127.0.0.1:")
     assert m.pgid == m.pid == os.getpgid(m.pid) != os.getpgid(0)
@@ -91,7 +91,7 @@ def test_start_waits_for_the_ready_line_and_reports_url_pid_and_group(sup, tmp_p
 
 
 def test_pause_makes_it_hang_and_resume_brings_it_back(sup):
-    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
+    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
     sup.pause("r1")
     assert m.state == "paused" and sup.alive("r1") and proc_state(m.pid) == "T"
     with pytest.raises((TimeoutError, urllib.error.URLError, socket.timeout)):
@@ -101,24 +101,24 @@ def test_pause_makes_it_hang_and_resume_brings_it_back(sup):
 
 
 def test_sigkill_ends_the_group_and_restart_gives_a_new_process(sup):
-    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
+    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
     sup.kill("r1")
     assert not sup.alive("r1") and m.state == "killed" and group_members(m.pgid) == []
     with pytest.raises(urllib.error.URLError):
         get(m.url, timeout=1)
-    m2 = sup.restart("r1", timeout=20)
+    m2 = sup.restart("r1", timeout=60)
     assert m2.pid != m.pid and m2.state == "ready" and sup.get("r1") is m2
     assert get(m2.url) == str(m2.pid)
 
 
 def test_restart_of_a_running_replica_stops_it_first(sup):
-    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
-    m2 = sup.restart("r1", timeout=20)
+    m = sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
+    m2 = sup.restart("r1", timeout=60)
     assert m.state == "stopped" and not pid_alive(m.pid) and get(m2.url) == str(m2.pid)
 
 
 def test_group_kill_takes_the_grandchild_too_where_killing_the_leader_does_not(sup):
-    m = sup.start("spawner", [sys.executable, "-c", SPAWNER], timeout=20)
+    m = sup.start("spawner", [sys.executable, "-c", SPAWNER], timeout=60)
     grandchild = int(next(line.split()[1] for line in m.tail if line.startswith("GRANDCHILD")))
     assert os.getpgid(grandchild) == m.pgid
     os.kill(m.pid, signal.SIGKILL)  # what a naive supervisor does: the grandchild is orphaned, alive
@@ -132,7 +132,7 @@ def test_group_kill_takes_the_grandchild_too_where_killing_the_leader_does_not(s
 def test_a_child_that_dies_before_ready_raises_with_code_and_output(sup):
     code = "import sys; print('loading model', flush=True); sys.stderr.write('boom: no such model\\n'); sys.exit(3)"
     with pytest.raises(ReplicaStartError) as err:
-        sup.start("bad", [sys.executable, "-c", code], timeout=20)
+        sup.start("bad", [sys.executable, "-c", code], timeout=60)
     message = str(err.value)
     assert "'bad'" in message and "code 3" in message and "boom: no such model" in message
 
@@ -153,10 +153,10 @@ def test_health_polling_on_a_known_url_without_a_ready_line(sup):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # Listens only after 0.5 s and never prints a matching line: readiness is /health alone.
-    m = sup.start("h", [sys.executable, "-c", SERVER, str(port), "0.5"], ready_pattern=r"^NEVER$", url=url, timeout=20)
+    m = sup.start("h", [sys.executable, "-c", SERVER, str(port), "0.5"], ready_pattern=r"^NEVER$", url=url, timeout=60)
     assert m.url == url and get(url + "/health") == str(m.pid)
     sup.kill("h")
-    m2 = sup.restart("h", timeout=20)
+    m2 = sup.restart("h", timeout=60)
     assert m2.url == url and get(url) == str(m2.pid)
 
 
@@ -167,8 +167,8 @@ def test_stop_is_graceful_then_forceful(sup):
         "print('READY url=x', flush=True)\ntime.sleep(60)"
     )
     stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('READY url=x', flush=True)\ntime.sleep(60)"
-    g = sup.start("g", [sys.executable, "-c", graceful], timeout=20)
-    s = sup.start("s", [sys.executable, "-c", stubborn], timeout=20)
+    g = sup.start("g", [sys.executable, "-c", graceful], timeout=60)
+    s = sup.start("s", [sys.executable, "-c", stubborn], timeout=60)
     sup.pause("g")  # a paused group still gets its SIGTERM acted on
     sup.stop("g")
     assert g.returncode == 0 and "bye" in g.tail and g.state == "stopped"
@@ -179,7 +179,7 @@ def test_stop_is_graceful_then_forceful(sup):
 
 def test_stop_all_and_the_context_manager_leave_nothing_running(tmp_path):
     with Supervisor() as supervisor:
-        managed = [supervisor.start(f"r{i}", [sys.executable, "-c", SPAWNER], timeout=20) for i in range(2)]
+        managed = [supervisor.start(f"r{i}", [sys.executable, "-c", SPAWNER], timeout=60) for i in range(2)]
     assert all(group_members(m.pgid) == [] for m in managed)
 
 
@@ -189,17 +189,17 @@ def test_atexit_stops_replicas_when_the_parent_dies_of_an_exception(tmp_path):
         import sys
         from testbed.live.supervisor import Supervisor
         sup = Supervisor()
-        m = sup.start("r", [sys.executable, "-c", {SPAWNER!r}], timeout=20)
+        m = sup.start("r", [sys.executable, "-c", {SPAWNER!r}], timeout=60)
         print(m.pgid, flush=True)
         raise RuntimeError("the test run blew up")
         """
     )
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "the test run blew up" in proc.stderr
     assert group_members(int(proc.stdout.split()[0])) == []
 
 
 def test_starting_a_running_name_twice_is_refused(sup):
-    sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
+    sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
     with pytest.raises(ValueError, match="already running"):
-        sup.start("r1", [sys.executable, "-c", SERVER], timeout=20)
+        sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
