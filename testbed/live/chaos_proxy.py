@@ -30,7 +30,7 @@ import struct
 import threading
 from concurrent.futures import Future
 from dataclasses import MISSING, dataclass, field, fields
-from typing import Any, Callable, TypeVar, Union
+from typing import Any, Callable, Union
 from urllib.parse import urlsplit
 
 CHUNK = 65536
@@ -418,9 +418,6 @@ class ChaosProxy:
             writer.write(piece)
             await writer.drain()
             await asyncio.sleep(len(piece) / (self._rate() or rate))
-
-
-T = TypeVar("T")
 
 
 def _host_port(url: str) -> tuple[str, int]:
