@@ -161,6 +161,28 @@ def test_request_timeout_header_answers_504_and_serving_continues(client, http):
     assert bad.status_code == 400 and "x-request-timeout" in bad.json()["error"]["message"]
 
 
+def test_a_client_that_hangs_up_frees_its_place_in_the_batch(http, replica):
+    """400 tokens take many seconds at this slowdown; the place must be free well before."""
+    http.post("/chaos", json={"slowdown": 5.0})
+    body = {"prompt": PROMPT, "max_tokens": 400}
+
+    def freed_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if http.get("/health").json()["running"] == 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    with pytest.raises(httpx.ReadTimeout):  # a plain request: the client gives up waiting
+        httpx.post(replica + "/v1/completions", json=body, timeout=0.5)
+    assert freed_within(3.0)
+    with httpx.stream("POST", replica + "/v1/completions", json={**body, "stream": True}, timeout=30) as r:
+        next(r.iter_bytes())  # tokens are flowing; leaving the block hangs up
+        assert http.get("/health").json()["running"] == 1
+    assert freed_within(3.0)
+
+
 def test_chaos_error_injection_uses_the_chosen_statuses(replica, http):
     assert http.post("/chaos", json={"error_rate": 1.0, "error_status": [500, 429]}).status_code == 200
     assert http.get("/chaos").json() == {"slowdown": 1.0, "error_rate": 1.0, "error_status": [500, 429],

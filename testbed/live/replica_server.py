@@ -251,11 +251,9 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         head = {"id": f"{kind}-{name}-{next(request_ids)}", "created": int(time.time()), "model": model_name}
         deltas = completion.deltas()
         if not req.stream:
-            try:
-                async with contextlib.aclosing(deltas):
-                    text = "".join([d async for d in deltas])
-            except _GENERATION_ERRORS as exc:
-                raise _engine_error(exc) from None
+            text = await _join_unless_disconnected(request, deltas)
+            if text is None:
+                return Response(status_code=499)  # nobody is listening; the sequence left the batch
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                           "finish_reason": completion.finish_reason}
@@ -341,6 +339,41 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         return chaos.snapshot()
 
     return app
+
+
+async def _join_unless_disconnected(request: Request, deltas: AsyncIterator[str]) -> str | None:
+    """The whole text, or None if the client hung up first (a lost hedge, a client timeout).
+
+    Streams are cancelled by Starlette when their client goes; a plain response is not, so
+    without this a departed client's sequence would keep its place in the batch to the end.
+    """
+
+    async def join() -> str:
+        async with contextlib.aclosing(deltas):
+            return "".join([d async for d in deltas])
+
+    async def hung_up() -> bool:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return True
+
+    work, watch = asyncio.ensure_future(join()), asyncio.ensure_future(hung_up())
+    try:
+        await asyncio.wait([work, watch], return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        work.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if not work.done():
+        work.cancel()
+        with contextlib.suppress(asyncio.CancelledError, *_GENERATION_ERRORS):
+            await work
+        return None
+    try:
+        return work.result()
+    except _GENERATION_ERRORS as exc:
+        raise _engine_error(exc) from None
 
 
 def _data(payload: dict | str) -> str:
