@@ -37,7 +37,7 @@ def test_run_prints_verdicts_writes_records_and_exits_0_when_slas_hold(tmp_path)
     assert len(requests) > 1000 and (requests["status"] == "ok").all()
     assert not pd.read_parquet(out / "timeseries.parquet").empty
     verdicts = json.loads((out / "verdicts.json").read_text())
-    assert verdicts["passed"] is True and len(verdicts["verdicts"]) == 5
+    assert verdicts["passed"] is True and len(verdicts["verdicts"]) == 6  # five SLA objectives and the false-alert objective
     assert "## SLA verdicts" in (out / "report.md").read_text()
 
 

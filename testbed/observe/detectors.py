@@ -245,19 +245,21 @@ def health_alerts(health: pd.DataFrame, topology: Topology, span: Span) -> list[
     active: set[str] = set()
     frame = health.assign(window=window_end(health["time"].to_numpy(), span.window))
     for end, rows in frame.groupby("window", sort=True):
-        new = set()
-        for replica, change in zip(rows["replica"].tolist(), rows["change"].tolist()):
+        new: dict[int, float] = {}  # replica -> when the gateway's belief flipped
+        for replica, change, time in zip(rows["replica"].tolist(), rows["change"].tolist(), rows["time"].tolist()):
             if change == "unhealthy":
                 down.add(replica)
-                new.add(replica)
+                new[replica] = time
             else:
                 down.discard(replica)
-                new.discard(replica)
+                new.pop(replica, None)
         active = {t for t in active if set(_replicas_of(t, topology)) <= down}
         if span.start < end <= span.stop:
-            for target in _covering(new, down, topology):
+            for target in _covering(set(new), down, topology):
                 if target not in active:
-                    alerts.append(Alert(float(end), "health_check", "ticket", target, "", float(len(new)), 0.0))
+                    # The probe result is known when it flips, not at the end of the window.
+                    at = max(t for r, t in new.items() if r in set(_replicas_of(target, topology)))
+                    alerts.append(Alert(float(at), "health_check", "ticket", target, "", float(len(new)), 0.0))
                     active.add(target)
     return alerts
 

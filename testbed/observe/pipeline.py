@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from testbed.observe.detectors import Span, alerts_frame, detect
-from testbed.observe.metrics import Placement, default_window, window_metrics
+from testbed.observe.metrics import Placement, default_window, window_end, window_metrics
 from testbed.observe.rootcause import SignalGraph
 from testbed.observe.scorecard import Summary, as_jsonable, objective_verdicts, score
 from testbed.sla import Verdict
@@ -48,10 +48,14 @@ def observe(result: Result, spec: Scenario | None = None) -> Observation:
     topology = Topology.from_spec(scenario.topology)
     window = default_window(scenario.timeseries_interval, settings.window)
     metrics = window_metrics(result.requests, result.timeseries, result.attempts, Placement.of(topology), window)
-    span = Span(window, max(scenario.warmup, 2 * window), scenario.duration)
+    # The first window only holds the requests quick enough to finish in it: no baseline.
+    start = max(scenario.warmup, window)
+    span = Span(window, start if start < scenario.duration else scenario.warmup, scenario.duration)
     alerts = alerts_frame(detect(settings.detectors, scenario.sla, result.requests, metrics, result.health, topology, span))
     graph = SignalGraph.build(metrics, window, 0.0, scenario.duration)
-    rankings = [graph.rank(t, s) for t, s in zip(alerts["time"].tolist(), alerts["signal"].tolist())]
+    # A ranking can use the metrics of the window the alert fell in once that window closes.
+    closes = window_end(alerts["time"].to_numpy() - 1e-9, window).tolist()
+    rankings = [graph.rank(t, s) for t, s in zip(closes, alerts["signal"].tolist())]
     alerts["root_cause"] = [r[0][0] if r else "" for r in rankings]
     alerts["root_causes"] = [json.dumps([c for c, _ in r[:5]]) for r in rankings]
     faults = result.faults if not result.faults.empty else _no_faults()

@@ -54,7 +54,12 @@ def alert_faults(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float) -> li
 
 
 def score(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float, span: tuple[float, float]) -> tuple[pd.DataFrame, Summary]:
-    """The per-fault scorecard and the summary; ``alerts`` needs time, detector and root_causes."""
+    """The per-fault scorecard and the summary; ``alerts`` needs time, detector and root_causes.
+
+    ``span`` is the stretch the detectors watched; faults starting after it are left out.
+    """
+    # A fault that starts after clients stop sending (in the drain) has no traffic to show it.
+    faults = faults[faults["start"] < span[1]]
     owners = alert_faults(alerts, faults, grace)
     rows = []
     for fault in faults.to_dict("records"):
@@ -86,7 +91,7 @@ def score(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float, span: tuple[
         false_alerts=false_alerts,
         precision=(len(alerts) - false_alerts) / len(alerts) if len(alerts) else math.nan,
         recall=len(detected) / len(card) if len(card) else math.nan,
-        false_alerts_per_hour=false_alerts / hours if hours > 0 else math.nan,
+        false_alerts_per_hour=false_alerts / hours if hours > 0 else (0.0 if false_alerts == 0 else math.nan),
         fault_free_hours=hours,
         top1=float((ranks <= 1).mean()) if len(ranks) else math.nan,
         top3=float((ranks <= 3).mean()) if len(ranks) else math.nan,
