@@ -56,6 +56,8 @@ def main() -> int:
     parser.add_argument("--loads", default="0.3,0.6,0.85", help="shares of the profile's capacity")
     parser.add_argument("--duration", default="40s")
     parser.add_argument("--engine", default="torch")
+    parser.add_argument("--faults", default="both", choices=["both", "none", "only"], help="runs without/with the scenario's faults")
+    parser.add_argument("--repeat", action="store_true", help="replay each run twice: live-vs-live differences are the noise floor")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
     args = parser.parse_args()
     base = Scenario.from_yaml(args.scenario)
@@ -66,8 +68,10 @@ def main() -> int:
           f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     header = ["load", "faults", "req/s", "requests", "e2e p50 sim/live ms", "err", "e2e p99 sim/live ms", "err",
               "ttft p50 err", "tpot p50 err", "avail sim/live", "verdicts agree", "detected sim/live s"]
+    if args.repeat:
+        header += ["live rerun e2e p50/p99 diff"]
     rows = []
-    for faults in (False, True):
+    for faults in {"both": (False, True), "none": (False,), "only": (True,)}[args.faults]:
         for load in loads:
             scenario = variant(base, load * capacity, faults, duration)
             started = time.perf_counter()
@@ -87,6 +91,9 @@ def main() -> int:
                 f"{m.loc['availability', 'sim']:.1%} / {m.loc['availability', 'live']:.1%}",
                 "yes" if c.verdicts_agree else "no", detected,
             ])
+            if args.repeat:
+                again = compare(run_live(scenario, engine=args.engine), live)
+                rows[-1].append(f"{pct(again.error('e2e p50'))} / {pct(again.error('e2e p99'))}")
             print(f"  {rows[-1][0]} {rows[-1][1]}: done in {time.perf_counter() - started:.0f} s "
                   f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
     if args.markdown:

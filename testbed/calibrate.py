@@ -259,25 +259,35 @@ def measure_in_parallel(engine: str, model: str, device: str, grid: Grid, proces
 # --------------------------------------------------------------------------- the command
 
 GRIDS = {
-    # ~15 s for the tiny model on one core: the tests' and the README's quick look
+    # under a minute for the tiny model: a quick look
     "quick": Grid(batch_sizes=(1, 2, 4), prompt_tokens=(16, 64, 256), context_tokens=(32, 128, 384), decode_steps=8, repetitions=3),
-    # ~1 min for the tiny model: what the committed profiles were made with
+    # a few minutes for the tiny model: what the committed profiles were made with
     "standard": Grid(
         batch_sizes=(1, 2, 4, 8), prompt_tokens=(16, 64, 256), context_tokens=(32, 128, 384), decode_steps=16, repetitions=5
     ),
 }
 
 
+# torch: the built-in replica server over HTTP (what `testbed live` runs); torch-runner: the bare
+# model in this process (faster to measure, optimistic by the server's per-token cost); vllm.
+ENGINES = ("torch", "torch-runner", "vllm")
+
+
 def open_timer(engine: str, model: str, device: str) -> StepTimer:
-    """The timer for ``engine`` ("torch" or "vllm") serving ``model`` as device kind ``device``."""
+    """The timer for ``engine`` (one of :data:`ENGINES`) serving ``model`` as device kind ``device``."""
     check_engine(engine, device)
     from testbed.live.models import resolve_model
 
     model_dir = resolve_model(model)
+    quantize = "int8" if device == "cpu-int8" else None
     if engine == "torch":
+        from testbed.live.timers import ServerTimer
+
+        return ServerTimer(model if model in _built_in() else str(model_dir), quantize)
+    if engine == "torch-runner":
         from testbed.live.timers import TorchTimer
 
-        return TorchTimer(model_dir, quantize="int8" if device == "cpu-int8" else None)
+        return TorchTimer(model_dir, quantize)
     if engine == "vllm":
         from testbed.live.timers import VllmTimer
 
@@ -285,10 +295,16 @@ def open_timer(engine: str, model: str, device: str) -> StepTimer:
     raise AssertionError(engine)
 
 
+def _built_in() -> set[str]:
+    from testbed.live.models import RECIPES
+
+    return set(RECIPES)
+
+
 def check_engine(engine: str, device: str) -> None:
     """ValueError naming the option when the engine or device kind cannot be calibrated here."""
-    if engine not in ("torch", "vllm"):
-        raise ValueError(f"--engine: expected torch or vllm, got {engine!r}")
+    if engine not in ENGINES:
+        raise ValueError(f"--engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
     if device not in ("cpu-fp32", "cpu-int8"):
         raise ValueError(f"--device: the live engines run on this CPU: expected cpu-fp32 or cpu-int8, got {device!r}")
 

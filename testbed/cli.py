@@ -167,16 +167,16 @@ def hunt(
 @app.command()
 def calibrate(
     out: Annotated[Path, typer.Option(help="profile JSON to write, e.g. profiles/cpu-fp32-tiny.json")],
-    engine: Annotated[str, typer.Option(help="torch (built-in engine) or vllm")] = "torch",
+    engine: Annotated[str, typer.Option(help="torch (the built-in replica server), torch-runner (the bare model) or vllm")] = "torch",
     model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF model directory")] = "tiny",
     device: Annotated[str, typer.Option(help="device kind the profile is for: cpu-fp32 or cpu-int8 (quantized)")] = "cpu-fp32",
     grid: Annotated[str, typer.Option(help="quick or standard measurement grid")] = "standard",
+    parallel: Annotated[int, typer.Option(help="engines measured side by side (as many as will share this machine live)")] = 1,
 ) -> None:
     """Time the real engine over a grid, fit the simulator's table model, write a profile (with its held-out error)."""
     from testbed.live.commands import calibrate_command
 
     raise typer.Exit(calibrate_command(out, engine, model, device, grid, parallel, console, errors))
-    parallel: Annotated[int, typer.Option(help="engines measured side by side (as many as will share this machine live)")] = 1,
 
 
 @app.command()

@@ -160,7 +160,7 @@ def test_calibrating_the_real_engine_gives_a_profile_the_simulation_runs(tmp_pat
     "args, message",
     [
         (["--device", "H100"], "--device: the live engines run on this CPU"),
-        (["--engine", "tensorrt"], "--engine: expected torch or vllm"),
+        (["--engine", "tensorrt"], "--engine: expected one of torch, torch-runner, vllm"),
         (["--grid", "huge"], "--grid: expected one of"),
         (["--model", "/nonexistent/model"], "expected a built-in name"),
     ],

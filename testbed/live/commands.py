@@ -28,8 +28,8 @@ def calibrate_command(
     if grid_name not in GRIDS:
         errors.print(f"[bold red]error:[/] --grid: expected one of {sorted(GRIDS)}, got {grid_name!r}")
         return EXIT_BAD_INPUT
-    if parallel < 1 or (parallel > 1 and engine != "torch"):
-        errors.print("[bold red]error:[/] --parallel: expected an integer >= 1 (above 1 only with --engine torch)")
+    if parallel < 1 or (parallel > 1 and engine == "vllm"):
+        errors.print("[bold red]error:[/] --parallel: expected an integer >= 1 (above 1 not with --engine vllm)")
         return EXIT_BAD_INPUT
     grid = GRIDS[grid_name]
     try:

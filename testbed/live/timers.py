@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import statistics
 import time
 from pathlib import Path
 
@@ -47,7 +48,8 @@ class HttpTimer:
 
     A prefill point is ``batch`` concurrent completions of one token, timed until the last one
     answers; a decode point is ``batch`` concurrent streamed completions of ``steps + 1`` tokens,
-    timed from the last first token to the last final token, so only decode steps are inside.
+    timed (the median over streams) from a stream's first token to its last, so only decode
+    steps are inside.
     HTTP adds a little to each, which the live replay pays too.
     """
 
@@ -67,7 +69,9 @@ class HttpTimer:
 
     def decode(self, batch: int, context_tokens: int, steps: int) -> float:
         _, firsts, ends = self._run([self._body(context_tokens, steps + 1) for _ in range(batch)])
-        return max(ends) - max(firsts)
+        # Each stream's own first-to-last token span: a stream the client happens to read late
+        # shifts both ends of its span, not the span.
+        return statistics.median(end - first for first, end in zip(firsts, ends))
 
     def _run(self, bodies: list[dict]) -> tuple[float, list[float], list[float]]:
         import asyncio
@@ -112,6 +116,51 @@ class VllmTimer(HttpTimer):
         url = f"http://127.0.0.1:{port}"
         self.supervisor.start("calibrate", argv, env, timeout=600, url=url)
         super().__init__(url, served_name(Path(model_dir)))
+
+    def close(self) -> None:
+        self.supervisor.stop_all()
+
+
+class ServerTimer:
+    """The built-in replica server — the process ``testbed live`` runs — timed over HTTP.
+
+    This is what the simulation should be calibrated on: besides the model it pays the engine
+    loop, the server and per-token streaming, which the bare runner does not (on the tiny model
+    that is a third of a decode step). A micro-batching server waits up to its batching delay for
+    a batch to fill, which the simulator models separately, so each batch size gets a server of
+    its own whose ``--max-batch-size`` is that size: the batch starts the moment all of its
+    requests are in, and no batching delay leaks into the profile.
+    """
+
+    def __init__(self, model: str, quantize: str | None = None) -> None:
+        from testbed.live.models import RECIPES
+        from testbed.live.supervisor import Supervisor
+
+        self.model = model
+        self.quantize = quantize
+        self.served_as = model if model in RECIPES else Path(model).name
+        self.supervisor = Supervisor()
+        self._timers: dict[int, HttpTimer] = {}
+
+    def _timer(self, batch: int) -> HttpTimer:
+        if batch not in self._timers:
+            import sys
+
+            name = f"calibrate-b{batch}"
+            argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--port", "0",
+                    "--name", name, "--threads", "1", "--max-batch-size", str(batch), "--max-delay", "60"]
+            if self.quantize:
+                argv += ["--quantize", self.quantize]
+            managed = self.supervisor.start(name, argv, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=180)
+            assert managed.url is not None
+            self._timers[batch] = HttpTimer(managed.url, self.served_as)
+        return self._timers[batch]
+
+    def prefill(self, batch: int, prompt_tokens: int) -> float:
+        return self._timer(batch).prefill(batch, prompt_tokens)
+
+    def decode(self, batch: int, context_tokens: int, steps: int) -> float:
+        return self._timer(batch).decode(batch, context_tokens, steps)
 
     def close(self) -> None:
         self.supervisor.stop_all()
