@@ -7,6 +7,7 @@ import math
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from testbed.faults import build_schedule
@@ -240,3 +241,20 @@ def test_live_replay_with_a_replica_crash_conserves_requests_in_the_simulation_s
     text = comparison.write(tmp_path / "live").read_text()
     assert "| e2e p50 |" in text and "node_crash" in text
     assert comparison.metrics.set_index("metric").loc["requests ok", "live"] == (records["status"] == "ok").sum()
+
+
+def test_requests_the_gateway_never_accepted_are_recorded_as_failed_in_the_same_schema():
+    from testbed.live.records import LiveRecorder
+    from testbed.live.replay import _unreached_rows, prepare
+
+    replay = prepare(scenario([]))
+    recorder = LiveRecorder(["local/east", "local/west"])
+    row = recorder.open(0.1, client_region="local/east")
+    recorder.close(row, "ok", 0.5)
+    recorded = recorder.frame()
+    extra = _unreached_rows(recorded, replay, [(1, 3.0)])
+    both = pd.concat([recorded, extra], ignore_index=True)
+    assert [str(t) for t in both.dtypes] == [str(t) for t in recorded.dtypes]
+    assert both["status"].astype(str).tolist() == ["ok", "failed"]
+    assert both["arrival"].iloc[1] == replay.arrivals.time[1] and both["finish"].iloc[1] == 3.0
+    assert both["request_id"].tolist() == [0, 1]

@@ -178,17 +178,18 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
         faults_task = asyncio.create_task(injector.run())
         try:
-            await _send_all(replay, stack.gateway_url, model, started)
+            unreached = await _send_all(replay, stack.gateway_url, model, started)
         finally:
             injector.stop()  # the run is over; an action under way (a restart) completes first
             await faults_task
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
-    return _result(replay, requests, health, offset, injector)
+    return _result(replay, requests, health, offset, injector, unreached)
 
 
-async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> None:
-    """Every request at its arrival time; returns when each has been answered."""
+async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> list[tuple[int, float]]:
+    """Every request at its arrival time; returns, once each has ended, those that never got an
+    answer from the gateway: (request index, seconds after ``started`` when the client gave up)."""
     arrivals = replay.arrivals
     timeout = replay.scenario.serving.timeouts.request + 10
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
@@ -197,10 +198,12 @@ async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) ->
             asyncio.create_task(_send(client, replay, i, model, started + at))
             for i, at in enumerate(arrivals.time.tolist())
         ]
-        await asyncio.gather(*tasks)
+        answered = await asyncio.gather(*tasks)
+    return [(i, gave_up - started) for i, gave_up in enumerate(answered) if gave_up is not None]
 
 
-async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: str, at: float) -> None:
+async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: str, at: float) -> float | None:
+    """Send request ``i`` at ``at`` and read its answer; the time it failed if none ever came."""
     arrivals = replay.arrivals
     delay = at - time.monotonic()
     if delay > 0:
@@ -218,23 +221,40 @@ async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: st
         "x-priority": str(int(arrivals.priority[i])),
         "x-request-class": arrivals.class_names[arrivals.request_class[i]],
     }
-    # The gateway records the outcome whatever happens here; the client only has to listen.
+    # The gateway records the outcome of what it accepted; the client only has to listen, and
+    # to remember the requests the gateway never answered at all (it was too busy to accept them).
+    answered = False
     with contextlib.suppress(httpx.HTTPError):
         async with client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
+            answered = True
             async for _ in response.aiter_raw():
                 pass
+    return None if answered else time.monotonic()
 
 
-def _result(replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: float, injector: Injector) -> Result:
-    """The live records on the replay clock, with the simulation's fault table and verdicts."""
+def _result(
+    replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: float, injector: Injector, unreached: list[tuple[int, float]]
+) -> Result:
+    """The live records on the replay clock, with the simulation's fault table and verdicts.
+
+    Conservation: every request sent is a gateway record, or one of those the gateway never
+    answered (``unreached``), which the client records as failed — the gateway was too busy to
+    accept them, and a client sees exactly that.
+    """
     scenario = replay.scenario
     n = len(replay.arrivals)
     pending = int((requests["status"] == "pending").sum())
-    if len(requests) != n or pending:
-        raise RuntimeError(f"conservation: {n} requests sent, {len(requests)} recorded, {pending} never ended")
+    missing = n - len(requests)
+    if pending or missing < 0 or missing > len(unreached):
+        raise RuntimeError(
+            f"conservation: {n} requests sent, {len(requests)} recorded by the gateway, {len(unreached)} never answered, "
+            f"{pending} never ended"
+        )
     requests = requests.copy()
     for column in ("arrival", "first_token", "finish"):
         requests[column] = requests[column] - offset
+    if missing:
+        requests = pd.concat([requests, _unreached_rows(requests, replay, unreached[:missing])], ignore_index=True)
     _fill_lengths(requests, replay.arrivals)
     faults = faults_frame(replay.schedule)
     faults["detected_at"] = [_detected(fault, health, offset) for fault in replay.schedule]
@@ -253,6 +273,40 @@ def _result(replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: fl
         "live_action_lag_s": max((done - a.at for done, a in injector.done), default=0.0),
     }
     return Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
+
+
+def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[tuple[int, float]]) -> pd.DataFrame:
+    """Failed rows, in the records' schema, for requests the gateway never accepted."""
+    arrivals = replay.arrivals
+    index = np.array([i for i, _ in unreached], dtype=np.int64)
+    columns: dict[str, object] = {
+        "request_id": np.arange(len(requests), len(requests) + len(index), dtype=np.int64),
+        "session_id": np.full(len(index), -1),
+        "turn": np.full(len(index), -1),
+        "stage": [""] * len(index),
+        "request_class": [arrivals.class_names[c] for c in arrivals.request_class[index]],
+        "priority": arrivals.priority[index],
+        "client_region": [arrivals.region_names[r] for r in arrivals.client_region[index]],
+        "arrival": arrivals.time[index],
+        "first_token": np.full(len(index), np.nan),
+        "finish": np.array([t for _, t in unreached]),
+        "prompt_tokens": arrivals.prompt_tokens[index],
+        "output_tokens": arrivals.output_tokens[index],
+        "status": ["failed"] * len(index),
+        "replica": np.full(len(index), -1),
+        "region": [None] * len(index),
+        "retries": np.zeros(len(index)),
+        **{flag: np.zeros(len(index), dtype=bool) for flag in ("hedged", "failed_over", "fallback", "degraded", "fault_overlap")},
+    }
+    frame = pd.DataFrame(columns)
+    for name, dtype in requests.dtypes.items():
+        if isinstance(dtype, pd.CategoricalDtype):
+            categories = list(dtype.categories) + [v for v in frame[name].dropna().unique() if v not in dtype.categories]
+            frame[name] = pd.Categorical(frame[name], categories=categories)
+            requests[name] = requests[name].cat.set_categories(categories)
+        else:
+            frame[name] = frame[name].astype(dtype)
+    return frame[list(requests.columns)]
 
 
 def _fill_lengths(requests: pd.DataFrame, arrivals: workload.Arrivals) -> None:
