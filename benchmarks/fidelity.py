@@ -1,6 +1,7 @@
 """Sim-vs-live fidelity: the same scenario replayed on real replicas and simulated with their profile.
 
-For each load (a share of the capacity the calibrated profile implies, testbed.capacity) and with
+For each load (a share of the capacity the calibrated profile implies, testbed.capacity, for at
+most as many replicas as there are cores: beyond that they share them) and with
 and without the scenario's faults, it replays the scenario live, simulates it with the same seed,
 and prints one row per run: end-to-end, TTFT and TPOT percentiles, their relative error
 (sim / live - 1), availability, verdict agreement, and when health checks noticed the fault.
@@ -26,6 +27,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 from testbed.capacity import fleet_capacity  # noqa: E402
 from testbed.fidelity import compare  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
+from testbed.live.sizing import replica_count, scale  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
 from testbed.spec import Scenario, validate_spec  # noqa: E402
 from testbed.units import parse_duration  # noqa: E402
@@ -56,16 +58,21 @@ def main() -> int:
     parser.add_argument("--loads", default="0.3,0.6,0.85", help="shares of the profile's capacity")
     parser.add_argument("--duration", default="40s")
     parser.add_argument("--engine", default="torch")
+    parser.add_argument("--scale", type=float, default=None, help="shrink the scenario first (testbed live --scale)")
     parser.add_argument("--faults", default="both", choices=["both", "none", "only"], help="runs without/with the scenario's faults")
     parser.add_argument("--repeat", action="store_true", help="replay each run twice: live-vs-live differences are the noise floor")
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
     args = parser.parse_args()
     base = Scenario.from_yaml(args.scenario)
+    if args.scale is not None:
+        base = scale(base, args.scale)
     duration = parse_duration(args.duration)
-    capacity = fleet_capacity(base)
+    # The profile's capacity assumes a core per replica; replicas beyond the cores share them.
+    replicas, cores = replica_count(base), len(os.sched_getaffinity(0))
+    capacity = fleet_capacity(base) * min(1.0, cores / replicas)
     loads = [float(x) for x in args.loads.split(",")]
-    print(f"{base.name}: profile capacity {capacity:.1f} req/s over {len(base.topology.providers[0].regions)} regions; "
-          f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(f"{base.name}: {replicas} replicas on {cores} cores, capacity {capacity:.1f} req/s by the profile; "
+          f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     header = ["load", "faults", "req/s", "requests", "e2e p50 sim/live ms", "err", "e2e p99 sim/live ms", "err",
               "ttft p50 err", "tpot p50 err", "avail sim/live", "verdicts agree", "detected sim/live s"]
     if args.repeat:
