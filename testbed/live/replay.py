@@ -41,6 +41,8 @@ from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
+from testbed.observe.attempts import attempts_frame, health_frame
+from testbed.observe.pipeline import observe_into
 from testbed.result import Result
 from testbed.rng import RandomStreams
 from testbed.sim.engine import _overlaps
@@ -272,7 +274,13 @@ def _result(
         "live_action_failures": [f"{a.verb} {a.target} at {a.at:g}s: {why}" for a, why in injector.failures],
         "live_action_lag_s": max((done - a.at for done, a in injector.done), default=0.0),
     }
-    return Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
+    result = Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
+    # Observability reads health-probe changes as the simulation records them; the live gateway's
+    # attempts are in its traces rather than rows, so the attempt table is empty.
+    result.attempts = attempts_frame([])
+    shifted = [(replica, t - offset, change) for replica, t, change in health]
+    result.health = health_frame(shifted, [r.region for r in replay.topology.replicas])
+    return observe_into(result)
 
 
 def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[tuple[int, float]]) -> pd.DataFrame:
