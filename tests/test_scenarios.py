@@ -26,6 +26,7 @@ EXPECTED = {
     "gpu-supply-shock.yaml": (False, {"availability [batch]"}),
     "agent-adaptation-gateway.yaml": (False, {"turn_availability", "availability [stage filter]"}),
     "agent-adaptation-agent.yaml": (True, set()),
+    "live-replica-crash.yaml": (True, set()),  # simulated here; tests/test_live_replay.py replays it live
 }
 
 
