@@ -172,7 +172,9 @@ class LiveStack:
     def _start_replica(self, plan: ReplicaPlan) -> str:
         """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
         env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
-        if self.engine == "vllm":
+        # The fallback tier is the CPU-quantized model, which vLLM's CPU build does not serve:
+        # with --engine vllm the primaries are vLLM and the fallback stays on the built-in int8 engine.
+        if self.engine == "vllm" and plan.tier != "fallback":
             return self._start_vllm(plan, env)
         argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--host", self.host,
                 "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
