@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from testbed.spec import Scenario, SpecError
 from testbed.units import parse_duration
@@ -47,7 +48,7 @@ def calibrate_command(
                 if close is not None:
                     close()
     except (ValueError, RuntimeError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_BAD_INPUT
     profile, point_errors = fit_with_error(measured, grid, device, profile_model_name(model), source_note(engine, grid_name, parallel))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -83,7 +84,7 @@ def live_command(
             progress=lambda m: errors.print(f"[dim]{m}[/]", highlight=False),
         )
     except (SpecError, LiveUnsupported, ValueError) as exc:
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False, markup=False, soft_wrap=True)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         return EXIT_BAD_INPUT
     result.write(out_dir)
     _print_verdicts(result)
