@@ -152,7 +152,7 @@ def percentiles_over_time(
     shade_faults(fig, faults, end=end, row="all", col=1)
     latencies = [y for t in fig.data if t.name != "availability" for y in t.y]
     fig.update_yaxes(title_text=metric, type="log", **seconds_ticks(latencies), row=1, col=1)
-    fig.update_yaxes(title_text="availability", tickformat=".1%", row=2, col=1)
+    fig.update_yaxes(title_text="availability", tickformat=".0%", range=[0, 1.05], row=2, col=1)
     fig.update_xaxes(title_text=f"arrival time (s), bins of {width:g} s", row=2, col=1)
     fig.update_layout(
         title=f"{LATENCY_TITLES[metric]} over time (faults shaded)",
@@ -245,7 +245,7 @@ def availability_by_region(
     fig.update_layout(
         title=f"availability by {column.replace('_', ' ')}",
         # Availabilities differ in the last digits: start the axis just below the lowest bar.
-        yaxis={"title": "share ok", "tickformat": ".1%", "range": [max(0.0, lowest - 0.1 * (1 - lowest) - 0.001), 1.0]},
+        yaxis={"title": "share ok", "tickformat": ".1%", "range": [max(0.0, lowest - max(0.1 * (1 - lowest), 0.01)), 1.0]},
         barmode="group",
         margin={"t": 50, "b": 40, "l": 60, "r": 20},
     )
