@@ -47,8 +47,8 @@ def client(stack) -> openai.OpenAI:
 
 
 def rows_since(stack: LiveStack, first: int):
-    frame = stack.records()
-    return frame[frame["request_id"] >= first]
+    """The records of requests that arrived after the first ``first`` (rows are in arrival order)."""
+    return stack.records().iloc[first:]
 
 
 def test_the_openai_client_works_unchanged_for_completions_chat_and_streams(stack, client):
@@ -151,6 +151,48 @@ def test_metrics_and_traces_describe_each_request_and_attempt(stack, client, spa
     last = requests[-1]
     assert last.context.span_id in attempts  # each request's attempt is its child span
     assert attempts[last.context.span_id].attributes["testbed.outcome"] == "ok"
+
+
+def test_a_plain_answer_records_the_replicas_time_to_first_token(stack, client):
+    first = len(stack.records())
+    for _ in range(3):
+        client.completions.create(model="tiny", prompt="first token, then many more", max_tokens=48)
+    rows = rows_since(stack, first)
+    ttft, e2e = rows["first_token"] - rows["arrival"], rows["finish"] - rows["arrival"]
+    # Before x-ttft the first token was the whole answer; 47 decode steps now come after it.
+    assert (ttft > 0).all() and (ttft < 0.8 * e2e).all(), list(zip(ttft, e2e))
+
+
+def test_a_client_request_id_is_recorded_and_a_duplicate_refused(stack, client):
+    url, body = stack.gateway_url + "/v1/completions", {"model": "tiny", "prompt": "mine", "max_tokens": 2}
+    first = len(stack.records())
+    assert httpx.post(url, json=body, headers={"x-request-id": "700001"}, timeout=30).status_code == 200
+    again = httpx.post(url, json=body, headers={"x-request-id": "700001"}, timeout=30)
+    assert again.status_code == 400 and "x-request-id" in again.json()["error"]["message"] and "700001" in again.json()["error"]["message"]
+    for bad in ("abc", "-3"):
+        answer = httpx.post(url, json=body, headers={"x-request-id": bad}, timeout=30)
+        assert answer.status_code == 400 and "x-request-id" in answer.json()["error"]["message"]
+    client.completions.create(**body)  # no id: the gateway picks one nobody has taken
+    rows = rows_since(stack, first)
+    assert list(rows["request_id"])[0] == 700001 and len(rows) == 2 and list(rows["status"]) == ["ok", "ok"]
+    assert stack.records()["request_id"].is_unique
+
+
+def test_records_read_from_another_thread_are_copied_on_the_stacks_loop(stack, client, monkeypatch):
+    import threading
+
+    copied_on = []
+    original = stack._copy_now
+
+    def spy():
+        copied_on.append(threading.current_thread().name)
+        return original()
+
+    monkeypatch.setattr(stack, "_copy_now", spy)
+    client.completions.create(model="tiny", prompt="x", max_tokens=1)
+    frame, faults = stack.records(), stack.faults()
+    assert copied_on == ["live-stack", "live-stack"] and threading.current_thread().name != "live-stack"
+    assert len(frame) > 0 and frame["status"].iloc[-1] == "ok" and len(faults) == 0
 
 
 def test_serve_prints_endpoints_and_ctrl_c_leaves_no_process_behind(tmp_path):

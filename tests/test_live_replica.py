@@ -95,6 +95,18 @@ def test_completion_streaming_and_not_agree(client):
     assert chunks[-1].usage.completion_tokens == 12
 
 
+def test_a_plain_answer_says_when_its_first_token_came(http):
+    for path, body in (("/v1/completions", {"prompt": PROMPT}), ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        started = time.monotonic()
+        answer = http.post(path, json={"model": "tiny", "max_tokens": 40, **body})
+        elapsed = time.monotonic() - started
+        assert answer.status_code == 200
+        assert 0 < float(answer.headers["x-ttft"]) < elapsed
+    with http.stream("POST", "/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 2, "stream": True}) as streamed:
+        assert "x-ttft" not in streamed.headers  # a stream shows its first token itself
+        streamed.read()
+
+
 def test_chat_streaming_and_not_agree(client):
     messages = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "why did the GPU fail?"}]
     full = client.chat.completions.create(model="tiny", messages=messages, max_tokens=10)

@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from testbed.live.records import LiveRecorder, LiveRow
+from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
 from testbed.live.openai_schema import RequestError
 from testbed.live.requests import parse_request
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
@@ -97,6 +97,7 @@ class _Attempt:
     replica: int
     hedge: bool
     span: trace.Span
+    sent: float = 0.0  # when the gateway sent it, seconds from the stack's start
     task: asyncio.Task[None] | None = None
     lines: list[str] = field(default_factory=list)  # streamed before it won the race
     queue: asyncio.Queue[str | None] | None = None  # to the client, once it won
@@ -266,7 +267,11 @@ class LiveGateway:
         deadline = arrival + self.spec.timeouts.request
         if parsed.timeout is not None:
             deadline = min(deadline, arrival + parsed.timeout)
-        row = self.recorder.open(arrival, **parsed.record_fields(self.client_regions[0]))
+        try:
+            row = self.recorder.open(arrival, parsed.request_id, **parsed.record_fields(self.client_regions[0]))
+        except DuplicateRequestId as exc:
+            error = RequestError(str(exc), param="x-request-id")
+            return JSONResponse(error.body(), status_code=error.status)
         if row.client_region not in self.client_regions:
             self.recorder.close(row, "failed", arrival)
             known = ", ".join(self.client_regions)
@@ -330,7 +335,7 @@ class LiveGateway:
             context=trace.set_span_in_context(live.span),
             attributes={"testbed.replica": upstream.name, "testbed.region": upstream.region, "testbed.hedge": action.hedge},
         )
-        attempt = _Attempt(action.attempt, action.rid, action.replica, action.hedge, span)
+        attempt = _Attempt(action.attempt, action.rid, action.replica, action.hedge, span, sent=self.now())
         live.attempts[attempt.key] = attempt
         self._attempts[attempt.key] = attempt
         attempt.task = asyncio.get_running_loop().create_task(self._run_attempt(live, attempt, upstream))
@@ -445,7 +450,7 @@ class LiveGateway:
                 else:
                     attempt.body = await response.aread()
                     attempt.usage = _usage(attempt.body)
-                    self._first_token(live, attempt)
+                    self._first_token(live, attempt, _ttft(response.headers))
                     self._attempt_ended(live, attempt, "ok")
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             attempt.error = f"{upstream.name} unreachable: {type(exc).__name__}"
@@ -487,13 +492,19 @@ class LiveGateway:
             self._first_token(live, attempt)
         self._attempt_ended(live, attempt, "ok")
 
-    def _first_token(self, live: _Live, attempt: _Attempt) -> None:
-        """``attempt`` produced its first token; if it is the first of its request, it wins."""
+    def _first_token(self, live: _Live, attempt: _Attempt, ttft: float | None = None) -> None:
+        """``attempt`` produced its first token; if it is the first of its request, it wins.
+
+        A plain answer arrives whole, so the gateway learns of its first token only now; the
+        replica's ``x-ttft`` (seconds from its receipt) dates it back, from the attempt's send
+        time. Without it (vLLM), the first token is recorded when the answer arrived.
+        """
         if attempt.key not in self._attempts or live.winner is not None:
             return
         now = self.now()
-        live.row.first_token = now
-        self.metrics.ttft.observe(now - live.row.arrival)
+        first = now if ttft is None else min(now, attempt.sent + ttft)
+        live.row.first_token = first
+        self.metrics.ttft.observe(first - live.row.arrival)
         self._execute(self.policy.on_first_token(attempt.key, now))
         if live.stream:
             live.winner = attempt
@@ -580,6 +591,15 @@ def _error_message(body: bytes) -> str:
         return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return body[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _ttft(headers: httpx.Headers) -> float | None:
+    """The replica's ``x-ttft`` header, if it sent a usable one."""
+    try:
+        value = float(headers.get("x-ttft", "nan"))
+    except ValueError:
+        return None
+    return value if 0.0 <= value < float("inf") else None
 
 
 def _usage(body: bytes) -> dict[str, int] | None:

@@ -10,6 +10,7 @@ was never answered shows up as exactly that, rather than vanishing.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -46,18 +47,41 @@ class LiveRow:
     fallback: bool = False
 
 
+class DuplicateRequestId(ValueError):
+    """A client named its request with an id that is already recorded."""
+
+
 class LiveRecorder:
-    """Rows by request id, opened by :meth:`open` and closed by :meth:`close`."""
+    """Rows in arrival order, opened by :meth:`open` and closed by :meth:`close`.
+
+    Request ids are unique: a client may choose its request's id (a replay does, to join records
+    to its workload exactly), and requests without one get the lowest id nobody has taken.
+    """
 
     def __init__(self, regions: Sequence[str] = ()) -> None:
         self.regions = list(regions)
         self.rows: list[LiveRow] = []
+        self._taken: set[int] = set()
+        self._next = 0  # every id below it is taken
 
-    def open(self, arrival: float, **fields: object) -> LiveRow:
-        """A request arrived at ``arrival``: its row, with the next request id."""
-        row = LiveRow(len(self.rows), arrival, **fields)  # type: ignore[arg-type]
+    def open(self, arrival: float, request_id: int | None = None, **fields: object) -> LiveRow:
+        """A request arrived at ``arrival``: its row, with ``request_id`` or the next free id."""
+        if request_id is None:
+            while self._next in self._taken:
+                self._next += 1
+            request_id = self._next
+        elif request_id in self._taken:
+            raise DuplicateRequestId(f"header x-request-id: request id {request_id} is already taken; ids must be unique")
+        row = LiveRow(request_id, arrival, **fields)  # type: ignore[arg-type]
+        self._taken.add(request_id)
         self.rows.append(row)
         return row
+
+    def snapshot(self) -> LiveRecorder:
+        """A copy whose rows no longer change: another thread may build a frame from it at leisure."""
+        copy = LiveRecorder(self.regions)
+        copy.rows = [dataclasses.replace(row) for row in self.rows]
+        return copy
 
     def close(self, row: LiveRow, status: str, finish: float) -> None:
         """End ``row``; ending a request twice is a bug in the gateway, so it raises."""

@@ -10,7 +10,9 @@ mistyped requests get 400 naming the field, oversize bodies 413, a prompt beyond
 400 with the numbers, an unknown model 404, a passed deadline 504, a stopped engine 503.
 
 A client may bound a request with the ``X-Request-Timeout`` header (seconds): past it the request
-leaves the batch and answers 504 (or, mid-stream, an error event).
+leaves the batch and answers 504 (or, mid-stream, an error event). A plain (non-streamed) answer
+carries ``X-TTFT``: seconds from the request's receipt to its first token, which the gateway
+records as the request's time to first token.
 
 Run one replica::
 
@@ -56,6 +58,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 # context, and is refused before spending time tokenizing it.
 MAX_CHARS_PER_TOKEN = 32
 TIMEOUT_HEADER = "x-request-timeout"
+TTFT_HEADER = "x-ttft"  # on a plain answer: seconds from the request's receipt to its first token
 
 
 class _Detokenizer:
@@ -112,6 +115,13 @@ class _Completion:
         self.prompt_ids, self.max_tokens, self.stops, self.deadline = prompt_ids, max_tokens, stops, deadline
         self.output_tokens = 0
         self.finish_reason = "stop"
+        self.received = time.monotonic()
+        self.first_token: float | None = None  # seconds from ``received`` to the first token
+
+    @property
+    def timing_headers(self) -> dict[str, str]:
+        """``x-ttft`` for a plain answer: its client (the gateway) cannot see when the first token came."""
+        return {} if self.first_token is None else {TTFT_HEADER: f"{self.first_token:.6f}"}
 
     async def deltas(self) -> AsyncIterator[str]:
         """One delta per generated token (maybe empty), then any held-back tail."""
@@ -125,6 +135,7 @@ class _Completion:
                 now = time.monotonic()
                 if ttft is None:
                     ttft = now - started
+                    self.first_token = now - self.received
                 else:
                     self.metrics.observe_token(now - last)
                 last = now
@@ -258,9 +269,10 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                           "finish_reason": completion.finish_reason}
                 return JSONResponse({**head, "object": "chat.completion", "choices": [choice],
-                                     "usage": completion.usage})
+                                     "usage": completion.usage}, headers=completion.timing_headers)
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": completion.finish_reason}
-            return JSONResponse({**head, "object": "text_completion", "choices": [choice], "usage": completion.usage})
+            return JSONResponse({**head, "object": "text_completion", "choices": [choice], "usage": completion.usage},
+                                headers=completion.timing_headers)
         try:
             first = await anext(deltas, None)  # errors before the first token are HTTP errors
         except _GENERATION_ERRORS as exc:

@@ -15,7 +15,11 @@ Headers the gateway understands (all optional):
   ``x-request-timeout`` — seconds from now (what the gateway itself sends replicas);
 * ``x-priority`` (int, 0 = most important), ``x-request-class``, ``x-client-region``,
   ``x-pool`` (replica pool), and for agent calls ``x-session-id``, ``x-turn``, ``x-stage``,
-  ``x-degraded`` — they go to the admission policy, the router and the request record.
+  ``x-degraded`` — they go to the admission policy, the router and the request record;
+* ``x-request-id`` (int >= 0) — the client's own id for the request, recorded as its
+  ``request_id`` so a replay can join records to its workload row for row. Ids stay unique: a
+  request reusing an id the gateway has already recorded is refused with 400. Requests without
+  one get the lowest id not yet taken.
 
 A body field ``timeout`` (seconds) also bounds the request; replicas ignore unknown fields.
 """
@@ -44,6 +48,7 @@ class ParsedRequest:
     turn: int
     stage: str
     degraded: bool
+    request_id: int | None = None  # the client's id (``x-request-id``), if it sent one
 
     def record_fields(self, default_region: str) -> dict[str, object]:
         """The request record's fields this request fills in when it arrives."""
@@ -80,6 +85,7 @@ def parse_request(path: str, raw: bytes, headers: Mapping[str, str], wall_now: f
         turn=_int_header(headers, "x-turn", -1, minimum=-1),
         stage=headers.get("x-stage", ""),
         degraded=headers.get("x-degraded", "").lower() in ("1", "true", "yes"),
+        request_id=_int_header(headers, "x-request-id", -1, minimum=0) if "x-request-id" in headers else None,
     )
 
 

@@ -40,6 +40,7 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from testbed.faults import Fault, faults_frame
 from testbed.live.chaos_proxy import Down, ProxyFleet, Toxic
 from testbed.live.gateway import LiveGateway, Served, Upstream, serve
+from testbed.live.records import LiveRecorder
 from testbed.live.supervisor import Supervisor
 from testbed.sla import fault_windows
 from testbed.spec import ServingSpec
@@ -126,12 +127,14 @@ class LiveStack:
         self.proxy_urls: dict[str, str] = {}  # name -> its proxy (what the gateway calls)
         self.start = 0.0
         self._faults: list[Fault] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the gateway serves on
         self._index = {plan.name: i for i, plan in enumerate(self.plans)}
 
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> LiveStack:
         self.start = time.monotonic()  # the clock the gateway, the records and the faults count from
+        self._loop = asyncio.get_running_loop()
         try:
             await self._open()
         except BaseException:
@@ -217,20 +220,39 @@ class LiveStack:
         return {name: self.supervisor.get(name).pid for name in self.replica_urls}
 
     def records(self) -> pd.DataFrame:
-        """One row per request the gateway accepted, in the simulator's schema."""
+        """One row per request the gateway accepted, in the simulator's schema.
+
+        Safe from any thread: the state is copied on the stack's event loop (see :meth:`_state`).
+        """
         assert self.gateway is not None
-        return self.gateway.recorder.frame(fault_windows(self.faults()))
+        recorder, faults, events = self._state()
+        return recorder.frame(fault_windows(_faults_table(faults, events)))
 
     def faults(self) -> pd.DataFrame:
         """The faults injected so far (ongoing ones end at +inf), with when health checks saw them."""
-        frame = faults_frame(self._faults)
-        events = self.gateway.health_events if self.gateway is not None else []
-        detected = []
-        for fault in self._faults:
-            times = [t for r, t, change in events if change == "unhealthy" and r in fault.replicas and fault.start <= t <= fault.end]
-            detected.append(min(times) if times else np.nan)
-        frame["detected_at"] = detected
-        return frame
+        _, faults, events = self._state()
+        return _faults_table(faults, events)
+
+    def _state(self) -> tuple[LiveRecorder, list[Fault], list[tuple[int, float, str]]]:
+        """A consistent copy of the records, faults and health events.
+
+        The gateway mutates them on the stack's loop; a caller on another thread (StackThread's
+        users) must not read them mid-change, so the copy is taken on the loop itself, while
+        the frame is built in the caller's thread, off the loop that serves traffic.
+        """
+        loop = self._loop
+        if loop is not None and loop.is_running() and not _running_on(loop):
+            future = asyncio.run_coroutine_threadsafe(self._copy_state(), loop)
+            return future.result(timeout=30)
+        return self._copy_now()
+
+    async def _copy_state(self) -> tuple[LiveRecorder, list[Fault], list[tuple[int, float, str]]]:
+        return self._copy_now()
+
+    def _copy_now(self) -> tuple[LiveRecorder, list[Fault], list[tuple[int, float, str]]]:
+        if self.gateway is None:
+            return LiveRecorder(), list(self._faults), []
+        return self.gateway.recorder.snapshot(), list(self._faults), list(self.gateway.health_events)
 
     # ------------------------------------------------------------------ faults
 
@@ -312,6 +334,24 @@ class LiveStack:
     def _close_faults(self, match: Callable[[Fault], bool]) -> None:
         now = self.now()
         self._faults = [dataclasses.replace(f, end=now) if f.end == math.inf and match(f) else f for f in self._faults]
+
+
+def _faults_table(faults: Sequence[Fault], events: Sequence[tuple[int, float, str]]) -> pd.DataFrame:
+    """The fault table, with ``detected_at``: the first health-check alarm on a fault's replicas."""
+    frame = faults_frame(list(faults))
+    detected = []
+    for fault in faults:
+        times = [t for r, t, change in events if change == "unhealthy" and r in fault.replicas and fault.start <= t <= fault.end]
+        detected.append(min(times) if times else np.nan)
+    frame["detected_at"] = detected
+    return frame
+
+
+def _running_on(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
 
 
 def _free_port(host: str) -> int:
