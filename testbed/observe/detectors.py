@@ -161,23 +161,36 @@ def _rising_edges(firing: np.ndarray) -> list[int]:
 
 
 def change_point_alerts(spec: ChangePointSpec, metrics: pd.DataFrame, span: Span) -> list[Alert]:
-    """One-sided CUSUM per series; windows with too few requests are not observations."""
+    """One-sided CUSUM per series; windows with too few requests are not observations.
+
+    The request counts are joined on once and the table cut into series at their boundaries,
+    because a pandas lookup per series cost more than the CUSUMs on small runs.
+    """
     in_span = metrics[(metrics["time"] > span.start) & (metrics["time"] <= span.stop) & metrics["scope"].isin(CHANGE_SCOPES)]
-    counts = in_span[in_span["metric"] == "request_rate"].set_index(["scope", "target", "time"])["value"] * span.window
-    candidates = in_span[in_span["metric"].isin(CHANGE_METRICS)]
+    keys = ["scope", "target", "time"]
+    counts = in_span.loc[in_span["metric"] == "request_rate", keys + ["value"]].rename(columns={"value": "requests"})
+    counts["requests"] = counts["requests"] * span.window
+    candidates = in_span[in_span["metric"].isin(CHANGE_METRICS)].merge(counts, on=keys, how="left", validate="many_to_one")
+    candidates = candidates.sort_values(["scope", "target", "metric"], kind="stable")
+    scope, target, metric = (candidates[c].to_numpy(dtype=object) for c in ("scope", "target", "metric"))
+    times, values = candidates["time"].to_numpy(dtype=float), candidates["value"].to_numpy(dtype=float)
+    requests = np.nan_to_num(candidates["requests"].to_numpy(dtype=float))
+    first = np.ones(len(candidates), dtype=bool)
+    first[1:] = (scope[1:] != scope[:-1]) | (target[1:] != target[:-1]) | (metric[1:] != metric[:-1])
+    starts = np.flatnonzero(first).tolist()
     alerts = []
-    for (scope, target, metric), rows in candidates.groupby(["scope", "target", "metric"], sort=True):
-        times = rows["time"].to_numpy()
-        values = rows["value"].to_numpy()
-        if metric != "attempt_failure_rate":  # attempts have their own denominator, checked below
-            n = counts.reindex(pd.MultiIndex.from_arrays([[scope] * len(times), [target] * len(times), times])).to_numpy()
+    for lo, hi in zip(starts, starts[1:] + [len(candidates)]):
+        name = metric[lo]
+        keep = slice(lo, hi)
+        series_times, series_values = times[keep], values[keep]
+        if name != "attempt_failure_rate":  # attempts have their own denominator, checked below
             # A p99 over a handful of requests is their maximum: it needs more of them than a median.
-            needed = spec.min_requests * (5 if metric.endswith("_p99") else 1)
-            keep = np.nan_to_num(n) >= needed
-            times, values = times[keep], values[keep]
-        signal = f"{scope}|{target}|{metric}"
-        for time, value, level in _cusum(values, times, spec, metric in ERROR_METRICS, BAD_DIRECTION.get(metric, 1)):
-            alerts.append(Alert(time, "cusum", "warning", target, signal, value, level))
+            needed = spec.min_requests * (5 if name.endswith("_p99") else 1)
+            enough = requests[keep] >= needed
+            series_times, series_values = series_times[enough], series_values[enough]
+        signal = f"{scope[lo]}|{target[lo]}|{name}"
+        for time, value, level in _cusum(series_values, series_times, spec, name in ERROR_METRICS, BAD_DIRECTION.get(name, 1)):
+            alerts.append(Alert(time, "cusum", "warning", target[lo], signal, value, level))
     return _one_per_target(alerts)
 
 

@@ -19,7 +19,7 @@ a signal with no path keeps 80% of its weight, so a dead region whose series sim
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 import numpy as np
@@ -46,11 +46,33 @@ ABSOLUTE_FLOOR = {
 
 @dataclass
 class SignalGraph:
-    """The signals of a run as a time x signal matrix and the lagged-correlation graph over them."""
+    """The signals of a run as a time x signal matrix and the lagged-correlation graph over them.
+
+    Every alert ranks components, so what a ranking needs per signal (its windows as a numpy
+    matrix, bad direction, floor, evidence weight, component) is worked out once, here.
+    """
 
     values: pd.DataFrame  # index: window end; columns: "scope|target|metric"
     graph: nx.DiGraph
     window: float
+    _times: np.ndarray = field(init=False, repr=False)
+    _matrix: np.ndarray = field(init=False, repr=False)  # signal x time, as pandas reduces it
+    _floor: np.ndarray = field(init=False, repr=False)
+    _direction: np.ndarray = field(init=False, repr=False)
+    _evidence: np.ndarray = field(init=False, repr=False)
+    _completed: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        names = self.values.columns.tolist()
+        scopes = [name.split("|", 1)[0] for name in names]
+        metrics = [name.rsplit("|", 1)[1] for name in names]
+        self._times = self.values.index.to_numpy(dtype=float)
+        self._matrix = np.asfortranarray(self.values.to_numpy(dtype=float).T)
+        self._floor = np.array([ABSOLUTE_FLOOR.get(m, 1e-3) for m in metrics], dtype=float)
+        self._direction = np.array([float(BAD_DIRECTION.get(m, 1.0)) for m in metrics])
+        self._evidence = np.array([CLIENT_EVIDENCE if s == "client_region" else EVIDENCE.get(m, CLIENT_EVIDENCE)
+                                   for s, m in zip(scopes, metrics)])
+        self._completed = np.array([m == "completed" for m in metrics], dtype=bool)
 
     @classmethod
     def build(cls, metrics: pd.DataFrame, window: float, start: float, stop: float, max_lag: int = 3,
@@ -80,29 +102,46 @@ class SignalGraph:
 
     def anomalies(self, time: float, lookback: int, history: int) -> pd.Series:
         """Per signal: (mean of the last ``lookback`` windows - mean before) / spread, bad way up."""
-        after = self.values[(self.values.index > time - lookback * self.window) & (self.values.index <= time)]
-        before = self.values[(self.values.index > time - (lookback + history) * self.window)
-                             & (self.values.index <= time - lookback * self.window)]
-        if after.empty or before.empty:
+        times = self._times
+        middle = np.searchsorted(times, time - lookback * self.window, side="right")
+        after = self._matrix[:, middle : np.searchsorted(times, time, side="right")]
+        before = self._matrix[:, np.searchsorted(times, time - (lookback + history) * self.window, side="right") : middle]
+        if after.shape[1] == 0 or before.shape[1] == 0:
             return pd.Series(dtype=float)
-        mean_before, std_before = before.mean(), before.std(ddof=0).fillna(0.0)
-        metric = pd.Series([name.rsplit("|", 1)[1] for name in self.values.columns], index=self.values.columns)
-        floor = np.maximum(0.1 * mean_before.abs(), metric.map(ABSOLUTE_FLOOR).fillna(1e-3))
-        direction = metric.map(BAD_DIRECTION).fillna(1.0)
-        after_mean = after.mean()
-        if "completed" in set(metric):
-            # A component that stopped reporting finished nothing: its silence is the signal.
-            completed = metric == "completed"
-            after_mean[completed] = after_mean[completed].fillna(0.0)
-        score = direction * (after_mean - mean_before) / np.maximum(std_before, floor)
-        scope = pd.Series([name.split("|", 1)[0] for name in self.values.columns], index=self.values.columns)
-        evidence = metric.map(EVIDENCE).fillna(CLIENT_EVIDENCE).where(scope != "client_region", CLIENT_EVIDENCE)
-        return (score.clip(lower=0.0, upper=MAX_ANOMALY) * evidence).dropna()
+        mean_before, std_before = _nanmean_std(before)
+        floor = np.maximum(0.1 * np.abs(mean_before), self._floor)
+        after_mean, _ = _nanmean_std(after)
+        # A component that stopped reporting finished nothing: its silence is the signal.
+        after_mean = np.where(self._completed & np.isnan(after_mean), 0.0, after_mean)
+        with np.errstate(invalid="ignore"):
+            score = self._direction * (after_mean - mean_before) / np.maximum(np.nan_to_num(std_before), floor)
+        anomaly = pd.Series(np.clip(score, 0.0, MAX_ANOMALY) * self._evidence, index=self.values.columns)
+        return anomaly.dropna()
 
     def _reach(self, target: str) -> dict[str, float]:
         """Strongest path product of |r| from every signal to ``target`` (edges towards it)."""
         lengths = nx.single_source_dijkstra_path_length(self.graph.reverse(copy=False), target, cutoff=-math.log(0.2), weight="cost")
         return {node: math.exp(-cost) for node, cost in lengths.items()}
+
+
+def _nanmean_std(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row (signal): mean and population std over the non-NaN windows, NaN where none.
+
+    The arithmetic (and the summation order) of pandas' ``mean()`` and ``std(ddof=0)`` on the
+    frame's column-major block, so rankings match the frame-based computation bit for bit: the
+    mean sums the block as it is unless NaNs force a zero-filled copy; the variance always sums
+    a zero-filled copy.
+    """
+    missing = np.isnan(block)
+    count = (block.shape[1] - missing.sum(axis=1)).astype(float)
+    filled = np.array(block, order="C")
+    filled[missing] = 0.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = (filled if missing.any() else block).sum(axis=1) / count
+        squares = (filled.sum(axis=1)[:, None] / count[:, None] - filled) ** 2
+        squares[missing] = 0.0
+        std = np.sqrt(squares.sum(axis=1) / count)
+    return mean, std
 
 
 def _lagged_graph(values: pd.DataFrame, max_lag: int, min_corr: float, top_k: int) -> nx.DiGraph:
