@@ -60,9 +60,12 @@ def run(
     except SpecError as exc:
         raise _fail(str(exc)) from None
     out_dir = out or Path("out") / scenario.name
-    result.write(out_dir)
+    written = result.write(out_dir)
     _print_verdicts(result)
     console.print(f"records and report written to [bold]{out_dir}[/]")
+    if not any(path.name == "report.html" for path in written):
+        # The core install has no plotly; say so rather than let report.html go missing silently.
+        console.print("report.html not written: it needs plotly (pip install -e '.[explore]')", markup=False, soft_wrap=True)
     raise typer.Exit(EXIT_PASS if result.passed else EXIT_SLA_VIOLATED)
 
 

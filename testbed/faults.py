@@ -144,8 +144,3 @@ def faults_frame(schedule: Sequence[Fault]) -> pd.DataFrame:
             "params": [json.dumps(f.params, sort_keys=True) for f in schedule],
         }
     )
-
-
-def active_at(schedule: Sequence[Fault], t: float) -> list[Fault]:
-    """Faults in effect at time ``t``."""
-    return [f for f in schedule if f.start <= t < f.end]

@@ -86,3 +86,14 @@ def test_schema_prints_json_schema():
     assert "workload" in json.loads(proc.stdout)["properties"]
     assert "providers" in json.loads(run_cli("schema", "--kind", "topology").stdout)["properties"]
     assert run_cli("schema", "--kind", "nope").returncode == 2
+
+
+def test_run_says_why_report_html_is_missing_without_plotly(tmp_path):
+    # A core install (`pip install -e .`) has no plotly: the run still succeeds, and says what to install.
+    blocked = "import sys; sys.modules['plotly'] = None; from testbed.cli import app; app()"
+    scenario, out = short_scenario(tmp_path, duration="20s"), tmp_path / "o"
+    proc = subprocess.run([sys.executable, "-c", blocked, "run", str(scenario), "--out", str(out), "--quiet"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "report.html not written" in proc.stdout and "[explore]" in proc.stdout
+    assert (out / "report.md").exists() and not (out / "report.html").exists()
