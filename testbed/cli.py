@@ -104,13 +104,18 @@ def _print_verdicts(result: Result) -> None:
 
 
 @app.command()
-def validate(files: Annotated[list[Path], typer.Argument(help="scenario or topology YAML files")]) -> None:
+def validate(files: Annotated[list[Path], typer.Argument(help="scenario, topology or campaign YAML files")]) -> None:
     """Check spec files; print one message per invalid file and exit 2 if any is invalid."""
     bad = 0
     for path in files:
         try:
             kind = _spec_kind(path)
-            load_spec(path, TopologySpec if kind == "topology" else Scenario)
+            if kind == "campaign":
+                from testbed.campaign.spec import load_campaign
+
+                load_campaign(path)  # validates every cell's scenario too
+            else:
+                load_spec(path, TopologySpec if kind == "topology" else Scenario)
             console.print(f"[green]ok[/] {path} ({kind})")
         except SpecError as exc:
             errors.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
@@ -119,12 +124,17 @@ def validate(files: Annotated[list[Path], typer.Argument(help="scenario or topol
 
 
 def _spec_kind(path: Path) -> str:
-    """Topologies are recognised by their providers list; everything else is a scenario."""
+    """Topologies are recognised by their providers list, campaigns by their base ``scenario``
+    (a scenario has a ``topology`` instead); everything else is a scenario."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
         return "scenario"  # load_spec reports the read or parse error precisely
-    return "topology" if isinstance(data, dict) and "providers" in data else "scenario"
+    if not isinstance(data, dict):
+        return "scenario"
+    if "providers" in data:
+        return "topology"
+    return "campaign" if "scenario" in data and "topology" not in data else "scenario"
 
 
 @app.command()

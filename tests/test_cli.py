@@ -80,6 +80,18 @@ def test_validate_checks_scenarios_and_topologies(tmp_path):
     assert "broken.yaml: providers.0.regions" in proc.stderr
 
 
+def test_validate_checks_campaigns_cell_by_cell(tmp_path):
+    campaigns = [str(p) for p in sorted((ROOT / "faults" / "campaigns").glob("*.yaml"))]
+    proc = run_cli("validate", *campaigns)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("(campaign)") == len(campaigns) >= 3
+    typo = tmp_path / "typo.yaml"
+    typo.write_text(f"name: t\nscenario: {ROOT / 'faults' / 'baseline.yaml'}\nmatrix: {{serving.batchng.policy: [micro]}}\n")
+    proc = run_cli("validate", str(typo))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "typo.yaml: matrix.serving.batchng.policy = micro gives an invalid scenario" in proc.stderr
+
+
 def test_schema_prints_json_schema():
     proc = run_cli("schema")
     assert proc.returncode == 0
