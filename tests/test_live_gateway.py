@@ -174,7 +174,7 @@ def test_a_client_request_id_is_recorded_and_a_duplicate_refused(stack, client):
         assert answer.status_code == 400 and "x-request-id" in answer.json()["error"]["message"]
     client.completions.create(**body)  # no id: the gateway picks one nobody has taken
     rows = rows_since(stack, first)
-    assert list(rows["request_id"])[0] == 700001 and len(rows) == 2 and list(rows["status"]) == ["ok", "ok"]
+    assert rows["request_id"].iloc[0] == 700001 and len(rows) == 2 and list(rows["status"]) == ["ok", "ok"]
     assert stack.records()["request_id"].is_unique
 
 

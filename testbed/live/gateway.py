@@ -22,6 +22,13 @@ Replica answers are classified for the policy: 2xx ``ok``; a 4xx other than 408/
 statuses and broken connections ``failed``; refused connections ``unavailable``. Each request
 leaves one row in :class:`~testbed.live.records.LiveRecorder` (the simulator's schema), one
 OpenTelemetry span with a child per attempt, and Prometheus metrics at ``/metrics``.
+
+A row's ``first_token`` is when the winning attempt's first text line arrived for a stream; a
+plain answer arrives whole, so the replica's ``x-ttft`` header dates its first token back from
+the attempt's send time (without the header, as from vLLM, it is the answer's arrival). A client
+that hangs up before its answer ends is recorded as ``timeout``, as the simulator records a
+client that gives up at its deadline; its span carries a "client disconnected" event. (A
+separate "client gone" status would need a new outcome in the records' schema and the SLA.)
 """
 
 from __future__ import annotations
@@ -551,13 +558,16 @@ class LiveGateway:
         spec = self.spec.health_check
         url = self.upstreams[replica].url
         try:
-            if spec.deep:
-                body = {"model": self.models[0], "prompt": "ping", "max_tokens": 1}
-                response = await self.client.post(url + "/v1/completions", json=body, timeout=spec.timeout)
-            else:
-                response = await self.client.get(url + "/health", timeout=spec.timeout)
+            # httpx's timeout bounds each read, not the whole probe: a replica that trickles
+            # bytes (or a proxy that accepted for a stopped one) must still fail it in time.
+            async with asyncio.timeout(spec.timeout):
+                if spec.deep:
+                    body = {"model": self.models[0], "prompt": "ping", "max_tokens": 1}
+                    response = await self.client.post(url + "/v1/completions", json=body, timeout=spec.timeout)
+                else:
+                    response = await self.client.get(url + "/health", timeout=spec.timeout)
             ok = response.status_code == 200
-        except httpx.HTTPError:
+        except (httpx.HTTPError, TimeoutError):
             ok = False
         now = self.now()
         change = self.policy.on_probe(replica, ok, now)
