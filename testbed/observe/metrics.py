@@ -47,18 +47,18 @@ def window_metrics(
     placement: Placement,
     window: float,
 ) -> pd.DataFrame:
-    """The long metrics table of a run (metrics.parquet)."""
-    parts = [_request_metrics(requests, placement, window)]
+    """The long metrics table of a run (metrics.parquet), sorted by scope, target, metric and time.
+
+    The table is built in numpy and turned into a frame once: a pandas groupby per scope cost
+    more than the simulation itself on a small run (see ``benchmarks/observe_overhead.py``).
+    """
+    rows = _Rows()
+    _request_metrics(rows, requests, placement, window)
     if attempts is not None and not attempts.empty:
-        parts.append(_attempt_metrics(requests, attempts, placement, window))
+        _attempt_metrics(rows, requests, attempts, placement, window)
     if timeseries is not None and not timeseries.empty:
-        parts.append(_fleet_metrics(timeseries, placement, window))
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("time", "value") else "object") for c in METRIC_COLUMNS})
-    frame = pd.concat(parts, ignore_index=True)
-    frame = frame.sort_values(["scope", "target", "metric", "time"], kind="stable").reset_index(drop=True)
-    return frame[list(METRIC_COLUMNS)]
+        _fleet_metrics(rows, timeseries, placement, window)
+    return rows.frame()
 
 
 def window_end(times: np.ndarray, window: float) -> np.ndarray:
@@ -66,40 +66,84 @@ def window_end(times: np.ndarray, window: float) -> np.ndarray:
     return (np.floor(times / window) + 1.0) * window
 
 
-def _request_metrics(requests: pd.DataFrame, placement: Placement, window: float) -> pd.DataFrame:
-    ended = requests[~requests["finish"].isna()]
-    if ended.empty:
-        return pd.DataFrame(columns=list(METRIC_COLUMNS))
-    lat = latency_columns(ended)
-    status = ended["status"].astype(str).to_numpy()
-    replica = ended["replica"].to_numpy()
-    base = pd.DataFrame(
-        {
-            "time": window_end(ended["finish"].to_numpy(), window),
-            "error": np.isin(status, ("failed", "timeout")),
-            "shed": status == "shed",
-            "ok": status == "ok",
-            "retried": ended["retries"].to_numpy() > 0,
-            "failed_over": ended["failed_over"].to_numpy(),
-            "ttft": lat["ttft"].to_numpy(),
-            "tpot": lat["tpot"].to_numpy(),
-            "e2e": lat["e2e"].to_numpy(),
-        }
-    )
-    keys = {
-        "fleet": _fleet(len(ended)),
-        "client_region": _codes(ended["client_region"]),
-        "region": _placed(replica, placement.region),  # failed requests have no replica
-        "node": _placed(replica, placement.node),
-    }
-    if "stage" in ended:
-        stage = _codes(ended["stage"])
-        if (stage[0] >= 0).any():
-            keys["stage"] = stage
-    return _summarise(*_stacked(base, keys), window, served_only=("region", "node"))
+class _Rows:
+    """The long table being collected: one block of rows per (scope, metric)."""
+
+    def __init__(self) -> None:
+        self._blocks: list[tuple[np.ndarray, str, np.ndarray, str, np.ndarray]] = []
+
+    def add(self, groups: _Groups, scope: str, names: np.ndarray, metric: str, value: np.ndarray) -> None:
+        """One value per group; NaN values are left out, as a scrape would have no sample."""
+        keep = ~np.isnan(value)
+        self._blocks.append((groups.time[keep], scope, names[groups.key[keep]], metric, value[keep]))
+
+    def frame(self) -> pd.DataFrame:
+        if not self._blocks:
+            return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("time", "value") else "object") for c in METRIC_COLUMNS})
+        sizes = [len(b[0]) for b in self._blocks]
+        time = np.concatenate([b[0] for b in self._blocks])
+        scope = np.repeat(np.array([b[1] for b in self._blocks], dtype=object), sizes)
+        target = np.concatenate([b[2] for b in self._blocks]).astype(object)
+        metric = np.repeat(np.array([b[3] for b in self._blocks], dtype=object), sizes)
+        value = np.concatenate([b[4] for b in self._blocks])
+        ranks = [np.unique(column, return_inverse=True)[1] for column in (metric, target, scope)]
+        order = np.lexsort([time, *ranks])
+        return pd.DataFrame({"time": time[order], "scope": scope[order], "target": target[order],
+                             "metric": metric[order], "value": value[order]})
 
 
-# A scope's targets for each row: (code per row, -1 for none; the name of each code).
+@dataclass(frozen=True)
+class _Groups:
+    """Rows grouped by (target code, window end), as a pandas groupby would group them.
+
+    Percentiles reproduce pandas' linear interpolation between order statistics, and sums and
+    means are pandas' own, so the table is the same one a frame-based groupby made, bit for bit.
+    """
+
+    index: np.ndarray  # the group of each row
+    key: np.ndarray  # each group's target code
+    time: np.ndarray  # each group's window end
+    size: np.ndarray  # rows per group
+
+    @classmethod
+    def of(cls, key: np.ndarray, time: np.ndarray, names: np.ndarray) -> _Groups:
+        """Groups numbered as ``groupby(["time", "target"], sort=True)`` numbers them: pandas'
+        compensated sums depend on that numbering in the last bit."""
+        order = np.argsort(names.astype(str), kind="stable")
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[order] = np.arange(len(names))
+        times, time_code = np.unique(time, return_inverse=True)
+        codes, index = np.unique(time_code * len(names) + rank[key], return_inverse=True)
+        return cls(index, order[codes % len(names)], times[codes // len(names)], np.bincount(index, minlength=len(codes)))
+
+    def count(self, rows: np.ndarray) -> np.ndarray:
+        """How many of the rows selected by the mask ``rows`` fall in each group."""
+        return np.bincount(self.index[rows], minlength=len(self.key))
+
+    def quantile(self, values: np.ndarray, q: float) -> np.ndarray:
+        """The ``q`` quantile of each group's non-NaN values (linear interpolation), NaN if none."""
+        present = ~np.isnan(values)
+        index, values = self.index[present], values[present]
+        order = np.lexsort((values, index))
+        ordered = values[order]
+        counts = np.bincount(index, minlength=len(self.key))
+        starts = np.cumsum(counts) - counts
+        out = np.full(len(self.key), np.nan)
+        has = counts > 0
+        position = q * (counts[has] - 1).astype(float)
+        below = starts[has] + position.astype(np.int64)
+        fraction = position % 1
+        low = ordered[below]
+        high = ordered[np.minimum(below + 1, starts[has] + counts[has] - 1)]
+        out[has] = np.where(fraction == 0.0, low, low + (high - low) * fraction)
+        return out
+
+    def reduce(self, values: np.ndarray, how: str) -> np.ndarray:
+        """Each group's ``how`` ("sum" or "mean"): pandas' compensated summation, on integer codes."""
+        return pd.Series(values).groupby(self.index, sort=True).agg(how).to_numpy(dtype=float)
+
+
+# A scope's target for each row: (code per row, -1 for none; the name of each code).
 Keyed = tuple[np.ndarray, np.ndarray]
 
 
@@ -124,63 +168,50 @@ def _fleet(rows: int) -> Keyed:
     return np.zeros(rows, dtype=np.int64), np.array(["fleet"], dtype=object)
 
 
-def _stacked(base: pd.DataFrame, keys: dict[str, Keyed]) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """``base`` once per scope with an integer ``key`` per (scope, target), and each key's scope and target.
-
-    One table grouped once, on integers rather than strings, costs far less than a groupby per
-    scope on a small run; the groups hold the same rows in the same order, so sums and
-    percentiles come out the same. Rows without a target are dropped.
-    """
-    parts, scopes, targets, offset = [], [], [], 0
-    for scope, (codes, names) in keys.items():
-        parts.append(np.where(codes >= 0, codes + offset, -1))
-        scopes += [scope] * len(names)
-        targets += names.tolist()
-        offset += len(names)
-    key = np.concatenate(parts)
-    frame = pd.concat([base] * len(keys), ignore_index=True)
-    frame["key"] = key
-    return frame[key >= 0], np.array(scopes, dtype=object), np.array(targets, dtype=object)
-
-
-def _named(long: pd.DataFrame, scopes: np.ndarray, targets: np.ndarray) -> pd.DataFrame:
-    """Replace the integer ``key`` column by the scope and target it stands for."""
-    key = long["key"].to_numpy()
-    return long.drop(columns="key").assign(scope=scopes[key], target=targets[key])
-
-
-def _summarise(frame: pd.DataFrame, scopes: np.ndarray, targets: np.ndarray, window: float,
-               served_only: tuple[str, ...]) -> pd.DataFrame:
-    """Counts, shares and latency percentiles per (key, window); ``served_only`` scopes get no outcome shares."""
-    by = ["key", "time"]
-    table = frame.groupby(by, sort=True).agg(
-        requests=("ok", "size"), ok=("ok", "sum"), error=("error", "sum"), shed=("shed", "sum"),
-        retried=("retried", "sum"), failed_over=("failed_over", "sum"),
-    )
-    metrics = {
-        "request_rate": table["requests"] / window,
-        "throughput": table["ok"] / window,
-        "error_rate": table["error"] / table["requests"],
-        "shed_rate": table["shed"] / table["requests"],
-        "retry_share": table["retried"] / table["requests"],
-        "failed_over_share": table["failed_over"] / table["requests"],
-        "requests": table["requests"].astype(float),
+def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, window: float) -> None:
+    """Counts, shares and latency percentiles of requests, by the window they ended in."""
+    ended = requests[~requests["finish"].isna()]
+    if ended.empty:
+        return
+    lat = latency_columns(ended)
+    status = ended["status"].astype(str).to_numpy()
+    replica = ended["replica"].to_numpy()
+    time = window_end(ended["finish"].to_numpy(), window)
+    flags = {
+        "error": np.isin(status, ("failed", "timeout")),
+        "shed": status == "shed",
+        "retried": ended["retries"].to_numpy() > 0,
+        "failed_over": ended["failed_over"].to_numpy().astype(bool),
     }
-    ok_groups = frame[frame["ok"]].groupby(by, sort=True)
-    quantiles = {p: ok_groups[[n for n, ps in LATENCY_METRICS.items() if p in ps]].quantile(p / 100)
-                 for p in sorted({p for ps in LATENCY_METRICS.values() for p in ps})}
-    for name, percentiles in LATENCY_METRICS.items():
-        for p in percentiles:
-            metrics[f"{name}_p{p}"] = quantiles[p][name]
-    wide = pd.DataFrame(metrics)
-    outcome = ["error_rate", "shed_rate", "retry_share", "failed_over_share", "requests"]
-    wide.loc[np.isin(scopes[wide.index.get_level_values("key")], served_only), outcome] = np.nan
-    long = wide.stack(future_stack=True).dropna().reset_index()
-    long.columns = ["key", "time", "metric", "value"]
-    return _named(long, scopes, targets)
+    ok = status == "ok"
+    latency = {name: np.where(ok, lat[name].to_numpy(dtype=float), np.nan) for name in LATENCY_METRICS}
+    keys = {
+        "fleet": _fleet(len(ended)),
+        "client_region": _codes(ended["client_region"]),
+        "region": _placed(replica, placement.region),
+        "node": _placed(replica, placement.node),
+    }
+    if "stage" in ended:
+        stage = _codes(ended["stage"])
+        if (stage[0] >= 0).any():
+            keys["stage"] = stage
+    for scope, (codes, names) in keys.items():
+        rows = codes >= 0
+        groups = _Groups.of(codes[rows], time[rows], names)
+        requests_n = groups.size
+        out.add(groups, scope, names, "request_rate", requests_n / window)
+        out.add(groups, scope, names, "throughput", groups.count(ok[rows]) / window)
+        if scope not in ("region", "node"):  # failed requests have no replica: no outcome shares there
+            for metric, flag in (("error_rate", "error"), ("shed_rate", "shed"), ("retry_share", "retried"),
+                                 ("failed_over_share", "failed_over")):
+                out.add(groups, scope, names, metric, groups.count(flags[flag][rows]) / requests_n)
+            out.add(groups, scope, names, "requests", requests_n.astype(float))
+        for name, percentiles in LATENCY_METRICS.items():
+            for p in percentiles:
+                out.add(groups, scope, names, f"{name}_p{p}", groups.quantile(latency[name][rows], p / 100))
 
 
-def _attempt_metrics(requests: pd.DataFrame, attempts: pd.DataFrame, placement: Placement, window: float) -> pd.DataFrame:
+def _attempt_metrics(out: _Rows, requests: pd.DataFrame, attempts: pd.DataFrame, placement: Placement, window: float) -> None:
     """Failed attempts per node and region, over attempts that ended there (failed + served).
 
     An attempt cancelled because its request timed out counts as failed where it was: that is
@@ -190,20 +221,20 @@ def _attempt_metrics(requests: pd.DataFrame, attempts: pd.DataFrame, placement: 
     outcome = attempts["outcome"].astype(str).to_numpy()
     request_ok = status.reindex(attempts["request_id"]).to_numpy() == "ok"
     failed = np.isin(outcome, ("failed", "unavailable")) | ((outcome == "cancelled") & ~request_ok)
-    failures = attempts.loc[failed, ["end", "replica"]]
-    served = requests.loc[requests["status"] == "ok", ["finish", "replica"]].rename(columns={"finish": "end"})
-    both = pd.concat([failures.assign(failed=1), served.assign(failed=0)], ignore_index=True)
-    both = both[both["replica"] >= 0]
-    replica = both["replica"].to_numpy()
-    base = pd.DataFrame({"time": window_end(both["end"].to_numpy(), window), "failed": both["failed"].to_numpy()})
-    keys = {"node": _placed(replica, placement.node), "region": _placed(replica, placement.region), "fleet": _fleet(len(both))}
-    frame, scopes, targets = _stacked(base, keys)
-    table = frame.groupby(["key", "time"], sort=True)["failed"].agg(["sum", "size"])
-    rate = (table["sum"] / table["size"]).rename("value").reset_index()
-    return _named(rate.assign(metric="attempt_failure_rate"), scopes, targets)
+    served = (requests["status"] == "ok").to_numpy()
+    end = np.concatenate([attempts["end"].to_numpy(dtype=float)[failed], requests["finish"].to_numpy(dtype=float)[served]])
+    replica = np.concatenate([attempts["replica"].to_numpy()[failed], requests["replica"].to_numpy()[served]])
+    is_failure = np.arange(len(end)) < failed.sum()
+    placed = replica >= 0
+    end, replica, is_failure = end[placed], replica[placed], is_failure[placed]
+    time = window_end(end, window)
+    for scope, (codes, names) in (("node", _placed(replica, placement.node)), ("region", _placed(replica, placement.region)),
+                                  ("fleet", _fleet(len(replica)))):
+        groups = _Groups.of(codes, time, names)
+        out.add(groups, scope, names, "attempt_failure_rate", groups.count(is_failure) / groups.size)
 
 
-def _fleet_metrics(timeseries: pd.DataFrame, placement: Placement, window: float) -> pd.DataFrame:
+def _fleet_metrics(out: _Rows, timeseries: pd.DataFrame, placement: Placement, window: float) -> None:
     """Queue depth, batch size and utilisation (means per replica) and completions (sums) per scope.
 
     A sample at time t covers the interval ending at t, so it belongs to the window ending at
@@ -212,29 +243,17 @@ def _fleet_metrics(timeseries: pd.DataFrame, placement: Placement, window: float
     ts = timeseries
     time = np.ceil(ts["time"].to_numpy() / window - 1e-9) * window
     replica = ts["replica"].to_numpy()
-    base = pd.DataFrame(
-        {
-            "time": time,
-            "queue_depth": ts["queue_depth"].to_numpy(dtype=float),
-            "running": ts["running"].to_numpy(dtype=float),
-            "utilisation": ts["utilisation"].to_numpy(dtype=float),
-            "completed": ts["completed"].to_numpy(dtype=float),
-        }
-    )
-    keys = {
-        "replica": _placed(replica, [str(i) for i in range(len(placement.node))]),
-        "node": _placed(replica, placement.node),
-        "region": _placed(replica, placement.region),
-        "fleet": _fleet(len(ts)),
-    }
-    frame, scopes, targets = _stacked(base, keys)
-    wide = frame.groupby(["key", "time"], sort=True).agg(
-        queue_depth=("queue_depth", "mean"), running=("running", "mean"),
-        utilisation=("utilisation", "mean"), completed=("completed", "sum"),
-    )
-    long = wide.stack().reset_index()
-    long.columns = ["key", "time", "metric", "value"]
-    return _named(long, scopes, targets)
+    columns = {name: ts[name].to_numpy(dtype=float) for name in ("queue_depth", "running", "utilisation", "completed")}
+    for scope, (codes, names) in (
+        ("replica", _placed(replica, [str(i) for i in range(len(placement.node))])),
+        ("node", _placed(replica, placement.node)),
+        ("region", _placed(replica, placement.region)),
+        ("fleet", _fleet(len(ts))),
+    ):
+        groups = _Groups.of(codes, time, names)
+        for name in ("queue_depth", "running", "utilisation"):
+            out.add(groups, scope, names, name, groups.reduce(columns[name], "mean"))
+        out.add(groups, scope, names, "completed", groups.reduce(columns["completed"], "sum"))
 
 
 def series(metrics: pd.DataFrame, scope: str, target: str, metric: str) -> pd.Series:

@@ -61,6 +61,7 @@ class SignalGraph:
     _direction: np.ndarray = field(init=False, repr=False)
     _evidence: np.ndarray = field(init=False, repr=False)
     _completed: np.ndarray = field(init=False, repr=False)
+    _components: list[str] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         names = self.values.columns.tolist()
@@ -73,41 +74,54 @@ class SignalGraph:
         self._evidence = np.array([CLIENT_EVIDENCE if s == "client_region" else EVIDENCE.get(m, CLIENT_EVIDENCE)
                                    for s, m in zip(scopes, metrics)])
         self._completed = np.array([m == "completed" for m in metrics], dtype=bool)
+        self._components = [component_of(name) for name in names]
 
     @classmethod
     def build(cls, metrics: pd.DataFrame, window: float, start: float, stop: float, max_lag: int = 3,
               min_corr: float = 0.6, top_k: int = 5) -> SignalGraph:
         rows = metrics[metrics["scope"].isin(list(COMPONENT_SCOPES)) & metrics["metric"].isin(SIGNAL_METRICS)]
         rows = rows[(rows["time"] > start) & (rows["time"] <= stop)]
-        signal = rows["scope"] + "|" + rows["target"].astype(str) + "|" + rows["metric"]
-        values = rows.assign(signal=signal).pivot_table(index="time", columns="signal", values="value", aggfunc="first")
-        values = values.sort_index().reindex(columns=sorted(values.columns))
+        signal = (rows["scope"] + "|" + rows["target"].astype(str) + "|" + rows["metric"]).to_numpy(dtype=object)
+        time = rows["time"].to_numpy(dtype=float)
+        names, column = np.unique(signal, return_inverse=True)
+        times, row = np.unique(time, return_inverse=True)
+        matrix = np.full((len(times), len(names)), np.nan)
+        matrix[row[::-1], column[::-1]] = rows["value"].to_numpy(dtype=float)[::-1]  # the first of duplicates wins
+        values = pd.DataFrame(matrix, index=pd.Index(times, name="time"), columns=pd.Index(names.tolist(), name="signal"))
         return cls(values, _lagged_graph(values, max_lag, min_corr, top_k), window)
 
     def rank(self, time: float, signal: str = "", lookback: int = 3, history: int = 10) -> list[tuple[str, float]]:
         """Components by descending score for an alert at ``time`` on ``signal`` (may be empty)."""
-        anomaly = self.anomalies(time, lookback, history)
-        if anomaly.empty:
+        anomaly = self._anomaly(time, lookback, history)
+        if anomaly is None:
             return []
         reach = self._reach(signal) if signal in self.graph else None
+        names = self.values.columns.tolist()
         scores: dict[str, float] = {}
-        for name, score in anomaly.items():
-            weight = 1.0 if reach is None else 0.8 + 0.2 * reach.get(name, 0.0)
-            component = component_of(name)
+        for i in np.flatnonzero(~np.isnan(anomaly)).tolist():
+            component = self._components[i]
             if component.startswith("stage:"):
                 continue  # a stage is where symptoms show, not a part of the fleet that fails
-            scores[component] = max(scores.get(component, 0.0), score * weight)
+            weight = 1.0 if reach is None else 0.8 + 0.2 * reach.get(names[i], 0.0)
+            scores[component] = max(scores.get(component, 0.0), float(anomaly[i]) * weight)
         ranked = sorted(scores.items(), key=lambda item: (-item[1], item[0]))
         return [(c, s) for c, s in ranked if s > 0]
 
     def anomalies(self, time: float, lookback: int, history: int) -> pd.Series:
         """Per signal: (mean of the last ``lookback`` windows - mean before) / spread, bad way up."""
+        anomaly = self._anomaly(time, lookback, history)
+        if anomaly is None:
+            return pd.Series(dtype=float)
+        return pd.Series(anomaly, index=self.values.columns).dropna()
+
+    def _anomaly(self, time: float, lookback: int, history: int) -> np.ndarray | None:
+        """:meth:`anomalies` as an array over all signals (NaN: no score), None without windows."""
         times = self._times
         middle = np.searchsorted(times, time - lookback * self.window, side="right")
         after = self._matrix[:, middle : np.searchsorted(times, time, side="right")]
         before = self._matrix[:, np.searchsorted(times, time - (lookback + history) * self.window, side="right") : middle]
         if after.shape[1] == 0 or before.shape[1] == 0:
-            return pd.Series(dtype=float)
+            return None
         mean_before, std_before = _nanmean_std(before)
         floor = np.maximum(0.1 * np.abs(mean_before), self._floor)
         after_mean, _ = _nanmean_std(after)
@@ -115,8 +129,7 @@ class SignalGraph:
         after_mean = np.where(self._completed & np.isnan(after_mean), 0.0, after_mean)
         with np.errstate(invalid="ignore"):
             score = self._direction * (after_mean - mean_before) / np.maximum(np.nan_to_num(std_before), floor)
-        anomaly = pd.Series(np.clip(score, 0.0, MAX_ANOMALY) * self._evidence, index=self.values.columns)
-        return anomaly.dropna()
+        return np.clip(score, 0.0, MAX_ANOMALY) * self._evidence
 
     def _reach(self, target: str) -> dict[str, float]:
         """Strongest path product of |r| from every signal to ``target`` (edges towards it)."""
