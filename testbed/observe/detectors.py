@@ -163,35 +163,45 @@ def _rising_edges(firing: np.ndarray) -> list[int]:
 def change_point_alerts(spec: ChangePointSpec, metrics: pd.DataFrame, span: Span) -> list[Alert]:
     """One-sided CUSUM per series; windows with too few requests are not observations.
 
-    The request counts are joined on once and the table cut into series at their boundaries,
-    because a pandas lookup per series cost more than the CUSUMs on small runs.
+    Series are cut from the table with integer codes and the request counts looked up in a
+    (series x window) array, because pandas lookups per series cost more than the CUSUMs.
     """
     in_span = metrics[(metrics["time"] > span.start) & (metrics["time"] <= span.stop) & metrics["scope"].isin(CHANGE_SCOPES)]
-    keys = ["scope", "target", "time"]
-    counts = in_span.loc[in_span["metric"] == "request_rate", keys + ["value"]].rename(columns={"value": "requests"})
-    counts["requests"] = counts["requests"] * span.window
-    candidates = in_span[in_span["metric"].isin(CHANGE_METRICS)].merge(counts, on=keys, how="left", validate="many_to_one")
-    candidates = candidates.sort_values(["scope", "target", "metric"], kind="stable")
-    scope, target, metric = (candidates[c].to_numpy(dtype=object) for c in ("scope", "target", "metric"))
-    times, values = candidates["time"].to_numpy(dtype=float), candidates["value"].to_numpy(dtype=float)
-    requests = np.nan_to_num(candidates["requests"].to_numpy(dtype=float))
-    first = np.ones(len(candidates), dtype=bool)
-    first[1:] = (scope[1:] != scope[:-1]) | (target[1:] != target[:-1]) | (metric[1:] != metric[:-1])
-    starts = np.flatnonzero(first).tolist()
+    series_codes, series_names = pd.factorize(in_span["scope"] + "|" + in_span["target"].astype(str))
+    metric_codes, metric_names = pd.factorize(in_span["metric"])
+    time_codes, times = pd.factorize(in_span["time"])
+    values = in_span["value"].to_numpy(dtype=float)
+    requests = np.zeros((len(series_names), len(times)))
+    rate = metric_codes == (metric_names.get_loc("request_rate") if "request_rate" in metric_names else -2)
+    requests[series_codes[rate], time_codes[rate]] = values[rate] * span.window
+    wanted = np.isin(metric_names.to_numpy(dtype=object), CHANGE_METRICS)[metric_codes]
+    series_rank, metric_rank = _ranks(series_names), _ranks(metric_names)
+    rows = np.flatnonzero(wanted)
+    rows = rows[np.lexsort((rows, metric_rank[metric_codes[rows]], series_rank[series_codes[rows]]))]
+    key = series_codes[rows] * len(metric_names) + metric_codes[rows]
+    starts = np.flatnonzero(np.diff(key, prepend=-1)).tolist()
+    times = times.to_numpy(dtype=float)
     alerts = []
-    for lo, hi in zip(starts, starts[1:] + [len(candidates)]):
-        name = metric[lo]
-        keep = slice(lo, hi)
-        series_times, series_values = times[keep], values[keep]
+    for lo, hi in zip(starts, starts[1:] + [len(rows)]):
+        series, name = series_names[series_codes[rows[lo]]], metric_names[metric_codes[rows[lo]]]
+        selected = rows[lo:hi]
         if name != "attempt_failure_rate":  # attempts have their own denominator, checked below
             # A p99 over a handful of requests is their maximum: it needs more of them than a median.
             needed = spec.min_requests * (5 if name.endswith("_p99") else 1)
-            enough = requests[keep] >= needed
-            series_times, series_values = series_times[enough], series_values[enough]
-        signal = f"{scope[lo]}|{target[lo]}|{name}"
-        for time, value, level in _cusum(series_values, series_times, spec, name in ERROR_METRICS, BAD_DIRECTION.get(name, 1)):
-            alerts.append(Alert(time, "cusum", "warning", target[lo], signal, value, level))
+            selected = selected[requests[series_codes[selected], time_codes[selected]] >= needed]
+        signal = f"{series}|{name}"
+        target = series.split("|", 1)[1]
+        for time, value, level in _cusum(values[selected], times[time_codes[selected]], spec, name in ERROR_METRICS,
+                                         BAD_DIRECTION.get(name, 1)):
+            alerts.append(Alert(time, "cusum", "warning", target, signal, value, level))
     return _one_per_target(alerts)
+
+
+def _ranks(names: pd.Index) -> np.ndarray:
+    """Each name's position in sorted order."""
+    ranks = np.empty(len(names), dtype=np.int64)
+    ranks[np.argsort(names.to_numpy(dtype=object), kind="stable")] = np.arange(len(names))
+    return ranks
 
 
 def _one_per_target(alerts: list[Alert]) -> list[Alert]:

@@ -70,26 +70,34 @@ class _Rows:
     """The long table being collected: one block of rows per (scope, metric)."""
 
     def __init__(self) -> None:
-        self._blocks: list[tuple[np.ndarray, str, np.ndarray, str, np.ndarray]] = []
+        self._blocks: list[tuple[np.ndarray, str, np.ndarray, np.ndarray, str, np.ndarray]] = []
 
     def add(self, groups: _Groups, scope: str, names: np.ndarray, metric: str, value: np.ndarray) -> None:
         """One value per group; NaN values are left out, as a scrape would have no sample."""
         keep = ~np.isnan(value)
-        self._blocks.append((groups.time[keep], scope, names[groups.key[keep]], metric, value[keep]))
+        self._blocks.append((groups.time[keep], scope, names, groups.key[keep], metric, value[keep]))
 
     def frame(self) -> pd.DataFrame:
+        """The table sorted by (scope, target, metric, time), sorting codes rather than strings."""
         if not self._blocks:
             return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("time", "value") else "object") for c in METRIC_COLUMNS})
         sizes = [len(b[0]) for b in self._blocks]
+        labels = {kind: sorted({b[i] for b in self._blocks}) for kind, i in (("scope", 1), ("metric", 4))}
+        vocabulary = sorted({name for b in self._blocks for name in b[2].tolist()})
+        position = {name: i for i, name in enumerate(vocabulary)}
+        target = np.concatenate([np.array([position[n] for n in b[2].tolist()], dtype=np.int64)[b[3]] for b in self._blocks])
+        scope = np.repeat([labels["scope"].index(b[1]) for b in self._blocks], sizes)
+        metric = np.repeat([labels["metric"].index(b[4]) for b in self._blocks], sizes)
         time = np.concatenate([b[0] for b in self._blocks])
-        scope = np.repeat(np.array([b[1] for b in self._blocks], dtype=object), sizes)
-        target = np.concatenate([b[2] for b in self._blocks]).astype(object)
-        metric = np.repeat(np.array([b[3] for b in self._blocks], dtype=object), sizes)
-        value = np.concatenate([b[4] for b in self._blocks])
-        ranks = [np.unique(column, return_inverse=True)[1] for column in (metric, target, scope)]
-        order = np.lexsort([time, *ranks])
-        return pd.DataFrame({"time": time[order], "scope": scope[order], "target": target[order],
-                             "metric": metric[order], "value": value[order]})
+        value = np.concatenate([b[5] for b in self._blocks])
+        order = np.lexsort([time, metric, target, scope])
+        return pd.DataFrame({
+            "time": time[order],
+            "scope": np.array(labels["scope"], dtype=object)[scope[order]],
+            "target": np.array(vocabulary, dtype=object)[target[order]],
+            "metric": np.array(labels["metric"], dtype=object)[metric[order]],
+            "value": value[order],
+        })
 
 
 @dataclass(frozen=True)
