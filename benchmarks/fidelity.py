@@ -101,8 +101,10 @@ def main() -> int:
             if args.repeat:
                 again = compare(run_live(scenario, engine=args.engine), live)
                 rows[-1].append(f"{pct(again.error('e2e p50'))} / {pct(again.error('e2e p99'))}")
+            restarts = live.stats.get("live_restart_s") or []
             print(f"  {rows[-1][0]} {rows[-1][1]}: done in {time.perf_counter() - started:.0f} s "
-                  f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)
+                  f"(load average {os.getloadavg()[0]:.1f})"
+                  + (f"; live restart took {', '.join(f'{t:.1f}' for t in restarts)} s" if restarts else ""), file=sys.stderr)
     if args.markdown:
         print("| " + " | ".join(header) + " |")
         print("|" + "---|" * len(header))

@@ -5,8 +5,13 @@ The simulator's :class:`~testbed.perf.TableModel` answers two questions: how lon
 tokens each takes. Calibration asks the real engine exactly those questions:
 
 * **prefill** — a batch of ``B`` prompts of ``L`` tokens, timed end to end; the table is indexed
-  by the total ``B * L`` (the simulator prefills a micro-batch as its total token count), and
-  when several grid points share a total the table takes their median.
+  by the total ``B * L``, and when several grid points share a total the table takes their
+  median. The built-in engine left-pads a batch to its longest prompt, so its profile says
+  ``prefill_padding: longest`` and the simulator charges a batch of uneven prompts
+  ``B * longest`` — what the engine computes — rather than their sum.
+* **start-up** — a timer that starts server processes (the built-in server, vLLM) reports how
+  long each took from spawn to ready; their median is the profile's ``startup_seconds``, the
+  time a repaired replica takes to serve again in the simulation.
 * **decode** — ``B`` sequences prefilled (untimed) to ``c - steps/2`` tokens, then ``steps`` decode
   steps timed, so that the mean context over the timed steps is the grid's ``c``.
 
@@ -108,6 +113,7 @@ class Measurements:
 
     prefill: dict[tuple[int, int], float] = field(default_factory=dict)
     decode: dict[tuple[int, int], float] = field(default_factory=dict)
+    startup: list[float] = field(default_factory=list)  # seconds from spawn to ready, per server started
 
 
 def _median_time(run: Callable[[], float], grid: Grid) -> float:
@@ -138,8 +144,11 @@ def measure(
     return result
 
 
-def fit(measured: Measurements, grid: Grid, device: str, model: str, source: str = "") -> PerfProfile:
-    """The table model through the fit grid's medians (prefill collapsed onto total tokens)."""
+def fit(
+    measured: Measurements, grid: Grid, device: str, model: str, source: str = "", padding: str = "none"
+) -> PerfProfile:
+    """The table model through the fit grid's medians (prefill collapsed onto total tokens), with
+    the engine's prompt ``padding`` and its measured start-up time."""
     by_total: dict[int, list[float]] = {}
     for (batch, prompt), seconds in measured.prefill.items():
         if batch in grid.batch_sizes and prompt in grid.prompt_tokens:
@@ -150,6 +159,8 @@ def fit(measured: Measurements, grid: Grid, device: str, model: str, source: str
         device=device,
         model=model,
         source=source,
+        prefill_padding=padding,
+        startup_seconds=round(statistics.median(measured.startup), 3) if measured.startup else 0.0,
         prefill=PrefillTable(tokens=tokens, seconds=[statistics.median(by_total[t]) for t in tokens]),
         decode=DecodeTable(
             batch_sizes=list(grid.batch_sizes), context_tokens=list(grid.context_tokens), seconds=rows
@@ -211,20 +222,22 @@ def calibrate(
 
 
 def measure_grid(timer: StepTimer, grid: Grid, progress: ProgressCallback | None = None) -> Measurements:
-    """Every fit and held-out point of ``grid``."""
-    return measure(
+    """Every fit and held-out point of ``grid``, and the start-up times of the servers it started."""
+    measured = measure(
         timer,
         grid,
         grid.prefill_points() + grid.held_out_prefill(),
         grid.decode_points() + grid.held_out_decode(),
         progress,
     )
+    measured.startup = list(getattr(timer, "startups", []))
+    return measured
 
 
 def fit_with_error(
-    measured: Measurements, grid: Grid, device: str, model: str, source: str = ""
+    measured: Measurements, grid: Grid, device: str, model: str, source: str = "", padding: str = "none"
 ) -> tuple[PerfProfile, list[PointError]]:
-    profile = fit(measured, grid, device, model, source)
+    profile = fit(measured, grid, device, model, source, padding)
     errors = held_out_errors(profile, measured, grid)
     return profile.model_copy(update={"held_out_error": error_summary(errors)}), errors
 
@@ -234,6 +247,7 @@ def merge(runs: list[Measurements]) -> Measurements:
     return Measurements(
         prefill={k: statistics.median(r.prefill[k] for r in runs) for k in runs[0].prefill},
         decode={k: statistics.median(r.decode[k] for r in runs) for k in runs[0].decode},
+        startup=[t for r in runs for t in r.startup],
     )
 
 
@@ -271,6 +285,9 @@ GRIDS = {
 # torch: the built-in replica server over HTTP (what `testbed live` runs); torch-runner: the bare
 # model in this process (faster to measure, optimistic by the server's per-token cost); vllm.
 ENGINES = ("torch", "torch-runner", "vllm")
+# How each engine lays out a batch of prompts: the built-in engine left-pads to the longest one;
+# vLLM packs them (no padding), so its prefill costs the batch's total tokens.
+PADDING = {"torch": "longest", "torch-runner": "longest", "vllm": "none"}
 
 
 def open_timer(engine: str, model: str, device: str) -> StepTimer:

@@ -55,6 +55,8 @@ Written by ``testbed calibrate`` from timings of the live engine, read by :class
       "tensor_parallel": 1,
       "source": "torch 2.13 CPU, 2025-01-01, host x",   # free text: how it was measured
       "held_out_error": {"prefill_median": 0.03, "decode_max": 0.08},  # optional: fit error off the grid
+      "prefill_padding": "longest",      # optional: the engine pads a batch to its longest prompt
+      "startup_seconds": 2.9,            # optional: a (re)started replica serves after this long
       "prefill": {"tokens": [16, 128, 512], "seconds": [0.05, 0.2, 0.7]},
       "decode": {
         "batch_sizes": [1, 4, 16],
@@ -71,6 +73,11 @@ decode); below an axis' first point they clamp to it, above its last point they 
 last segment's slope, floored at zero so that a noisy table never predicts shrinking times. A
 mixed iteration costs ``prefill(p) + decode(n, c / n)``: the sum is what an engine without chunked
 prefill does, and overstates a fused iteration by at most one pass over the weights.
+
+An engine that left-pads a batch of prompts to the longest (the built-in PyTorch engine) computes
+``B x longest`` tokens, not their sum: such a profile says ``prefill_padding: longest`` and
+:meth:`TableModel.prefill_charge` charges that. ``startup_seconds`` is how long a replica takes
+from (re)start to serving; the simulator keeps a repaired replica refusing connections that long.
 """
 
 from __future__ import annotations
@@ -110,6 +117,16 @@ class PerfModel(Protocol):
 
     def steps_within(self, decode_seqs: int, context_tokens: int, elapsed: float) -> int:
         """Whole steps of such a stretch completed after ``elapsed`` seconds."""
+        ...
+
+    def prefill_charge(self, prefill_tokens: int, prompts: list[int]) -> int:
+        """Prompt tokens an iteration that prefills ``prefill_tokens`` of these prompts costs: those
+        tokens, or the batch size times the longest prompt for an engine that left-pads a batch."""
+        ...
+
+    @property
+    def startup_seconds(self) -> float:
+        """Seconds from a repaired replica's start to its serving (process start and weight load)."""
         ...
 
 
@@ -238,6 +255,15 @@ class Roofline:
     def steps_within(self, decode_seqs: int, context_tokens: int, elapsed: float) -> int:
         return _steps_within(self._pieces(decode_seqs, context_tokens), elapsed)
 
+    def prefill_charge(self, prefill_tokens: int, prompts: list[int]) -> int:
+        """Serving engines on accelerators pack prompts without padding."""
+        return prefill_tokens
+
+    @property
+    def startup_seconds(self) -> float:
+        """Unknown without a measurement: a calibrated profile carries it; the roofline assumes none."""
+        return 0.0
+
 
 # --------------------------------------------------------------------------- calibrated tables
 
@@ -292,6 +318,14 @@ class PerfProfile(_Strict):
     source: str = ""
     held_out_error: dict[str, float] = Field(
         default_factory=dict, description="calibration's relative error on points off the grid, e.g. decode_median"
+    )
+    prefill_padding: Literal["none", "longest"] = Field(
+        "none",
+        description="how the engine lays out a batch of prompts: packed ('none', charged by total tokens) "
+        "or left-padded to the longest ('longest', charged batch size x longest prompt)",
+    )
+    startup_seconds: float = Field(
+        0.0, ge=0, description="seconds from starting a replica (after a repair) to serving: process start, model load"
     )
     prefill: PrefillTable
     decode: DecodeTable
@@ -390,6 +424,15 @@ class TableModel:
 
     def steps_within(self, decode_seqs: int, context_tokens: int, elapsed: float) -> int:
         return _steps_within(self._pieces(decode_seqs, context_tokens), elapsed)
+
+    def prefill_charge(self, prefill_tokens: int, prompts: list[int]) -> int:
+        if self.profile.prefill_padding == "longest" and prompts:
+            return len(prompts) * max(prompts)
+        return prefill_tokens
+
+    @property
+    def startup_seconds(self) -> float:
+        return self.profile.startup_seconds
 
 
 # --------------------------------------------------------------------------- capacity and selection

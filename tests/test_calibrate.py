@@ -174,3 +174,77 @@ def test_calibrate_refuses_bad_options_with_exit_2(tmp_path: Path, args: list[st
     assert outcome.exit_code == 2, outcome.output
     assert message in " ".join(outcome.output.split())
     assert not (tmp_path / "p.json").exists()
+
+
+# --------------------------------------------------------------------------- what the simulation charges
+
+
+def test_a_padding_engine_is_charged_batch_size_times_its_longest_prompt():
+    profile, _ = calibrate(AnalyticTimer(), SMALL, "cpu-fp32", "tiny")
+    packed = TableModel(profile)
+    padded = TableModel(profile.model_copy(update={"prefill_padding": "longest"}))
+    assert packed.prefill_charge(96, [16, 80]) == 96
+    assert padded.prefill_charge(96, [16, 80]) == 160
+    assert padded.prefill_charge(64, [64]) == 64  # one prompt has nothing to pad
+
+
+class StartingTimer(AnalyticTimer):
+    """Reports the start-up times of the servers it started, as ServerTimer does."""
+
+    startups = [3.0, 2.0, 2.5]
+
+
+def test_the_fit_records_the_engines_padding_and_median_start_up():
+    profile, _ = calibrate(StartingTimer(), SMALL, "cpu-fp32", "tiny")
+    assert profile.startup_seconds == 2.5
+    assert profile.prefill_padding == "none"
+    from testbed.calibrate import PADDING, fit_with_error, measure_grid
+
+    padded, _ = fit_with_error(measure_grid(StartingTimer(), SMALL), SMALL, "cpu-fp32", "tiny", padding=PADDING["torch"])
+    assert padded.prefill_padding == "longest" and padded.startup_seconds == 2.5
+
+
+def _crash_scenario(tmp_path: Path, fault_kind: str, eject: bool = True, **profile_changes):
+    """faults/live-replica-crash.yaml with its replica-0 fault of ``fault_kind`` and a changed profile."""
+    from testbed.spec import Scenario, validate_spec
+
+    root = Path(__file__).resolve().parent.parent
+    base = Scenario.from_yaml(root / "faults" / "live-replica-crash.yaml")
+    profile = json.loads((root / "profiles" / "cpu-fp32-tiny.json").read_text())
+    profile.update(profile_changes)
+    (tmp_path / "profile.json").write_text(json.dumps(profile))
+    data = base.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data["topology"]["profiles"] = {"cpu-fp32": str(tmp_path / "profile.json")}
+    node = "local/east/z0/host/node-0"
+    target = f"{node}/cpu-0" if fault_kind == "accelerator_failure" else node
+    data["faults"] = [{"kind": fault_kind, "target": target, "at": 15, "duration": 10}]
+    data["serving"]["outlier_ejection"] = {"enabled": eject}
+    return validate_spec(data, Scenario, source="test", base_dir=tmp_path)
+
+
+def _first_served_after(result, replica: int, after: float) -> float:
+    requests = result.requests
+    served = requests[(requests["replica"] == replica) & (requests["arrival"] > after) & (requests["status"] == "ok")]
+    return float(served["arrival"].min())
+
+
+def test_a_repaired_replica_serves_only_once_it_has_started(tmp_path: Path):
+    from testbed.sim import simulate
+
+    # Without ejection: fast refusals would eject the replica for 30 s and hide its return.
+    instant = simulate(_crash_scenario(tmp_path, "accelerator_failure", eject=False, startup_seconds=0.0))
+    slow = simulate(_crash_scenario(tmp_path, "accelerator_failure", eject=False, startup_seconds=4.0))
+    assert _first_served_after(instant, 0, 25.0) < 29.0
+    assert _first_served_after(slow, 0, 25.0) >= 29.0
+
+
+def test_a_crashed_process_refuses_at_once_where_a_crashed_machine_times_out(tmp_path: Path):
+    from testbed.sim import simulate
+
+    process = simulate(_crash_scenario(tmp_path, "accelerator_failure")).requests
+    machine = simulate(_crash_scenario(tmp_path, "node_crash")).requests
+    connect = 1.0  # the scenario's connect timeout
+    retried = lambda r: r[r["retries"] > 0]  # noqa: E731
+    assert len(retried(process)) and len(retried(machine))
+    assert ((retried(machine)["finish"] - retried(machine)["arrival"]) >= connect).any()
+    assert ((retried(process)["finish"] - retried(process)["arrival"]) < connect).all()

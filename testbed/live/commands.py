@@ -23,7 +23,7 @@ def calibrate_command(
 ) -> int:
     """Measure (with ``parallel`` engines side by side), fit, write the profile, print the held-out error."""
     from testbed.calibrate import (
-        GRIDS, check_engine, fit_with_error, measure_grid, measure_in_parallel, open_timer, profile_model_name, source_note,
+        GRIDS, PADDING, check_engine, fit_with_error, measure_grid, measure_in_parallel, open_timer, profile_model_name, source_note,
     )
 
     if grid_name not in GRIDS:
@@ -50,7 +50,9 @@ def calibrate_command(
     except (ValueError, RuntimeError) as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         return EXIT_BAD_INPUT
-    profile, point_errors = fit_with_error(measured, grid, device, profile_model_name(model), source_note(engine, grid_name, parallel))
+    profile, point_errors = fit_with_error(
+        measured, grid, device, profile_model_name(model), source_note(engine, grid_name, parallel), PADDING[engine]
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile.model_dump(mode="json"), indent=2) + "\n")
     summary = ", ".join(f"{k} {v * 100:.1f}%" for k, v in profile.held_out_error.items())

@@ -273,6 +273,9 @@ def _result(
         "live_actions": len(injector.done),
         "live_action_failures": [f"{a.verb} {a.target} at {a.at:g}s: {why}" for a, why in injector.failures],
         "live_action_lag_s": max((done - a.at for done, a in injector.done), default=0.0),
+        # How long each restart took to serve (process start, model load): the profile's
+        # startup_seconds is the simulation's figure for it.
+        "live_restart_s": [round(done - a.at, 3) for done, a in injector.done if a.verb == "restart"],
     }
     result = Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
     # Observability reads health-probe changes as the simulation records them; the live gateway's

@@ -114,7 +114,9 @@ class VllmTimer(HttpTimer):
         argv, env = vllm_command(Path(model_dir), port, "calibrate")
         self.supervisor = Supervisor()
         url = f"http://127.0.0.1:{port}"
+        began = time.monotonic()
         self.supervisor.start("calibrate", argv, env, timeout=600, url=url)
+        self.startups = [time.monotonic() - began]  # spawn to ready: a repaired replica's start-up
         super().__init__(url, served_name(Path(model_dir)))
 
     def close(self) -> None:
@@ -141,6 +143,7 @@ class ServerTimer:
         self.served_as = model if model in RECIPES else Path(model).name
         self.supervisor = Supervisor()
         self._timers: dict[int, HttpTimer] = {}
+        self.startups: list[float] = []  # seconds from spawn to READY of each server started
 
     def _timer(self, batch: int) -> HttpTimer:
         if batch not in self._timers:
@@ -151,7 +154,9 @@ class ServerTimer:
                     "--name", name, "--threads", "1", "--max-batch-size", str(batch), "--max-delay", "60"]
             if self.quantize:
                 argv += ["--quantize", self.quantize]
+            began = time.monotonic()
             managed = self.supervisor.start(name, argv, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=180)
+            self.startups.append(time.monotonic() - began)
             assert managed.url is not None
             self._timers[batch] = HttpTimer(managed.url, self.served_as)
         return self._timers[batch]

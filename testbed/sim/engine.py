@@ -257,13 +257,14 @@ class _Run:
                 self._wake(action)
 
     def _dispatch(self, action: Dispatch) -> None:
-        """Send an attempt down its path; an unreachable replica fails it after the connect timeout."""
+        """Send an attempt down its path; an unreachable replica fails it after the connect timeout
+        (a refusing one, whose host is up, at once on arrival)."""
         rid, replica = action.rid, self.replicas[action.replica]
         if action.hedge:
             self.hedged[rid] = True
         client_region = self._client_region[rid]
         oneway = self.topology.rtt(client_region, replica.region) / 2
-        reachable = replica.alive
+        reachable = replica.alive or replica.refusing
         path = self.network.path(client_region, replica.region)
         if path is not None:
             if path.partitioned or (path.loss and self.network_rng.random() < path.loss):
@@ -387,7 +388,8 @@ class _Run:
         self._arm_sweeper()
 
     def _health_process(self) -> Iterator[simpy.Event]:
-        """Probe every replica each period; a failing probe is known only after its timeout."""
+        """Probe every replica each period; a failing probe is known only after its timeout, a
+        refused one at once."""
         spec = self.scenario.serving.health_check
         if not spec.enabled:
             return
@@ -396,8 +398,8 @@ class _Run:
             failing = []
             for replica in self.replicas:
                 ok = replica.alive and not (replica.hung and spec.deep)
-                if ok:
-                    self._probe(replica.index, True)
+                if ok or replica.refusing:
+                    self._probe(replica.index, ok)
                 else:
                     failing.append(replica.index)
             if failing:

@@ -19,6 +19,10 @@ from testbed.sim.network import NetworkState
 from testbed.sim.replica import SimReplica
 
 CRASHES = frozenset({"accelerator_failure", "node_crash", "outage", "capacity_loss"})
+# Crashes that take the machine (or its network) away: connections to it go unanswered until the
+# connect timeout. An accelerator failure kills the serving process on a running host, whose
+# kernel refuses connections at once.
+HOST_DOWN = frozenset({"node_crash", "outage", "capacity_loss"})
 NETWORK = frozenset({"partition", "latency", "packet_loss", "bandwidth"})
 
 
@@ -28,6 +32,7 @@ class ReplicaFaults:
 
     kv_capacity: int
     down: int = 0
+    host_down: int = 0
     hung: int = 0
     speeds: list[float] = field(default_factory=list)
     kv_fractions: list[float] = field(default_factory=list)
@@ -77,7 +82,7 @@ class FaultInjector:
         for index in fault.replicas:
             replica, state = self.replicas[index], self.state[index]
             if fault.kind in CRASHES:
-                self._crash(replica, state, sign)
+                self._crash(replica, state, sign, fault.kind in HOST_DOWN)
             elif fault.kind == "node_hang":
                 state.hung += sign
                 if state.hung:
@@ -99,14 +104,17 @@ class FaultInjector:
             else:
                 raise ValueError(f"the simulator has no effect for fault kind {fault.kind!r}")
 
-    def _crash(self, replica: SimReplica, state: ReplicaFaults, sign: int) -> None:
+    def _crash(self, replica: SimReplica, state: ReplicaFaults, sign: int, host: bool) -> None:
         state.down += sign
+        state.host_down += sign if host else 0
         if sign > 0 and state.down == 1:
             now = self.env.now
-            for work in replica.crash():
+            for work in replica.crash(refusing=not state.host_down):
                 self.on_lost_work(work, now)
         elif sign < 0 and state.down == 0:
             replica.restart()
+        elif state.down:
+            replica.refusing = not state.host_down  # the host went down too, or came back
 
 
 def _toggle(active: list, value: object, sign: int) -> None:

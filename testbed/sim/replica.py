@@ -44,6 +44,9 @@ class SimReplica:
         self.on_first_token = on_first_token
         self.on_finish = on_finish
         self.alive = True
+        # Down but its host answers: a connection is refused at once (the process died on a
+        # running machine, or is starting up) rather than timing out as for a machine gone.
+        self.refusing = False
         self.hung = False
         self.speed = 1.0
         # Accounting for the fleet time series.
@@ -86,10 +89,14 @@ class SimReplica:
 
     # ------------------------------------------------------------------ faults
 
-    def crash(self) -> list[Sequence]:
-        """The process dies: the iteration in progress and every queued request are lost."""
+    def crash(self, refusing: bool = False) -> list[Sequence]:
+        """The process dies: the iteration in progress and every queued request are lost.
+
+        ``refusing``: the host is still up, so new connections are refused rather than unanswered.
+        """
         self._account_busy()
         self.alive = False
+        self.refusing = refusing
         self.hung = False
         self._iteration = None
         self._ticket += 1
@@ -97,8 +104,24 @@ class SimReplica:
         return self.batcher.evict_all()
 
     def restart(self) -> None:
-        """Back in service with an empty batch (after repair)."""
-        self.alive = True
+        """Back in service with an empty batch once the process has started (after repair).
+
+        A real replica is not serving the moment its node is repaired: the process starts and
+        loads the model (seconds on a CPU, minutes for a large model's weights on a GPU), so the
+        perf model's ``startup_seconds`` pass before it answers. A crash during them starts over.
+        """
+        startup = self.perf.startup_seconds
+        if startup <= 0:
+            self.alive, self.refusing = True, False
+            return
+        self.refusing = True  # the machine is back; nothing listens on the port yet
+        self._ticket += 1
+        ticket = self._ticket
+        self.env.timeout(startup).callbacks.append(lambda _event: self._started_up(ticket))
+
+    def _started_up(self, ticket: int) -> None:
+        if ticket == self._ticket:
+            self.alive, self.refusing = True, False
 
     def hang(self) -> None:
         """Freeze: the running iteration stops where it is; new requests still queue."""
@@ -140,7 +163,8 @@ class SimReplica:
             self._schedule_wake()
             return
         if iteration.prefill:
-            duration = self.perf.iteration_time(iteration.prefill_tokens, iteration.decode_seqs, iteration.context_tokens)
+            charged = self.perf.prefill_charge(iteration.prefill_tokens, [seq.context for seq in iteration.prefill])
+            duration = self.perf.iteration_time(charged, iteration.decode_seqs, iteration.context_tokens)
         else:
             duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
         duration /= self.speed
