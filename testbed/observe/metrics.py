@@ -128,22 +128,28 @@ class _Groups:
         """How many of the rows selected by the mask ``rows`` fall in each group."""
         return np.bincount(self.index[rows], minlength=len(self.key))
 
-    def quantile(self, values: np.ndarray, q: float) -> np.ndarray:
-        """The ``q`` quantile of each group's non-NaN values (linear interpolation), NaN if none."""
-        present = ~np.isnan(values)
-        index, values = self.index[present], values[present]
-        order = np.lexsort((values, index))
+    def quantiles(self, values: np.ndarray, by_value: np.ndarray, qs: tuple[float, ...]) -> list[np.ndarray]:
+        """Each ``q`` quantile of each group's non-NaN values (linear interpolation), NaN if none.
+
+        ``by_value`` is the rows in value order, sorted once per column for every scope: a stable
+        sort by group then leaves each group's values in order, without a two-key sort per scope.
+        """
+        order = by_value[~np.isnan(values[by_value])]
+        order = order[np.argsort(self.index[order], kind="stable")]
         ordered = values[order]
-        counts = np.bincount(index, minlength=len(self.key))
+        counts = np.bincount(self.index[order], minlength=len(self.key))
         starts = np.cumsum(counts) - counts
-        out = np.full(len(self.key), np.nan)
         has = counts > 0
-        position = q * (counts[has] - 1).astype(float)
-        below = starts[has] + position.astype(np.int64)
-        fraction = position % 1
-        low = ordered[below]
-        high = ordered[np.minimum(below + 1, starts[has] + counts[has] - 1)]
-        out[has] = np.where(fraction == 0.0, low, low + (high - low) * fraction)
+        out = []
+        for q in qs:
+            position = q * (counts[has] - 1).astype(float)
+            below = starts[has] + position.astype(np.int64)
+            fraction = position % 1
+            low = ordered[below]
+            high = ordered[np.minimum(below + 1, starts[has] + counts[has] - 1)]
+            quantile = np.full(len(self.key), np.nan)
+            quantile[has] = np.where(fraction == 0.0, low, low + (high - low) * fraction)
+            out.append(quantile)
         return out
 
     def reduce(self, values: np.ndarray, how: str) -> np.ndarray:
@@ -193,6 +199,7 @@ def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, w
     }
     ok = status == "ok"
     latency = {name: np.where(ok, lat[name].to_numpy(dtype=float), np.nan) for name in LATENCY_METRICS}
+    by_latency = {name: np.argsort(values, kind="stable") for name, values in latency.items()}
     keys = {
         "fleet": _fleet(len(ended)),
         "client_region": _codes(ended["client_region"]),
@@ -214,9 +221,11 @@ def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, w
                                  ("failed_over_share", "failed_over")):
                 out.add(groups, scope, names, metric, groups.count(flags[flag][rows]) / requests_n)
             out.add(groups, scope, names, "requests", requests_n.astype(float))
+        position = np.cumsum(rows) - 1  # each selected row's position among the selected
         for name, percentiles in LATENCY_METRICS.items():
-            for p in percentiles:
-                out.add(groups, scope, names, f"{name}_p{p}", groups.quantile(latency[name][rows], p / 100))
+            by_value = position[by_latency[name][rows[by_latency[name]]]]
+            for p, values in zip(percentiles, groups.quantiles(latency[name][rows], by_value, tuple(p / 100 for p in percentiles))):
+                out.add(groups, scope, names, f"{name}_p{p}", values)
 
 
 def _attempt_metrics(out: _Rows, requests: pd.DataFrame, attempts: pd.DataFrame, placement: Placement, window: float) -> None:
