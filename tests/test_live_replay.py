@@ -227,8 +227,12 @@ def test_live_replay_with_a_replica_crash_conserves_requests_in_the_simulation_s
     # Conservation: every request the workload drew was sent, recorded once and ended.
     assert len(records) == len(sim.requests)
     assert set(records["status"].astype(str)) <= {"ok", "failed", "timeout", "shed"}
-    # The same arrival times as the simulation (sent on time, give or take the event loop).
-    assert abs(records["arrival"].sort_values().to_numpy() - sim.requests["arrival"].to_numpy()).max() < 0.5
+    # Each row is the workload's request of the same id (sent as x-request-id), sent on time
+    # give or take the event loop, with the lengths it asked for.
+    assert records["request_id"].tolist() == sim.requests["request_id"].tolist()
+    assert abs(records["arrival"].to_numpy() - sim.requests["arrival"].to_numpy()).max() < 0.5
+    assert (records["prompt_tokens"].to_numpy() == sim.requests["prompt_tokens"].to_numpy()).all()
+    assert live.stats["live_restart_s"] and all(t > 0 for t in live.stats["live_restart_s"])
     # The crash happened for real: the kill and the restart were carried out, and nothing was
     # served by the dead replica while it was down.
     assert live.stats["live_actions"] == 2 and not live.stats["live_action_failures"]
@@ -258,3 +262,20 @@ def test_requests_the_gateway_never_accepted_are_recorded_as_failed_in_the_same_
     assert both["status"].astype(str).tolist() == ["ok", "failed"]
     assert both["arrival"].iloc[1] == replay.arrivals.time[1] and both["finish"].iloc[1] == 3.0
     assert both["request_id"].tolist() == [0, 1]
+
+
+def test_unanswered_rows_get_the_lengths_asked_for_by_their_request_id_not_their_position():
+    from testbed.live.records import LiveRecorder
+    from testbed.live.replay import _fill_lengths, prepare
+
+    replay = prepare(scenario([]))
+    recorder = LiveRecorder(["local/east", "local/west"])
+    for i in (2, 0, 1):  # the gateway saw them in another order than the workload's
+        row = recorder.open(0.1 * i, i, client_region="local/east")
+        recorder.close(row, "failed", 0.5)
+    recorded = recorder.frame()
+    _fill_lengths(recorded, replay.arrivals)
+    by_id = recorded.set_index("request_id")
+    for i in (0, 1, 2):
+        assert by_id.loc[i, "prompt_tokens"] == replay.arrivals.prompt_tokens[i]
+        assert by_id.loc[i, "output_tokens"] == replay.arrivals.output_tokens[i]

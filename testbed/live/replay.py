@@ -219,6 +219,7 @@ async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: st
         "ignore_eos": True,  # vLLM honours it; the built-in random-weight models practically never emit EOS
     }
     headers = {
+        "x-request-id": str(i),  # the gateway records it as the row's id: rows match the workload exactly
         "x-client-region": arrivals.region_names[arrivals.client_region[i]],
         "x-priority": str(int(arrivals.priority[i])),
         "x-request-class": arrivals.class_names[arrivals.request_class[i]],
@@ -257,6 +258,7 @@ def _result(
         requests[column] = requests[column] - offset
     if missing:
         requests = pd.concat([requests, _unreached_rows(requests, replay, unreached[:missing])], ignore_index=True)
+    requests = requests.sort_values("request_id", ignore_index=True)  # workload order, as simulated
     _fill_lengths(requests, replay.arrivals)
     faults = faults_frame(replay.schedule)
     faults["detected_at"] = [_detected(fault, health, offset) for fault in replay.schedule]
@@ -291,7 +293,7 @@ def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[
     arrivals = replay.arrivals
     index = np.array([i for i, _ in unreached], dtype=np.int64)
     columns: dict[str, object] = {
-        "request_id": np.arange(len(requests), len(requests) + len(index), dtype=np.int64),
+        "request_id": index,
         "session_id": np.full(len(index), -1),
         "turn": np.full(len(index), -1),
         "stage": [""] * len(index),
@@ -323,14 +325,14 @@ def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[
 def _fill_lengths(requests: pd.DataFrame, arrivals: workload.Arrivals) -> None:
     """Rows the replica never answered carry no usage: give them the lengths that were asked for.
 
-    Rows are in gateway arrival order, which is send order (requests leave at their arrival
-    times); answered rows keep the lengths the replica reported.
+    A row's ``request_id`` is the workload index the client sent as ``x-request-id``; answered
+    rows keep the lengths the replica reported.
     """
-    order = np.argsort(requests["arrival"].to_numpy(), kind="stable")
+    ids = requests["request_id"].to_numpy()
     for column, asked in (("prompt_tokens", arrivals.prompt_tokens), ("output_tokens", arrivals.output_tokens)):
         values = requests[column].to_numpy().copy()
-        missing = values[order] == 0
-        values[order[missing]] = asked[missing]
+        missing = values == 0
+        values[missing] = asked[ids[missing]]
         requests[column] = values.astype(np.int32)
 
 
