@@ -191,7 +191,7 @@ def test_a_padding_engine_is_charged_batch_size_times_its_longest_prompt():
 class StartingTimer(AnalyticTimer):
     """Reports the start-up times of the servers it started, as ServerTimer does."""
 
-    startups = [3.0, 2.0, 2.5]
+    startups = (3.0, 2.0, 2.5)
 
 
 def test_the_fit_records_the_engines_padding_and_median_start_up():
@@ -244,7 +244,9 @@ def test_a_crashed_process_refuses_at_once_where_a_crashed_machine_times_out(tmp
     process = simulate(_crash_scenario(tmp_path, "accelerator_failure")).requests
     machine = simulate(_crash_scenario(tmp_path, "node_crash")).requests
     connect = 1.0  # the scenario's connect timeout
-    retried = lambda r: r[r["retries"] > 0]  # noqa: E731
+    def retried(requests):
+        return requests[requests["retries"] > 0]
+
     assert len(retried(process)) and len(retried(machine))
     assert ((retried(machine)["finish"] - retried(machine)["arrival"]) >= connect).any()
     assert ((retried(process)["finish"] - retried(process)["arrival"]) < connect).all()
