@@ -178,20 +178,25 @@ def test_a_client_that_hangs_up_frees_its_place_in_the_batch(http, replica):
     http.post("/chaos", json={"slowdown": 5.0})
     body = {"prompt": PROMPT, "max_tokens": 400}
 
-    def freed_within(seconds: float) -> bool:
+    def running_within(seconds: float, running: int) -> bool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if http.get("/health").json()["running"] == 0:
+            if http.get("/health").json()["running"] == running:
                 return True
             time.sleep(0.05)
         return False
+
+    def freed_within(seconds: float) -> bool:
+        return running_within(seconds, 0)
 
     with pytest.raises(httpx.ReadTimeout):  # a plain request: the client gives up waiting
         httpx.post(replica + "/v1/completions", json=body, timeout=0.5)
     assert freed_within(3.0)
     with httpx.stream("POST", replica + "/v1/completions", json={**body, "stream": True}, timeout=30) as r:
-        next(r.iter_bytes())  # tokens are flowing; leaving the block hangs up
-        assert http.get("/health").json()["running"] == 1
+        chunks = r.iter_lines()
+        for _ in range(3):  # tokens are flowing; leaving the block hangs up
+            assert next(chunks).startswith("data: ") and next(chunks) == ""
+        assert running_within(3.0, 1)
     assert freed_within(3.0)
 
 
