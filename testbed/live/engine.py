@@ -44,15 +44,13 @@ class _Request:
 
 @dataclass
 class EngineStats:
-    """Counters for metrics and benchmarks; gauges (queue, batch) are properties of the engine."""
+    """Counters for tests and benchmarks; gauges (queue, batch) are properties of the engine, and
+    each batch formed goes to ``batch_listeners`` (the replica's metrics, the benchmark)."""
 
-    batches: int = 0
     steps: int = 0
     tokens: int = 0
     step_seconds: float = 0.0  # time in model steps
     slowdown_seconds: float = 0.0  # time added by the chaos slowdown
-    last_batch_size: int = 0
-    last_batching_delay: float = 0.0
 
 
 BatchListener = Callable[[int, float], None]  # (batch size, seconds its oldest request waited)
@@ -282,9 +280,6 @@ class Engine:
 
     def _on_batch(self, rows: list[_Request], now: float) -> None:
         delay = now - min(r.seq.arrival for r in rows)
-        self.stats.batches += 1
-        self.stats.last_batch_size = len(rows)
-        self.stats.last_batching_delay = delay
         for listener in self.batch_listeners:
             listener(len(rows), delay)
 

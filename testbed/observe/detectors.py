@@ -37,7 +37,6 @@ from testbed.topology import Topology
 CHANGE_SCOPES = ("fleet", "region", "client_region", "node", "stage")
 CHANGE_METRICS = ("error_rate", "attempt_failure_rate", "ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p99")
 ERROR_METRICS = ("error_rate", "attempt_failure_rate")
-ALERT_COLUMNS = ("time", "detector", "severity", "target", "signal", "value", "threshold")
 
 
 @dataclass(frozen=True)
