@@ -242,8 +242,7 @@ def read_azure(path: Path | str) -> Trace:
     bad = stamps.isna().to_numpy()
     if bad.any():
         raise _bad_cell(frame, "TIMESTAMP", bad, path, "a timestamp like 2023-11-16 18:15:46.6805900")
-    nanos = stamps.astype("int64").to_numpy()
-    time = (nanos - nanos.min()) / 1e9 if len(nanos) else np.empty(0)
+    time = (stamps - stamps.min()).dt.total_seconds().to_numpy() if len(stamps) else np.empty(0)
     n = len(frame)
     return _sorted(
         Trace(
