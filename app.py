@@ -1,7 +1,7 @@
 """The what-if explorer: `streamlit run app.py` (or `testbed explore`).
 
 Only layout and widgets live here; building the scenario, validating it, running and comparing
-are in :mod:`testbed.explore`, and the figures in :mod:`testbed.plots`.
+are in :mod:`testbed.explore`, and the figures in :mod:`testbed.report.plots`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from testbed import explore, plots
-from testbed.html_report import observation_summary, observed_frame, verdict_rows
-from testbed.report import outcome_counts
+from testbed import explore
+from testbed.report import plots
+from testbed.report.html import observation_summary, observed_frame, verdict_rows
+from testbed.report.markdown import outcome_counts
 from testbed.spec import Scenario, SpecError
 from testbed.topology import LEVELS, Topology
 

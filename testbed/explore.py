@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from testbed.result import Result
+from testbed.records.result import Result
 from testbed.sim import simulate
 from testbed.spec import Scenario, SpecError, validate_spec
 
@@ -342,7 +342,7 @@ def _show(value: Any) -> str:
 
 def verdict_diff(a: Result, b: Result) -> pd.DataFrame:
     """Each objective's verdict under A and B: observed values, margins, and whether it flipped."""
-    from testbed.report import format_value
+    from testbed.report.markdown import format_value
 
     rows = []
     b_verdicts = {v.objective: v for v in b.sla}

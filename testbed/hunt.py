@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as search_seed_of
 
 from testbed.explain import describe_verdict, scenario_yaml
-from testbed.result import Result
+from testbed.records.result import Result
 from testbed.sim import simulate
 from testbed.sla import Verdict
 from testbed.spec import FaultSpec, Scenario, validate_spec

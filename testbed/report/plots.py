@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.sla import fault_windows
 from testbed.topology import ROOT, Topology
 
