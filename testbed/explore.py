@@ -390,7 +390,7 @@ def verdict_diff(a: Result, b: Result) -> pd.DataFrame:
 def outcome_comparison(a: Result, b: Result) -> pd.DataFrame:
     """How every request ended under A and under B, with B - A: the failures a latency
     comparison over successes alone leaves out."""
-    from testbed.report import outcome_counts
+    from testbed.report.markdown import outcome_counts
 
     left, right = outcome_counts(a.requests), outcome_counts(b.requests)
     rows = [{"outcome": name, "A": left[name], "B": right[name], "B - A": right[name] - left[name]} for name in left]
