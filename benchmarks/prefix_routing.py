@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sim_throughput import fleet_scenario  # noqa: E402
 
-from testbed.observe.records import latency_columns  # noqa: E402
+from testbed.records.schema import latency_columns  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
 from testbed.spec import Scenario  # noqa: E402
 

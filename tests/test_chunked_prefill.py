@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.policy.batching import ContinuousBatcher, Sequence
 from testbed.sim import simulate
 from testbed.spec import Scenario
