@@ -248,14 +248,15 @@ class ContinuousBatcher:
         while self._waiting and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             need = seq.context
-            compute = self._to_compute(seq) if caching else need
+            # A cached prefix only lowers what a prefill computes: look it up only when it matters.
+            compute = self._to_compute(seq) if caching and need > budget else need
             over_budget = compute > budget and admitted  # the first prompt may exceed the budget alone
             if over_budget or kv_used + need + len(admitted) + 1 + room_for_decode > self.kv_capacity:
                 break
             self._waiting.popleft()
             if caching:
                 self._acquire(seq)
-            budget -= compute
+            budget -= need - seq.cached
             kv_used += need
             self._start(seq)
             admitted.append(seq)

@@ -52,9 +52,15 @@ class Prefix:
     block_tokens: int
     session: int = -1
 
-    def ids(self) -> Iterator[int]:
+    def ids(self, limit: int | None = None) -> Iterator[int]:
+        """The chain's ids in order (the first ``limit`` of them)."""
+        left = len(self) if limit is None else limit
         for first, count in self.runs:
-            yield from range(first, first + count)
+            if left <= 0:
+                return
+            take = min(count, left)
+            yield from range(first, first + take)
+            left -= take
 
     def __len__(self) -> int:
         return sum(count for _, count in self.runs)
@@ -123,8 +129,9 @@ class PrefixCache:
     def match(self, prefix: Prefix, prompt_tokens: int) -> int:
         """Tokens of this prompt found cached, without touching anything (for inspection)."""
         matched = 0
-        for block, _ in zip(prefix.ids(), range(self.cacheable_blocks(prefix, prompt_tokens))):
-            if block not in self:
+        refs, free = self._refs, self._free
+        for block in prefix.ids(self.cacheable_blocks(prefix, prompt_tokens)):
+            if block not in refs and block not in free:
                 break
             matched += 1
         return min(matched * prefix.block_tokens, prompt_tokens - 1)
@@ -138,7 +145,7 @@ class PrefixCache:
         held = self.cacheable_blocks(prefix, prompt_tokens)
         refs, free, sizes = self._refs, self._free, self._sizes
         matched, hitting = 0, True
-        for block, _ in zip(prefix.ids(), range(held)):
+        for block in prefix.ids(held):
             count = refs.get(block)
             if count is not None:
                 refs[block] = count + 1
@@ -163,8 +170,7 @@ class PrefixCache:
         if held <= 0:
             return
         refs, free, sizes = self._refs, self._free, self._sizes
-        chain = [block for block, _ in zip(prefix.ids(), range(held))]
-        for block in reversed(chain):  # tail first, so the tail is evicted first
+        for block in reversed(list(prefix.ids(held))):  # tail first, so the tail is evicted first
             count = refs.get(block)
             if count is None:
                 continue  # cleared by a restart while the sequence ran
