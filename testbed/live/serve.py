@@ -11,7 +11,7 @@ from rich.console import Console
 from testbed.live.gateway import JsonLinesSpanExporter
 from testbed.live.stack import LiveStack, plan_replicas, run_until_stopped
 from testbed.live.supervisor import ReplicaStartError
-from testbed.spec import Scenario, ServingSpec, SpecError
+from testbed.spec import Scenario, SpecError
 
 
 def run_serve(
@@ -28,7 +28,7 @@ def run_serve(
 ) -> int:
     """Serve until stopped; returns the exit code (bad options raise ``fail``'s exit 2)."""
     try:
-        spec = Scenario.from_yaml(scenario).serving if scenario is not None else ServingSpec()
+        spec = Scenario.from_yaml(scenario).serving if scenario is not None else None
         plans = plan_replicas(replicas, regions, fallback)
         exporter = JsonLinesSpanExporter(trace_file) if trace_file is not None else None
         stack = LiveStack(spec, plans, model=model, engine=engine, gateway_port=port, span_exporter=exporter)
