@@ -177,7 +177,7 @@ class LiveStack:
 
     def replica_argv(self, plan: ReplicaPlan) -> list[str]:
         """The command line of ``plan``'s built-in replica: its batching spec travels whole."""
-        argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--host", self.host,
+        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--host", self.host,
                 "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
         if plan.tier == "fallback":
             argv += ["--quantize", "int8"]
@@ -201,8 +201,8 @@ class LiveStack:
         return managed.url
 
     def _start_vllm(self, plan: ReplicaPlan, env: dict[str, str]) -> str:
-        from testbed.live.models import ensure_model
-        from testbed.live.vllm_replica import missing_reason, vllm_command
+        from testbed.live.replica.models import ensure_model
+        from testbed.live.replica.vllm import missing_reason, vllm_command
 
         reason = missing_reason()
         if reason is not None:
