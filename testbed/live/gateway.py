@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -55,6 +54,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from testbed.draw import policy_rng
 from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
 from testbed.live.openai_schema import RequestError
 from testbed.live.requests import parse_request
@@ -183,7 +183,7 @@ class LiveGateway:
         primary = [u.region for u in self.upstreams if u.tier == "primary"] or [u.region for u in self.upstreams]
         self.client_regions = list(client_regions or dict.fromkeys(primary))
         views = [ReplicaState(i, u.region, u.tier, u.capacity, pool=u.pool) for i, u in enumerate(self.upstreams)]
-        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, random.Random(seed))
+        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, policy_rng(seed))
         self.recorder = LiveRecorder(dict.fromkeys(u.region for u in self.upstreams))
         self.metrics = Metrics()
         self.health_events: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
