@@ -1,4 +1,4 @@
-"""The tail both planes end with: records in, a complete :class:`~testbed.result.Result` out.
+"""The tail both planes end with: records in, a complete :class:`~testbed.records.result.Result` out.
 
 Whatever produced the records — simulated time or a real stack — what they mean is computed
 here, once: the fault timeline with the time a health check first noticed each fault, which
@@ -20,9 +20,9 @@ import pandas as pd
 
 from testbed.draw import Draw
 from testbed.faults import Fault, faults_frame
-from testbed.observe.attempts import health_frame
+from testbed.records.attempts import health_frame
 from testbed.observe.pipeline import observe
-from testbed.result import Records, Result
+from testbed.records.result import Records, Result
 from testbed.sla import evaluate, fault_windows, recovery_times
 
 HealthEvent = tuple[int, float, str]  # (replica, run time, "unhealthy" / "healthy")

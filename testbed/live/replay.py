@@ -42,8 +42,9 @@ from testbed.faults import Fault
 from testbed.finish import finish_run
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
-from testbed.observe.attempts import attempts_frame
-from testbed.result import Result
+from testbed.records.attempts import attempts_frame
+from testbed.records.result import Result
+from testbed.report import write_run
 from testbed.spec import ContinuousBatching, Scenario, SpecError
 from testbed.topology import Topology
 
@@ -116,7 +117,7 @@ def run_live(
     replay = prepare(scenario, seed)
     result = asyncio.run(_replay(replay, engine, progress or (lambda _: None)))
     if out_dir is not None:
-        result.write(out_dir)
+        write_run(result, out_dir)
     return result
 
 

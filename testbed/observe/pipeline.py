@@ -24,7 +24,7 @@ from testbed.spec import Scenario
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
-    from testbed.result import Records, Result
+    from testbed.records.result import Records, Result
 
 
 @dataclass

@@ -22,13 +22,13 @@ import simpy
 
 from testbed.draw import Draw, draw
 from testbed.finish import finish_run
-from testbed.observe.attempts import AttemptLog
-from testbed.observe.records import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
-from testbed.result import Result
+from testbed.records.attempts import AttemptLog
+from testbed.records.result import Result
+from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.sim.fleet import FleetSampler
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState

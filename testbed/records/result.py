@@ -1,10 +1,12 @@
-"""What a run leaves behind: records, fleet series and verdicts, and how they are written."""
+"""What a run leaves behind: records, fleet series and verdicts (written by :func:`testbed.report.write_run`).
+
+:class:`Records` is what a plane hands to :func:`testbed.finish.finish_run`; :class:`Result` is
+what comes out, complete, and knows nothing of how it is written.
+"""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -66,42 +68,3 @@ class Result:
     @property
     def verdicts(self) -> pd.DataFrame:
         return verdicts_frame(self.sla)
-
-    def write(self, out_dir: str | Path) -> list[Path]:
-        """Write requests/timeseries/faults parquet, verdicts.json, report.md and report.html into ``out_dir``."""
-        from testbed.html_report import write_html_report
-        from testbed.report import markdown_report
-
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {
-            "requests": out / "requests.parquet",
-            "timeseries": out / "timeseries.parquet",
-            "faults": out / "faults.parquet",
-            "verdicts": out / "verdicts.json",
-            "report": out / "report.md",
-            "html_report": out / "report.html",
-        }
-        self.requests.to_parquet(paths["requests"], index=False)
-        self.timeseries.to_parquet(paths["timeseries"], index=False)
-        self.faults.to_parquet(paths["faults"], index=False)
-        verdicts = {
-            "scenario": self.scenario.name,
-            "seed": self.seed,
-            "passed": self.passed,
-            "verdicts": [v.as_dict() for v in self.sla],
-        }
-        paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
-        paths["report"].write_text(markdown_report(self))
-        if self.observation is not None:
-            from testbed.observe.pipeline import write_observation
-
-            paths |= write_observation(self, out)
-        if not write_html_report(self, paths["html_report"]):
-            del paths["html_report"]  # plotly (the explore extra) is not installed
-        return list(paths.values())
-
-
-def _json_number(value: Any) -> Any:
-    """numpy scalars to plain numbers; NaN stays NaN (json writes it as NaN)."""
-    return value.item() if hasattr(value, "item") else str(value)
