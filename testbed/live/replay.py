@@ -107,7 +107,15 @@ def run_live(
         scenario = scale_scenario(scenario, scale)
     if duration is not None:
         scenario = scenario.model_copy(update={"duration": duration})
-    check_fits(scenario, machine or Machine.here())
+    here = machine or Machine.here()
+    check_fits(scenario, here)
+    cores = scenario.topology.host_cores
+    if cores is not None and cores > here.cores:
+        # The simulation shares host_cores among the replicas; live, the machine shares what it has.
+        raise SpecError(
+            f"{scenario.name}: topology.host_cores: {cores:g} cores described, but this machine gives the live stack "
+            f"{here.cores}; set host_cores to at most {here.cores} (or unset it) to replay it here"
+        )
     batching = scenario.serving.batching
     if engine == "torch" and isinstance(batching, ContinuousBatching):
         raise SpecError(

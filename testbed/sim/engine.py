@@ -30,6 +30,7 @@ from testbed.records.attempts import AttemptLog
 from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.sim.fleet import FleetSampler
+from testbed.sim.host import SharedHost
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
@@ -181,6 +182,8 @@ class _Run:
                     self._on_finish,
                 )
             )
+        if self.scenario.topology.host_cores is not None:
+            SharedHost(self.scenario.topology.host_cores, replicas)
         return replicas
 
     def _batcher(self, placement: Replica) -> Batcher:
