@@ -22,7 +22,10 @@ replica's KV memory — never the replicas' ground truth. After a replica restar
 is stale: the scorer keeps sending that prefix there, and those requests miss until the cache
 refills. That is the failure mode real cache-aware routers have when KV events are lost.
 
-Requests without a prefix (``prefix`` None or empty) are routed by power-of-two choices.
+Requests without a prefix (``prefix`` None or empty) are routed by power-of-two choices. The
+gateway passes the prefix through ``choose_for``; ``choose`` (no prefix) keeps the plain router
+protocol, exclusions included. All three register in :data:`testbed.policy.routing.ROUTERS`
+under their ``routing.policy`` names when this module is imported (the gateway imports it).
 """
 
 from __future__ import annotations
@@ -35,10 +38,7 @@ from collections.abc import Sequence
 from typing import Generic
 
 from testbed.policy.prefix_cache import Prefix
-from testbed.policy.routing import R, Router, _tier_pools, _two_choices
-from testbed.spec import RoutingSpec
-
-CACHE_POLICIES = ("prefix_affinity", "cache_aware", "session_affinity")
+from testbed.policy.routing import NONE_EXCLUDED, Exclude, R, _tier_pools, _two_choices, register
 
 _MASK = (1 << 64) - 1
 RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small fleet
@@ -59,9 +59,9 @@ def prefix_key(blocks: Sequence[int]) -> int:
     return key
 
 
-def _first_available(pools: tuple[list[R], list[R]], rng: random.Random) -> R | None:
+def _first_available(pools: tuple[list[R], list[R]], rng: random.Random, exclude: Exclude) -> R | None:
     for pool in pools:
-        pick = _two_choices(pool, rng)
+        pick = _two_choices(pool, rng, exclude)
         if pick is not None:
             return pick
     return None
@@ -80,15 +80,17 @@ class PrefixAffinity(Generic[R]):
             points = sorted((_mix((r.index << 16) | v), r.index, r) for r in pool for v in range(RING_POINTS))
             self._rings.append(([p for p, _, _ in points], [r for _, _, r in points]))
 
-    def choose(self, client_region: str, now: float) -> R | None:
-        return _first_available(self._pools, self._rng)
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
 
-    def choose_for(self, client_region: str, prefix: Prefix | None, now: float) -> R | None:
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
         if prefix is None or not len(prefix):
-            return self.choose(client_region, now)
+            return self.choose(client_region, now, exclude)
         key = prefix_key(prefix.leading(self._blocks))
         for pool, (points, owners) in zip(self._pools, self._rings):
-            live = [r for r in pool if r.available]
+            live = [r for r in pool if r.available and r.index not in exclude]
             if not live:
                 continue
             bound = math.ceil(self._factor * (sum(r.outstanding for r in live) + 1) / len(live))
@@ -97,7 +99,7 @@ class PrefixAffinity(Generic[R]):
             seen: set[int] = set()
             for step in range(len(points)):
                 replica = owners[(start + step) % len(points)]
-                if replica.index in seen or not replica.available:
+                if replica.index in seen or not replica.available or replica.index in exclude:
                     continue
                 seen.add(replica.index)
                 if replica.outstanding < bound:
@@ -158,22 +160,24 @@ class CacheAware(Generic[R]):
         tokens = belief_tokens or {}
         self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
 
-    def choose(self, client_region: str, now: float) -> R | None:
-        return _first_available(self._pools, self._rng)
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
 
     def score(self, replica: R, prefix: Prefix) -> float:
         share = self.beliefs[replica.index].matched(prefix) / len(prefix)
         slots = getattr(replica, "capacity", 1) or 1
         return self._cache_weight * share - self._load_weight * replica.outstanding / slots
 
-    def choose_for(self, client_region: str, prefix: Prefix | None, now: float) -> R | None:
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
         if prefix is None or not len(prefix):
-            return self.choose(client_region, now)
+            return self.choose(client_region, now, exclude)
         for pool in self._pools:
             best: R | None = None
             best_key: tuple[float, int, int] | None = None
             for replica in pool:
-                if not replica.available:
+                if not replica.available or replica.index in exclude:
                     continue
                 key = (-self.score(replica, prefix), replica.outstanding, replica.index)
                 if best_key is None or key < best_key:
@@ -197,31 +201,34 @@ class SessionAffinity(Generic[R]):
         self._threshold = spill_threshold
         self.pins: dict[int, R] = {}  # one entry per session seen
 
-    def choose(self, client_region: str, now: float) -> R | None:
-        return _first_available(self._pools, self._rng)
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
 
-    def choose_for(self, client_region: str, prefix: Prefix | None, now: float) -> R | None:
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
         if prefix is None or prefix.session < 0:
-            return self.choose(client_region, now)
+            return self.choose(client_region, now, exclude)
         pinned = self.pins.get(prefix.session)
-        if pinned is not None and pinned.available and pinned.outstanding < self._threshold:
+        usable = pinned is not None and pinned.available and pinned.index not in exclude
+        if pinned is not None and usable and pinned.outstanding < self._threshold:
             primary_back = pinned.tier != "primary" and any(r.available for r in self._pools[0])
             if not primary_back:  # the tier rule: leave the fallback tier once a primary serves again
                 return pinned
-        pick = self.choose(client_region, now)
+        pick = self.choose(client_region, now, exclude)
         if pick is not None:
             self.pins[prefix.session] = pick
         return pick
 
 
-def make_cache_router(spec: RoutingSpec, replicas: Sequence[R], rng: random.Random) -> Router[R]:
-    """The cache-aware router ``spec.policy`` names (one of :data:`CACHE_POLICIES`); the scorer's
-    belief of each replica is bounded by the view's ``kv_tokens`` where it has one."""
-    belief_tokens = {r.index: getattr(r, "kv_tokens", 0) for r in replicas}
-    if spec.policy == "prefix_affinity":
-        return PrefixAffinity(replicas, rng, spec.prefix_blocks, spec.load_factor)
-    if spec.policy == "cache_aware":
-        return CacheAware(replicas, rng, spec.cache_weight, spec.load_weight, belief_tokens)
-    if spec.policy == "session_affinity":
-        return SessionAffinity(replicas, rng, spec.spill_threshold)
-    raise ValueError(f"not a cache-aware routing policy: {spec.policy!r}")
+def _belief_tokens(replicas: Sequence[R]) -> dict[int, int]:
+    """Each replica's KV memory, where its view says (the gateway's ``kv_tokens``): the belief's bound."""
+    return {r.index: getattr(r, "kv_tokens", 0) for r in replicas}
+
+
+register("prefix_affinity", lambda spec, replicas, rtt, rng: PrefixAffinity(replicas, rng, spec.prefix_blocks, spec.load_factor))
+register(
+    "cache_aware",
+    lambda spec, replicas, rtt, rng: CacheAware(replicas, rng, spec.cache_weight, spec.load_weight, _belief_tokens(replicas)),
+)
+register("session_affinity", lambda spec, replicas, rtt, rng: SessionAffinity(replicas, rng, spec.spill_threshold))
