@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 from testbed import workload
 from testbed.faults import Fault, build_schedule
+from testbed.policy.gateway import RNG_STREAM
 from testbed.rng import RandomStreams
 from testbed.spec import Scenario
 from testbed.topology import Topology
 
-POLICY_STREAM = "policy.gateway"  # the gateway policy's randomness: power-of-two picks, backoff jitter
 
 
 def policy_rng(seed: int) -> random.Random:
@@ -28,7 +28,7 @@ def policy_rng(seed: int) -> random.Random:
     A free function as well as :meth:`Draw.policy_rng` because a live gateway started on its
     own (``testbed serve``) has a seed but no scenario to draw.
     """
-    return RandomStreams(seed).python(POLICY_STREAM)
+    return RandomStreams(seed).python(RNG_STREAM)
 
 
 @dataclass(frozen=True, slots=True)
