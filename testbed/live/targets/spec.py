@@ -85,6 +85,11 @@ class HttpCall(Strict):
     expect: list[int] = Field(default_factory=lambda: [200, 201, 202, 204])
     timeout: Duration = 30.0
 
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        return _check_url(value)
+
 
 class HttpAction(Strict):
     """Make an HTTP call; a status outside ``expect`` is a failed action."""
@@ -246,14 +251,19 @@ class TargetSpec(Strict):
     def urls(self) -> list[tuple[str, str]]:
         """(field, URL) of every address testbed will call, for the loopback check."""
         found = [("entry", self.entry)] if self.entry else []
-        for region, pool, e in self.placed():
-            where = f"regions.{region}.pools.{pool}.{e.name}"
-            found.append((f"{where}.url", e.url))
-            for verb in VERBS:
-                action = getattr(e.actions, verb)
-                if isinstance(action, HttpAction):
-                    found.append((f"{where}.actions.{verb}.http.url", action.http.url))
+        for region, pools in self.regions.items():
+            for pool, endpoints in pools.pools.items():
+                found += [(f"regions.{region}.pools.{pool}.{i}{suffix}", url) for i, e in enumerate(endpoints) for suffix, url in _urls(e)]
         return found
+
+
+def _urls(e: Endpoint) -> list[tuple[str, str]]:
+    found = [(".url", e.url)]
+    for verb in VERBS:
+        action = getattr(e.actions, verb)
+        if isinstance(action, HttpAction):
+            found.append((f".actions.{verb}.http.url", action.http.url))
+    return found
 
 
 def _check_url(value: str) -> str:
