@@ -13,6 +13,7 @@ visible from outside, so it is -1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import time
@@ -35,6 +36,7 @@ class Client:
         self.started, self.timeout, self.on_outcome = started, timeout, on_outcome
         self.recorder = LiveRecorder()
         self.stopped_at: float | None = None  # run time from which no request is sent (an abort)
+        self._stopping = asyncio.Event()
 
     def now(self) -> float:
         return time.monotonic() - self.started
@@ -43,6 +45,7 @@ class Client:
         """Send nothing due from now on; requests in flight finish."""
         if self.stopped_at is None:
             self.stopped_at = self.now()
+        self._stopping.set()
 
     def sent(self) -> int:
         """How many requests were sent: a prefix of the workload (arrivals before the abort)."""
@@ -59,7 +62,8 @@ class Client:
     async def _send(self, client: httpx.AsyncClient, i: int, at: float) -> None:
         delay = self.started + at - time.monotonic()
         if delay > 0:
-            await asyncio.sleep(delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)  # an abort wakes the requests not yet due
         if self.stopped_at is not None and at >= self.stopped_at:
             return
         arrivals = self.replay.arrivals

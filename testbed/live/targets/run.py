@@ -148,12 +148,22 @@ async def _with_target(plan: TargetPlan, watch: StopWatch, journal: Journal, bas
         say(f"steady state holds; sending {len(replay.arrivals):,} requests to {entry} with {len(plan.actions)} fault actions")
         started = time.monotonic() + LEAD
         operator = Operator(plan, journal, proxies, base_dir, started=started)
+        # The target's own signals are read through the faults, the rollbacks and the recovery.
+        scraper = Scraper(plan.endpoints, target.scrape_interval, lambda: time.monotonic() - started)
+        scraping = asyncio.create_task(scraper.run())
         try:
             records = await _drive(plan, watch, operator, entry, started, gateway, say, state)
         finally:
-            state.rollback_failures = await operator.rollback(say)
-            state.after = await steady_state_within(steady.within, *probe)
-            journal.write("steady_state", phase="after", passed=state.after.passed, detail=state.after.detail)
+            try:
+                state.rollback_failures = await operator.rollback(say)
+                state.after = await steady_state_within(steady.within, *probe)
+                journal.write("steady_state", phase="after", passed=state.after.passed, detail=state.after.detail)
+            finally:
+                scraper.stop()
+                await asyncio.gather(scraping, return_exceptions=True)
+                state.metrics = scraper.frame()
+        if gateway is None:  # client mode: the user's monitoring is the scrape; its up/down is the health signal
+            records = (*records[:1], up_changes(state.metrics), *records[2:])
         return records
     finally:
         if served is not None:
@@ -185,8 +195,7 @@ async def _drive(plan: TargetPlan, watch: StopWatch, operator: Operator, entry: 
     timeout = scenario.serving.timeouts.request + (10 if plan.mode == "gateway" else 0)
     client = Client(replay, entry, plan.target.model, plan.target.stream, started, timeout, watch.record)
     injector = Injector(operator, plan.actions, started)
-    scraper = Scraper(plan.endpoints, plan.target.scrape_interval, client.now)
-    tasks = [asyncio.create_task(injector.run()), asyncio.create_task(scraper.run())]
+    faults = asyncio.create_task(injector.run())
 
     async def watch_stop() -> None:
         while True:
@@ -204,13 +213,11 @@ async def _drive(plan: TargetPlan, watch: StopWatch, operator: Operator, entry: 
         await client.run()
     finally:
         watcher.cancel()
-        injector.stop()
-        scraper.stop()
-        await asyncio.gather(*tasks, watcher, return_exceptions=True)
-    state.metrics = scraper.frame()
+        injector.stop()  # an action under way (a restart) completes first
+        await asyncio.gather(faults, watcher, return_exceptions=True)
     sent = client.sent()
     if gateway is None:
-        return client.recorder.frame(), up_changes(state.metrics), 0.0, injector, sent, []
+        return client.recorder.frame(), [], 0.0, injector, sent, []
     frame = gateway.recorder.frame()
     # Requests the gateway never accepted (it was too busy, or gone) exist only on the client's side.
     recorded = set(frame["request_id"].tolist())

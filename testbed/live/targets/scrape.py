@@ -45,8 +45,10 @@ class Scraper:
         if not targets:
             return
         async with httpx.AsyncClient(timeout=max(0.5, self.interval)) as client:
-            while not self._stop.is_set():
+            while True:
                 await asyncio.gather(*(self._scrape(client, i, e) for i, e in targets))
+                if self._stop.is_set():
+                    return  # the last scrape came after the stop: the state the run left behind
                 try:
                     await asyncio.wait_for(self._stop.wait(), self.interval)
                 except TimeoutError:
