@@ -170,8 +170,9 @@ def test_cli_bad_target_exits_2_with_one_message(tmp_path):
     path = _target(tmp_path, [_endpoint("a", 9001, kill={"signal": "NOPE", "pid": 1})])
     result = CliRunner().invoke(app, ["live", str(EXAMPLES / "replica-crash.yaml"), "--target", str(path)])
     assert result.exit_code == 2 and "unknown signal 'NOPE'" in result.output and "Traceback" not in result.output
+    hooks = {"http": {"url": "http://127.0.0.1:9002/chaos"}}
     refused = CliRunner().invoke(app, ["live", str(EXAMPLES / "replica-crash.yaml"), "--target", str(_target(tmp_path, [
-        _endpoint("a", 9001, kill=KILL), _endpoint("b", 9002)]))])
+        _endpoint("a", 9001, kill=KILL), _endpoint("b", 9002, hooks=hooks)]))])
     assert refused.exit_code == 2 and "needs endpoint a's `restart` action" in refused.output
     bad_journal = tmp_path / "j.jsonl"
     bad_journal.write_text('{"event": "applied"}\n')

@@ -23,10 +23,10 @@ from pathlib import Path
 
 def command(kind: str, port: int, name: str, model: str) -> tuple[list[str], dict[str, str]]:
     if kind == "replica":
-        argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", model, "--port", str(port), "--name", name, "--threads", "1"]
+        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", model, "--port", str(port), "--name", name, "--threads", "1"]
         return argv, {"OMP_NUM_THREADS": "1"}
-    from testbed.live.models import ensure_model
-    from testbed.live.vllm_replica import vllm_command
+    from testbed.live.replica.models import ensure_model
+    from testbed.live.replica.vllm import vllm_command
 
     return vllm_command(ensure_model(model), port, name)
 

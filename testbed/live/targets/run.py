@@ -40,9 +40,9 @@ from testbed.live.targets.plan import TargetPlan, plan_target
 from testbed.live.targets.safety import Check, StopWatch, steady_state, steady_state_within, steady_verdict, stop_verdict
 from testbed.live.targets.scrape import Scraper, fleet_series, up_changes
 from testbed.live.targets.spec import TargetSpec
-from testbed.observe.attempts import health_frame
+from testbed.records.attempts import health_frame
 from testbed.observe.pipeline import observe_into
-from testbed.result import Result
+from testbed.records.result import Result
 from testbed.spec import Scenario
 
 Progress = Callable[[str], None]
@@ -262,7 +262,10 @@ def _prefix(replay: ReplayPlan, n: int) -> ReplayPlan:
 
 
 def write(result: Result, out_dir: Path) -> None:
-    result.write(out_dir)
+    """The files of every run (:func:`testbed.report.write_run`) and the target's scraped metrics."""
+    from testbed.report import write_run
+
+    write_run(result, out_dir)
     metrics = getattr(result, "target_metrics", None)
     if metrics is not None:
         metrics.to_parquet(Path(out_dir) / "target_metrics.parquet", index=False)

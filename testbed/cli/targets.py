@@ -1,4 +1,4 @@
-"""``testbed live SCENARIO --target TARGET`` and ``testbed live --rollback JOURNAL``.
+"""``testbed live SCENARIO --target TARGET`` and ``testbed live --rollback JOURNAL`` (options of :mod:`.live`).
 
 Exit codes as everywhere: 0 all SLAs met (and the steady state held, no stop condition
 tripped), 1 an objective failed, the run was aborted or the steady state did not hold, 2 bad
@@ -16,7 +16,7 @@ from rich.markup import escape
 from testbed.spec import Scenario, SpecError
 from testbed.units import parse_duration
 
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+from testbed.cli.output import EXIT_BAD_INPUT, EXIT_PASS, EXIT_SLA_VIOLATED as EXIT_FAIL
 
 
 def target_command(
@@ -32,7 +32,7 @@ def target_command(
     console: Console,
     errors: Console,
 ) -> int:
-    from testbed.cli import _print_verdicts
+    from testbed.cli.output import print_verdicts
     from testbed.live.injector import LiveUnsupported
     from testbed.live.targets.plan import plan_target
     from testbed.live.targets.run import SteadyStateFailed, run_target, write
@@ -70,7 +70,7 @@ def target_command(
         errors.print(f"[bold red]{escape(str(exc))}[/]; no fault was injected", highlight=False, soft_wrap=True)
         return EXIT_FAIL
     write(result, out_dir)
-    _print_verdicts(result)
+    print_verdicts(result)
     for failure in result.stats.get("live_action_failures", []):
         errors.print(f"[yellow]warning:[/] fault action failed: {escape(failure)}", highlight=False)
     for failure in result.stats.get("rollback_failures", []):
