@@ -114,7 +114,8 @@ async def _command(action: CommandAction, endpoint: Endpoint, params: dict[str, 
         tail = output.read()[-400:].decode(errors="replace").strip()
     if code != 0:
         raise ActionFailed(f"`{action.command}` exited {code}: {tail}")
-    return f"ran `{action.command}`"
+    said = tail.splitlines()[-1].strip() if tail else ""
+    return f"ran `{action.command}`" + (f": {said}" if said else "")
 
 
 def hook_body(action: HttpAction, params: dict[str, Any]) -> dict[str, Any] | None:
