@@ -125,6 +125,11 @@ def test_gateway_mode_crash_and_slowdown_through_the_targets_hooks(target_server
     up = metrics[(metrics["metric"] == "up") & (metrics["endpoint"] == "r0")]["value"]
     assert up.min() == 0.0 and up.iloc[-1] == 1.0  # down while killed, up again once restarted
     assert {"replica", "completed", "queue_depth"} <= set(result.timeseries.columns)
+    # The same scenario simulated is the baseline a target run is compared with (--compare).
+    from testbed.live.fidelity import compare
+    from testbed.sim import simulate
+
+    assert "availability" in compare(simulate(result.scenario, seed=result.seed), result).markdown()
     written = {p.name for p in (tmp_path / "out").iterdir()}
     assert {"requests.parquet", "verdicts.json", "scorecard.json", "target_metrics.parquet", "report.md"} <= written
 

@@ -45,7 +45,10 @@ def live(
     if target is not None:
         from testbed.cli.targets import target_command
 
-        raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, console, errors))
+        if engine != "torch" or scale is not None:
+            raise fail("--engine and --scale choose the project's own replicas; with --target your deployment serves as it is")
+
+        raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, compare, console, errors))
     if scenario_file is None:
         raise fail("give a scenario YAML (or --rollback JOURNAL)")
     raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors))

@@ -29,6 +29,7 @@ def target_command(
     seed: int | None,
     out: Path | None,
     duration: str | None,
+    compare: bool,
     console: Console,
     errors: Console,
 ) -> int:
@@ -77,6 +78,13 @@ def target_command(
         errors.print(f"[bold red]rollback failed:[/] {escape(failure)} (retry: testbed live --rollback {journal_path})", highlight=False)
     if result.stats.get("aborted"):
         errors.print(f"[bold red]aborted:[/] {escape(result.stats['aborted'])}", highlight=False)
+    if compare:
+        from testbed.live.fidelity import compare as compare_runs
+        from testbed.sim import simulate
+
+        comparison = compare_runs(simulate(result.scenario, seed=result.seed), result)
+        console.print(comparison.markdown(), markup=False, highlight=False)
+        console.print(f"fidelity report (simulation vs your deployment) written to [bold]{comparison.write(out_dir)}[/]")
     console.print(f"records, report and target metrics written to [bold]{out_dir}[/]; journal {journal_path}")
     return EXIT_PASS if result.passed and not result.stats.get("rollback_failures") else EXIT_FAIL
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,10 +29,9 @@ from testbed.live.chaos_proxy import Bandwidth, Down, Latency, ProxyFleet, Timeo
 from testbed.live.injector import Action
 from testbed.live.targets.hooks import ActionFailed, perform, wait_healthy
 from testbed.live.targets.journal import Entry, Journal, read
-from testbed.live.targets.plan import NEUTRAL_HOOKS, PROXY_VERBS, TargetPlan, _neutral
+from testbed.live.targets.plan import NEUTRAL_HOOKS, PROXY_VERBS, UNDO as UNDO_VERB, TargetPlan, neutral
 from testbed.live.targets.spec import Endpoint, TargetSpec
 
-UNDO_VERB = {"kill": "restart", "pause": "resume", "hooks": "hooks", "cut": "heal", "toxic": "untoxic"}
 CUT = "cut"
 
 Report = Callable[[str], None]
@@ -72,7 +72,7 @@ class Operator:
             return
         endpoint = self.plan.endpoints[int(action.target)]
         verb, params = action.verb, dict(action.params)
-        undoes = verb in ("restart", "resume") or (verb == "hooks" and _neutral(params))
+        undoes = verb in ("restart", "resume") or (verb == "hooks" and neutral(params))
         if not undoes:
             self._check_blast_radius([endpoint.name], f"{verb} {endpoint.name}")
         how = await self._do(endpoint, verb, params)
@@ -183,7 +183,7 @@ def rollback_journal(path: Path, report: Report) -> list[str]:
     base_dir = Path(begin.get("base_dir", "."))
     journal = Journal(path)
     journal.seq = max((line.get("seq") or 0 for line in lines), default=0)
-    journal.write("rollback", pid=__import__("os").getpid(), entries=[e.key for e in in_force])
+    journal.write("rollback", pid=os.getpid(), entries=[e.key for e in in_force])
     failures = []
 
     async def undo_all() -> None:

@@ -74,6 +74,8 @@ class TargetPlan:
         for action in self.actions:
             lines.append(f"  at {action.at:7.2f} s  {self.how(action)}")
         lines.append("rollback: every action still in force is undone at the end, on failure, Ctrl-C or abort")
+        if self.mode == "client":
+            lines.append("client mode: the scenario's serving: section is not used; your own stack's policies are under test")
         return lines
 
     def how(self, action: Action) -> str:
@@ -171,7 +173,7 @@ def peak_faulted(actions: list[Action], plan: TargetPlan) -> int:
     for action in actions:
         members = plan.in_region(str(action.target)) if action.verb in PROXY_VERBS else [int(action.target)]
         key = (UNDO.get(action.verb, action.verb), str(action.target), str(action.params.get("kind", "")))
-        on = action.verb in ("kill", "pause", "cut", "toxic") or (action.verb == "hooks" and not _neutral(action.params))
+        on = action.verb in ("kill", "pause", "cut", "toxic") or (action.verb == "hooks" and not neutral(action.params))
         for i in members:
             held = holds.setdefault(i, set())
             if on:
@@ -182,5 +184,5 @@ def peak_faulted(actions: list[Action], plan: TargetPlan) -> int:
     return peak
 
 
-def _neutral(params: dict[str, float]) -> bool:
+def neutral(params: dict[str, float]) -> bool:
     return params.get("slowdown", 1.0) == 1.0 and params.get("error_rate", 0.0) == 0.0
