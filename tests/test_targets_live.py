@@ -104,8 +104,9 @@ def test_gateway_mode_crash_and_slowdown_through_the_targets_hooks(target_server
     before = _pid(pid_dir, "r0")
     scenario = Scenario.from_yaml(EXAMPLES / "replica-crash.yaml")
     target = load_target(EXAMPLES / "replica-servers.yaml")
-    result = run_target(scenario, target, source="replica-servers.yaml", base_dir=EXAMPLES, journal_path=tmp_path / "journal.jsonl",
-                        out_dir=tmp_path / "out")
+    outcome = run_target(scenario, target, source="replica-servers.yaml", base_dir=EXAMPLES, journal_path=tmp_path / "journal.jsonl",
+                         out_dir=tmp_path / "out")
+    result = outcome.result
     assert result.stats["mode"] == "gateway" and result.stats["live_action_failures"] == []
     assert len(result.requests) == result.stats["requests"] and set(result.requests["status"]) <= {"ok", "failed", "timeout"}
     verdicts = {v.objective: v.passed for v in result.sla}
@@ -119,7 +120,7 @@ def test_gateway_mode_crash_and_slowdown_through_the_targets_hooks(target_server
     assert f"SIGKILL to process group {before}" in lines[2]["how"]
     # The scorecard judged the faults; the target's own /metrics were scraped beside the records.
     assert len(result.scorecard) == 2 and result.scorecard["detected"].any()
-    metrics = result.target_metrics
+    metrics = outcome.metrics
     running = metrics[metrics["metric"] == "vllm:num_requests_running"]
     assert set(running["endpoint"]) == {"r0", "r1"}
     up = metrics[(metrics["metric"] == "up") & (metrics["endpoint"] == "r0")]["value"]
@@ -151,10 +152,11 @@ def test_client_mode_stop_condition_aborts_and_the_rollback_switches_the_errors_
     scenario |= {"duration": "30s", "faults": [errors],
                  "workload": {**scenario["workload"], "arrival": {"kind": "poisson", "rate": "6/s"}}}
     try:
-        result = run_target(Scenario.model_validate(scenario), load_target(path), source=str(path), base_dir=EXAMPLES,
-                            journal_path=tmp_path / "journal.jsonl")
+        outcome = run_target(Scenario.model_validate(scenario), load_target(path), source=str(path), base_dir=EXAMPLES,
+                             journal_path=tmp_path / "journal.jsonl")
     finally:
         path.unlink()
+    result = outcome.result
     assert result.stats["mode"] == "client"
     aborted = result.stats["aborted"]
     assert aborted.startswith("availability") and "below the floor 60.0%" in aborted

@@ -88,8 +88,9 @@ def test_ray_serve_replica_killed_and_ray_serves_own_recovery_measured(serve_app
 
     before = replica_pids()
     assert len(before) == 2
-    result = run_target(Scenario.from_yaml(EXAMPLES / "targets" / "ray-serve-replica-kill.yaml"), load_target(EXAMPLES / "targets" / "ray-serve.yaml"),
-                        source="ray-serve.yaml", base_dir=EXAMPLES / "targets", journal_path=tmp_path / "journal.jsonl", out_dir=tmp_path / "out")
+    outcome = run_target(Scenario.from_yaml(EXAMPLES / "targets" / "ray-serve-replica-kill.yaml"), load_target(EXAMPLES / "targets" / "ray-serve.yaml"),
+                         source="ray-serve.yaml", base_dir=EXAMPLES / "targets", journal_path=tmp_path / "journal.jsonl", out_dir=tmp_path / "out")
+    result = outcome.result
     assert result.stats["mode"] == "client" and result.stats["live_action_failures"] == []
     lines = [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
     applied = [line for line in lines if line["event"] == "applied"]

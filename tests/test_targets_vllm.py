@@ -79,8 +79,9 @@ def test_vllm_killed_and_restarted_by_the_targets_hooks(vllm_server, tmp_path):
     pid_dir, port = vllm_server
     first = int((pid_dir / "testbed-v0.pid").read_text())
     scenario = Scenario.from_yaml(EXAMPLES / "vllm-crash.yaml")
-    result = run_target(scenario, load_target(EXAMPLES / "vllm.yaml"), source="vllm.yaml", base_dir=EXAMPLES,
-                        journal_path=tmp_path / "journal.jsonl", out_dir=tmp_path / "out")
+    outcome = run_target(scenario, load_target(EXAMPLES / "vllm.yaml"), source="vllm.yaml", base_dir=EXAMPLES,
+                         journal_path=tmp_path / "journal.jsonl", out_dir=tmp_path / "out")
+    result = outcome.result
     assert result.stats["live_action_failures"] == []
     verdicts = {v.objective: v for v in result.sla}
     # One server, no redundancy: what was sent while it was down failed; it came back and served again.
@@ -95,10 +96,10 @@ def test_vllm_killed_and_restarted_by_the_targets_hooks(vllm_server, tmp_path):
     assert applied == [("kill", None), ("restart", 1)]
     assert result.stats["live_restart_s"] and result.stats["live_restart_s"][0] > 0  # vLLM's own time to come back
     # vLLM's own metrics were scraped, and its silence while down is in the fleet series and the up signal.
-    names = set(result.target_metrics["metric"])
+    names = set(outcome.metrics["metric"])
     assert {"vllm:num_requests_running", "vllm:num_requests_waiting", "up"} <= names
     assert any(name.startswith("vllm:request_success") for name in names)
-    up = result.target_metrics[result.target_metrics["metric"] == "up"]["value"]
+    up = outcome.metrics[outcome.metrics["metric"] == "up"]["value"]
     assert up.min() == 0.0 and up.iloc[-1] == 1.0
     assert not result.timeseries.empty and len(result.scorecard) == 1
     assert (tmp_path / "out" / "scorecard.json").exists() and (tmp_path / "out" / "target_metrics.parquet").exists()

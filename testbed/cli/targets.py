@@ -61,7 +61,7 @@ def target_command(
         out_dir = out or Path("out") / f"{scenario.name}-{target.name}"
         journal_path = journal or out_dir / "journal.jsonl"
         errors.print(f"[dim]journal: {journal_path} (undo a crashed run with: testbed live --rollback {journal_path})[/]", highlight=False)
-        result = run_target(
+        outcome = run_target(
             scenario, target, source=str(target_file), base_dir=target_file.resolve().parent, journal_path=journal_path,
             mode=mode, seed=seed, progress=lambda m: errors.print(f"[dim]{escape(m)}[/]", highlight=False),
         )
@@ -70,7 +70,8 @@ def target_command(
     except SteadyStateFailed as exc:
         errors.print(f"[bold red]{escape(str(exc))}[/]; no fault was injected", highlight=False, soft_wrap=True)
         return EXIT_FAIL
-    write(result, out_dir)
+    write(outcome, out_dir)
+    result = outcome.result
     print_verdicts(result)
     for failure in result.stats.get("live_action_failures", []):
         errors.print(f"[yellow]warning:[/] fault action failed: {escape(failure)}", highlight=False)

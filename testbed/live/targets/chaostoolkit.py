@@ -52,7 +52,7 @@ def run_scenario(scenario: str, target: str, out: str, mode: str | None = None, 
     spec = load_target(target, allow_remote=allow_remote)
     out_dir = Path(out)
     result = run_target(Scenario.from_yaml(scenario), spec, source=target, base_dir=Path(target).resolve().parent,
-                        journal_path=out_dir / "journal.jsonl", mode=mode, seed=seed, out_dir=out_dir)
+                        journal_path=out_dir / "journal.jsonl", mode=mode, seed=seed, out_dir=out_dir).result
     return {
         "passed": result.passed,
         "aborted": result.stats.get("aborted"),

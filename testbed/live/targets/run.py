@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from testbed.live.injector import Injector
-from testbed.live.replay import LEAD, ReplayPlan, _result
+from testbed.finish import finish_run
+from testbed.live.replay import LEAD, ReplayPlan, _fill_lengths, _unreached_rows
 from testbed.live.targets.client import Client
 from testbed.live.targets.journal import Journal
 from testbed.live.targets.operator import Operator
@@ -40,13 +41,20 @@ from testbed.live.targets.plan import TargetPlan, plan_target
 from testbed.live.targets.safety import Check, StopWatch, steady_state, steady_state_within, steady_verdict, stop_verdict
 from testbed.live.targets.scrape import Scraper, fleet_series, up_changes
 from testbed.live.targets.spec import TargetSpec
-from testbed.records.attempts import health_frame
-from testbed.observe.pipeline import observe_into
+from testbed.records.attempts import attempts_frame
 from testbed.records.result import Result
 from testbed.spec import Scenario
 
 Progress = Callable[[str], None]
 WATCH_PERIOD = 0.2  # seconds between stop-condition checks
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetResult:
+    """A target run: its :class:`Result` (the same as any run's) and the metrics scraped from the target."""
+
+    result: Result
+    metrics: pd.DataFrame  # time, replica, endpoint, metric, labels, value (see testbed.live.targets.scrape)
 
 
 class SteadyStateFailed(RuntimeError):
@@ -76,8 +84,8 @@ def run_target(
     duration: float | None = None,
     out_dir: Path | None = None,
     progress: Progress | None = None,
-) -> Result:
-    """Run ``scenario`` against ``target``; the same :class:`Result` as any run, plus the target's metrics."""
+) -> TargetResult:
+    """Run ``scenario`` against ``target``; the same :class:`Result` as any run, with the target's metrics."""
     if duration is not None:
         scenario = scenario.model_copy(update={"duration": duration})
     plan = plan_target(scenario, target, source, mode, seed)
@@ -85,10 +93,10 @@ def run_target(
     say = progress or (lambda _: None)
     state = TargetRun()
     records = asyncio.run(_main(plan, watch, journal_path, base_dir, source, say, state))
-    result = _finish(plan, state, *records)
+    outcome = TargetResult(_finish(plan, state, *records), state.metrics)
     if out_dir is not None:
-        write(result, out_dir)
-    return result
+        write(outcome, out_dir)
+    return outcome
 
 
 async def _main(plan: TargetPlan, watch: StopWatch, journal_path: Path, base_dir: Path, source: str, say: Progress, state: TargetRun):
@@ -227,22 +235,35 @@ async def _drive(plan: TargetPlan, watch: StopWatch, operator: Operator, entry: 
 
 def _finish(plan: TargetPlan, state: TargetRun, requests: pd.DataFrame, health: list, offset: float, injector: Injector,
             sent: int, unreached: list[tuple[int, float]]) -> Result:
-    """The records and verdicts, as every live run ends, with the target's series for the detectors."""
+    """The records on the run's clock, finished by the tail every run ends with, with the
+    target's scraped series for the detectors and the run's safety verdicts after the SLA's.
+
+    Conservation as in every live run: each request sent is a record, or (gateway mode) one the
+    gateway never answered, which the client recorded as failed.
+    """
     replay = plan.replay
     if sent < len(replay.arrivals):  # aborted: the run is the requests that were sent
         replay = _prefix(replay, sent)
-    quiet = replay.scenario.model_copy(update={"observability": replay.scenario.observability.model_copy(update={"enabled": False})})
-    result = _result(dataclasses.replace(replay, scenario=quiet), requests, health, offset, injector, unreached)
-    result.scenario = replay.scenario
-    result.timeseries = fleet_series(state.metrics, plan.regions) if not state.metrics.empty else pd.DataFrame()
-    if plan.mode == "client":
-        result.health = health_frame(health, plan.regions)
-    result = observe_into(result)
-    result.sla = list(result.sla) + [stop_verdict(state.aborted)]
-    for name, check in (("before the faults", state.before), ("after recovery", state.after)):
-        if check is not None:
-            result.sla.append(steady_verdict(name, check))
-    result.stats |= {
+    pending = int((requests["status"] == "pending").sum())
+    missing = sent - len(requests)
+    if pending or missing < 0 or missing > len(unreached):
+        raise RuntimeError(f"conservation: {sent} requests sent, {len(requests)} recorded, {len(unreached)} never answered, {pending} never ended")
+    requests = requests.copy()
+    for column in ("arrival", "first_token", "finish"):
+        requests[column] = requests[column] - offset
+    if missing:
+        requests = pd.concat([requests, _unreached_rows(requests, replay, unreached[:missing])], ignore_index=True)
+    requests = requests.sort_values("request_id", ignore_index=True)  # workload order, as simulated
+    _fill_lengths(requests, replay.arrivals)
+    stats = {
+        "wall_s": float(np.nanmax(requests["finish"].to_numpy(), initial=0.0)),
+        "requests": sent,
+        "faults": len(replay.schedule),
+        "live_actions": len(injector.done),
+        "live_action_failures": [f"{a.verb} {a.target} at {a.at:g}s: {why}" for a, why in injector.failures],
+        "live_action_lag_s": max((done - a.at for done, a in injector.done), default=0.0),
+        # How long each restart took until the endpoint served again: the deployment's own recovery.
+        "live_restart_s": [round(done - a.at, 3) for done, a in injector.done if a.verb == "restart"],
         "target": plan.target.name,
         "mode": plan.mode,
         "aborted": state.aborted,
@@ -251,24 +272,28 @@ def _finish(plan: TargetPlan, state: TargetRun, requests: pd.DataFrame, health: 
         "steady_state_after": state.after.detail if state.after else None,
         "scraped_samples": len(state.metrics),
     }
-    result.target_metrics = state.metrics  # type: ignore[attr-defined]
-    return result
+    timeseries = fleet_series(state.metrics, plan.regions) if not state.metrics.empty else pd.DataFrame()
+    shifted = [(replica, t - offset, change) for replica, t, change in health]
+    result = finish_run(replay.draw, requests, timeseries=timeseries, attempts=attempts_frame([]), health=shifted, stats=stats)
+    safety = [stop_verdict(state.aborted)]
+    safety += [steady_verdict(name, check) for name, check in (("before the faults", state.before), ("after recovery", state.after))
+               if check is not None]
+    return dataclasses.replace(result, sla=list(result.sla) + safety)
 
 
 def _prefix(replay: ReplayPlan, n: int) -> ReplayPlan:
     arrivals = replay.arrivals
     cut = {f.name: getattr(arrivals, f.name)[:n] for f in dataclasses.fields(arrivals) if isinstance(getattr(arrivals, f.name), np.ndarray)}
-    return dataclasses.replace(replay, arrivals=dataclasses.replace(arrivals, **cut), prompts=replay.prompts[:n])
+    drawn = dataclasses.replace(replay.draw, arrivals=dataclasses.replace(arrivals, **cut))
+    return dataclasses.replace(replay, draw=drawn, prompts=replay.prompts[:n])
 
 
-def write(result: Result, out_dir: Path) -> None:
+def write(outcome: TargetResult, out_dir: Path) -> None:
     """The files of every run (:func:`testbed.report.write_run`) and the target's scraped metrics."""
     from testbed.report import write_run
 
-    write_run(result, out_dir)
-    metrics = getattr(result, "target_metrics", None)
-    if metrics is not None:
-        metrics.to_parquet(Path(out_dir) / "target_metrics.parquet", index=False)
+    write_run(outcome.result, out_dir)
+    outcome.metrics.to_parquet(Path(out_dir) / "target_metrics.parquet", index=False)
 
 
 
