@@ -210,6 +210,31 @@ def test_sigkill_of_testbed_mid_run_then_rollback_restores_every_endpoint(target
     assert again.returncode == 0 and "nothing to roll back" in again.stdout
 
 
+def test_sigterm_mid_run_rolls_back_before_testbed_exits(target_servers, tmp_path):
+    """SIGTERM (and Ctrl-C, the same cancellation) ends the run through its rollbacks."""
+    pid_dir, ports = target_servers
+    scenario = yaml.safe_load((EXAMPLES / "replica-crash.yaml").read_text())
+    scenario |= {"duration": "60s", "faults": [{"kind": "node_hang", "target": "local/east/z0/host/node-1", "at": "500ms", "duration": "50s"}]}
+    scenario_path = tmp_path / "scenario.yaml"
+    scenario_path.write_text(yaml.safe_dump(scenario))
+    journal = tmp_path / "journal.jsonl"
+    run = subprocess.Popen([sys.executable, "-m", "testbed", "live", str(scenario_path), "--target", str(EXAMPLES / "replica-servers.yaml"),
+                            "--journal", str(journal), "--out", str(tmp_path / "out")], env=_env(), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (journal.exists() and any(line["event"] == "applied" for line in _journal(journal))):
+        assert run.poll() is None, run.stderr.read().decode()
+        assert time.monotonic() < deadline, "the fault was not applied in time"
+        time.sleep(0.1)
+    assert not _healthy(ports["r1"], timeout=1.0)  # stopped
+    run.send_signal(signal.SIGTERM)
+    run.wait(120)
+    assert _healthy(ports["r1"])  # resumed by the run's own rollback, before it exited
+    lines = _journal(journal)
+    assert [(line["verb"], line["undoes"]) for line in lines if line["event"] == "applied"] == [("pause", None), ("resume", 1)]
+    assert lines[-1]["event"] == "end" and lines[-1]["outcome"] == "interrupted"
+
+
 def test_chaos_toolkit_experiment_runs_testbed_under_the_real_chaos_run(target_servers, tmp_path):
     chaos = Path(sys.executable).with_name("chaos")
     if not chaos.exists():

@@ -197,7 +197,7 @@ async def _gateway(plan: TargetPlan, urls: dict[str, str]):
 
 async def _drive(plan: TargetPlan, watch: StopWatch, operator: Operator, entry: str, started: float, gateway, say: Progress,
                  state: TargetRun):
-    """Workload, faults, scraping and the stop conditions, until the last request ends."""
+    """Workload, faults and the stop conditions, until the last request ends."""
     replay = plan.replay
     scenario = replay.scenario
     timeout = scenario.serving.timeouts.request + (10 if plan.mode == "gateway" else 0)
