@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from page import provenance, table, write_block
-from testbed.live.engine import Engine
-from testbed.live.models import resolve_model
+from testbed.live.replica.engine import Engine
+from testbed.live.replica.models import resolve_model
 
 
 @dataclass

@@ -33,7 +33,7 @@ import pytest
 
 if TYPE_CHECKING:
     from testbed.live.stack import StackThread
-    from testbed.result import Result
+    from testbed.records.result import Result
     from testbed.spec import FaultSpec, Scenario
 
 PLANES = ("sim", "live")
@@ -280,14 +280,14 @@ def _keep_report(result: Result) -> str | None:
     folder = Path(result.stats[ARTIFACTS_KEY])
     stem = f"{result.scenario.name}-seed{result.seed}"
     try:
-        from testbed.html_report import write_html_report
+        from testbed.report.html import write_html_report
 
         path = folder / f"{stem}.report.html"
         if write_html_report(result, path):
             return str(path)
     except ImportError:
         pass
-    from testbed.report import markdown_report
+    from testbed.report.markdown import markdown_report
 
     path = folder / f"{stem}.report.md"
     path.write_text(markdown_report(result))
