@@ -3,7 +3,8 @@
 So reports can be rebuilt (``testbed report DIR``) and runs compared (``testbed compare A B``)
 from the records alone, without simulating again. The scenario comes from the ``scenario.yaml``
 the run wrote (topology inlined); the observation from its metrics, alerts and scorecard files.
-Only ``stats`` (wall time, a property of the machine rather than of the run) is not kept.
+Not kept: ``stats`` (wall time, the machine's rather than the run's) and the gateway's attempts
+and health changes (the observation made from them is).
 """
 
 from __future__ import annotations
@@ -11,12 +12,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from testbed.records.result import Result
 from testbed.sla import Verdict
 from testbed.spec import Scenario, SpecError, read_yaml, validate_spec
+
+if TYPE_CHECKING:
+    from testbed.observe.pipeline import Observation
 
 RECORDS = ("scenario.yaml", "verdicts.json", "requests.parquet", "timeseries.parquet", "faults.parquet")
 
@@ -56,37 +61,39 @@ def read_run(run_dir: str | Path) -> Result:
     # Paths in it (profiles, traces) were resolved when the run loaded its scenario: keep them as written.
     scenario = validate_spec(read_yaml(scenario_path), Scenario, source=str(scenario_path), base_dir="")
     header, verdicts = read_verdicts(run_dir)
-    result = Result(
+    observation = _read_observation(scenario, run_dir) if (run_dir / "scorecard.json").exists() else None
+    return Result(
         scenario=scenario,
         seed=int(header.get("seed", scenario.seed)),
         requests=read_frame(run_dir, "requests"),
         timeseries=read_frame(run_dir, "timeseries"),
         sla=verdicts,
+        stats={},  # wall time and the like: the machine's, not recorded
         faults=read_frame(run_dir, "faults"),
+        attempts=pd.DataFrame(),  # not recorded: the observation below was made from them
+        health=pd.DataFrame(),
+        alerts=observation.alerts if observation is not None else pd.DataFrame(),
+        scorecard=observation.scorecard if observation is not None else pd.DataFrame(),
+        observation=observation,
     )
-    if (run_dir / "scorecard.json").exists():
-        _read_observation(result, run_dir)
-    return result
 
 
-def _read_observation(result: Result, run_dir: Path) -> None:
+def _read_observation(scenario: Scenario, run_dir: Path) -> Observation:
+    """The observation from its files; its verdicts are already in verdicts.json, hence in ``sla``."""
     from testbed.observe.metrics import default_window
     from testbed.observe.pipeline import Observation
     from testbed.observe.rootcause import SignalGraph
     from testbed.observe.scorecard import Summary
 
-    scenario = result.scenario
     summary = json.loads((run_dir / "scorecard.json").read_text(encoding="utf-8"))
     metrics = read_frame(run_dir, "metrics")
     window = default_window(scenario.timeseries_interval, scenario.observability.window)
-    result.alerts = read_frame(run_dir, "alerts")
-    result.scorecard = read_frame(run_dir, "scorecard")
-    result.observation = Observation(
+    return Observation(
         metrics=metrics,
-        alerts=result.alerts,
-        scorecard=result.scorecard,
+        alerts=read_frame(run_dir, "alerts"),
+        scorecard=read_frame(run_dir, "scorecard"),
         summary=Summary(**{k: math.nan if v is None else v for k, v in summary.items()}),
-        verdicts=[],  # already in verdicts.json, hence in result.sla
+        verdicts=[],
         graph=SignalGraph.build(metrics, window, 0.0, scenario.duration),
         window=window,
     )
