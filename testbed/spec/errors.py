@@ -65,7 +65,7 @@ def _problem(error: dict[str, Any], data: Any, model: type[BaseModel] | None) ->
         message = "required field is missing"
     else:
         message = _translate(error)
-    if kind not in ("missing",) and "input" in error and not isinstance(error["input"], (dict, list)):
+    if kind != "missing" and "input" in error and not isinstance(error["input"], (dict, list)) and "got " not in message:
         message += f" (got {_short(error['input'])})"
     return Problem(kind, where or "(top level)", loc[:-1], field, message, suggestion)
 
@@ -209,13 +209,15 @@ def _locate(loc: tuple, data: Any, model: type[BaseModel] | None) -> tuple[str, 
             models = _matching(models, node)
         if last:
             parent_models = models
-        if isinstance(node, dict) and isinstance(part, str) and part in node:
+        if isinstance(node, dict) and isinstance(part, str) and part in node and (last or isinstance(node[part], (dict, list))):
             shown.append(part)
             fields = [f for m in models if (f := _fields(m).get(part)) is not None]
             annotations = [f.annotation for f in fields] if fields else _elements(annotations)
             node = node[part]
         elif isinstance(node, dict) and not last and isinstance(part, str):
-            # A union member's tag (``poisson``) or type name (``str``): not in the input, not in the path.
+            # A union member's tag (``poisson``) or type name (``str``): not in the path. A tag may
+            # also be a key (``signal: SIGKILL`` under the ``signal`` member): it is one when the
+            # location goes on below a value that has nothing below it.
             tagged = [m for m in models if any(part in vals for vals in _literals(m).values())]
             annotations = tagged or annotations
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
