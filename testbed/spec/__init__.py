@@ -11,13 +11,16 @@ from testbed.spec.base import (
     Bandwidth,
     Duration,
     Fraction,
+    Latency,
     PartName,
     Rate,
     Strict,
     parse_fraction,
     require_unique,
 )
-from testbed.spec.loading import SpecError, format_validation_error, load_spec, validate_spec
+from testbed.spec.errors import SpecError, format_validation_error
+from testbed.spec.limits import MAX_DEPTH, MAX_DEVICES, MAX_DEVICES_PER_NODE, MAX_SPEC_BYTES
+from testbed.spec.loading import load_spec, parse_yaml, read_yaml, validate_spec
 from testbed.spec.topology import LinkSpec, ProviderSpec, RackSpec, RegionSpec, TopologySpec, ZoneSpec
 from testbed.spec.workload import (
     AgentSpec,
@@ -117,9 +120,14 @@ __all__ = [
     "HealthSignalSpec",
     "HedgingSpec",
     "LATENCY_METRICS",
+    "Latency",
     "LengthSpec",
     "LinkSpec",
     "LognormalLength",
+    "MAX_DEPTH",
+    "MAX_DEVICES",
+    "MAX_DEVICES_PER_NODE",
+    "MAX_SPEC_BYTES",
     "MemoryPressure",
     "MicroBatching",
     "NodeCrash",
@@ -161,6 +169,8 @@ __all__ = [
     "format_validation_error",
     "load_spec",
     "parse_fraction",
+    "parse_yaml",
+    "read_yaml",
     "require_unique",
     "validate_spec",
 ]

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from testbed.spec.base import Bandwidth, Duration, Fraction, Strict
+from testbed.spec.base import Bandwidth, Duration, Fraction, Latency, Strict
 
 
 class _ScriptedFault(Strict):
@@ -87,8 +87,8 @@ class Partition(_NetworkFault):
 
 class AddedLatency(_NetworkFault):
     kind: Literal["latency"]
-    delay: Duration
-    jitter: Duration = 0.0
+    delay: Latency
+    jitter: Latency = 0.0
 
 
 class PacketLoss(_NetworkFault):
