@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from testbed import cloud
-from testbed.elastic_spec import CostSpec
+from testbed.spec import CostSpec
 
 
 @dataclass(slots=True)

@@ -1,5 +1,8 @@
 """The ``elastic:`` section of a scenario: fleets that grow, shrink, lose spot capacity and degrade.
 
+Import these names from :mod:`testbed.spec` (which re-exports them): this module needs the field
+types defined there, so it can only be loaded through it.
+
 Without the section a scenario's fleet is fixed, exactly as before. With it, the topology's
 replicas of a pool are the *slots* the pool may fill: an autoscaler decides how many are wanted,
 each new replica pays the lifecycle chain (node, image, weights, warm-up) within the region's
@@ -9,7 +12,7 @@ and migrates. See docs/elastic-fleets.md for the knobs and where each default co
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
@@ -159,3 +162,49 @@ class ElasticSpec(Strict):
     migration: MigrationSpec = MigrationSpec()
     rollouts: list[RolloutSpec] = Field(default_factory=list)
     cost: CostSpec = CostSpec()
+
+
+def check_elastic(scenario: Any) -> None:
+    """Cross-references of ``elastic:`` against the topology, workload and faults (ValueError names the field)."""
+    stockouts = [i for i, f in enumerate(scenario.faults) if getattr(f, "kind", None) == "stockout"]
+    spec: ElasticSpec | None = scenario.elastic
+    if spec is None:
+        if stockouts:
+            raise ValueError(f"faults.{stockouts[0]} (stockout): a fixed fleet acquires no devices; add an elastic: section")
+        return
+    from testbed.topology import Topology  # the topology graph needs the spec module
+
+    topology = Topology.from_spec(scenario.topology)
+    pools = sorted({r.pool for r in topology.replicas})
+    classes = sorted(c.name for c in scenario.workload.classes)
+    kinds = sorted({r.device_kind for r in topology.replicas})
+    for name, pool in spec.pools.items():
+        if name not in pools:
+            raise ValueError(f"elastic.pools.{name}: not a pool of the topology; expected one of {pools}")
+        slots = sum(1 for r in topology.replicas if r.pool == name and r.tier == "primary")
+        if pool.autoscaler is not None and pool.autoscaler.max_replicas > slots:
+            raise ValueError(
+                f"elastic.pools.{name}.autoscaler.max_replicas: {pool.autoscaler.max_replicas} is more than the "
+                f"{slots} primary replicas the topology places in the pool (they are the slots it may fill)"
+            )
+        for i, step in enumerate(pool.degradation.steps if pool.degradation else []):
+            if isinstance(step, RouteClassStep):
+                if step.request_class not in classes:
+                    raise ValueError(f"elastic.pools.{name}.degradation.steps.{i}.class: {step.request_class!r} is not one of {classes}")
+                if step.to_pool not in pools or step.to_pool == name:
+                    raise ValueError(f"elastic.pools.{name}.degradation.steps.{i}.to_pool: expected another pool of {pools}")
+    for region, devices in spec.quotas.items():
+        if region not in topology.regions:
+            raise ValueError(f"elastic.quotas.{region}: not a region path; expected one of {topology.regions}")
+        for device in devices:
+            if device not in kinds:
+                raise ValueError(f"elastic.quotas.{region}.{device}: no replica uses this device kind; expected one of {kinds}")
+    for i, rollout in enumerate(spec.rollouts):
+        if rollout.pool not in pools:
+            raise ValueError(f"elastic.rollouts.{i}.pool: {rollout.pool!r} is not one of {pools}")
+        if rollout.at >= scenario.duration:
+            raise ValueError(f"elastic.rollouts.{i}.at: the rollout starts after the run ends")
+    for i in stockouts:
+        device = scenario.faults[i].device
+        if device is not None and device not in kinds:
+            raise ValueError(f"faults.{i} (stockout): device {device!r} is not used by any replica; expected one of {kinds}")

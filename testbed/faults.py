@@ -23,7 +23,7 @@ from testbed.spec import FailureProcess, FaultSpec
 from testbed.topology import LEVELS, ROOT, Topology
 
 NETWORK_KINDS = frozenset({"partition", "latency", "packet_loss", "bandwidth"})
-REQUIRED_LEVEL = {"accelerator_failure": "device", "node_crash": "node", "node_hang": "node"}
+REQUIRED_LEVEL = {"accelerator_failure": "device", "node_crash": "node", "node_hang": "node", "stockout": "region"}
 PARAMETERS = ("share", "speed", "kv_fraction", "rate", "status", "delay", "jitter", "loss", "limit")
 
 
@@ -92,6 +92,8 @@ def _scripted(index: int, spec: FaultSpec, topology: Topology, streams: RandomSt
     if spec.kind in NETWORK_KINDS:
         a, b = spec.between
         return Fault(spec.kind, f"{a}<->{b}", spec.at, end, (), params, endpoints=(a, b))
+    if spec.kind == "stockout":  # takes nothing down: only new grants are refused (testbed/policy/capacity.py)
+        return Fault(spec.kind, spec.target, spec.at, end, (), params)
     replicas = topology.domain_replicas(spec.target)
     if spec.kind == "capacity_loss":
         rng = streams.numpy(f"faults.capacity_loss.{index}")

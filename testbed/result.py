@@ -30,6 +30,7 @@ class Result:
     health: pd.DataFrame = field(default_factory=pd.DataFrame)
     alerts: pd.DataFrame = field(default_factory=pd.DataFrame)
     scorecard: pd.DataFrame = field(default_factory=pd.DataFrame)
+    fleet: pd.DataFrame = field(default_factory=pd.DataFrame)  # elastic fleets: replica lifecycle events
     observation: Any = None  # testbed.observe.pipeline.Observation: metrics, summary, graph
 
     @property

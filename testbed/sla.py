@@ -195,6 +195,9 @@ def _observe(objective: Objective, requests: pd.DataFrame, span: float) -> tuple
         return float(ok.mean()), total
     if metric == "error_rate":
         return float(status.isin(("failed", "timeout")).mean()), total
+    if metric == "degraded_share":  # of the answers given, how many a degradation step changed
+        answered = int(ok.sum())
+        return (float(requests["degraded"].to_numpy()[ok].mean()) if answered else math.nan), answered
     assert metric == "goodput" and objective.ttft is not None and objective.tpot is not None
     latency = latency_columns(requests)
     within = (latency["ttft"] <= objective.ttft) & ~(latency["tpot"] > objective.tpot)  # NaN tpot: one token

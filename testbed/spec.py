@@ -590,6 +590,18 @@ class ErrorInjection(_ScriptedFault):
     status: int = Field(500, ge=400, le=599)
 
 
+class StockoutFault(_ScriptedFault):
+    """No new devices of a kind (or of any kind) in a region: running replicas keep theirs.
+
+    Only an elastic fleet acquires devices, so this fault needs the scenario's ``elastic:`` section.
+    """
+
+    kind: Literal["stockout"]
+    target: str = Field(description="a region path, e.g. aws/us-east-1")
+    device: str | None = Field(None, description="device kind out of stock; omitted = every kind")
+    market: Literal["spot", "on_demand"] | None = Field(None, description="only this market; omitted = both")
+
+
 class _NetworkFault(Strict):
     """A fault on the path between two endpoints: region paths, or ``clients:<region>`` for the
     clients near a region. It applies in both directions."""
@@ -651,6 +663,7 @@ FaultSpec = Annotated[
         Slowdown,
         MemoryPressure,
         ErrorInjection,
+        StockoutFault,
         Partition,
         AddedLatency,
         PacketLoss,
@@ -681,6 +694,7 @@ class Objective(Strict):
         "goodput",
         "turn_latency",
         "turn_availability",
+        "degraded_share",
     ]
     percentile: float | None = Field(None, gt=0, lt=100)
     max: float | None = None
@@ -729,7 +743,7 @@ class Objective(Strict):
             raise ValueError("goodput needs both ttft and tpot limits")
         if self.metric in TURN_METRICS and self.stage is not None:
             raise ValueError(f"{self.metric} judges whole turns: it cannot be restricted to a stage")
-        if self.metric in ("availability", "error_rate", "goodput", "turn_availability"):
+        if self.metric in ("availability", "error_rate", "goodput", "turn_availability", "degraded_share"):
             limit = self.max if self.max is not None else self.min
             if not 0 <= limit <= 1:  # type: ignore[operator]
                 raise ValueError(f"{self.metric} is a share: expected a limit between 0 and 1 (or a percentage)")
@@ -843,6 +857,25 @@ class ObservabilitySpec(Strict):
 
 # --------------------------------------------------------------------------- scenario
 
+# The elastic section lives in its own module; it needs the field types defined above, so it is
+# imported here and its names are re-exported: import them from testbed.spec, not from it directly.
+from testbed.elastic_spec import (  # noqa: E402
+    AutoscalerSpec,
+    CapTokensStep,
+    CostSpec,
+    DegradationSpec,
+    DegradationStep,
+    ElasticSpec,
+    LifecycleSpec,
+    MigrationSpec,
+    PoolElasticSpec,
+    QuantizeStep,
+    RolloutSpec,
+    RouteClassStep,
+    SpotSpec,
+    check_elastic,
+)
+
 
 class Scenario(Strict):
     """Topology + workload + serving + faults + SLA + duration + seed: one runnable experiment."""
@@ -862,6 +895,9 @@ class Scenario(Strict):
     seed: int = 0
     timeseries_interval: Duration = 10.0
     observability: ObservabilitySpec = ObservabilitySpec()
+    elastic: ElasticSpec | None = Field(
+        None, description="autoscaling, cold starts, quotas, spot, migration, degradation, cost; omitted = a fixed fleet"
+    )
 
     @field_validator("topology", mode="before")
     @classmethod
@@ -900,6 +936,7 @@ class Scenario(Strict):
             from testbed.topology import Topology
 
             validate_targets(self.faults, Topology.from_spec(self.topology))
+        check_elastic(self)
         return self
 
     def _check_agent_references(self) -> None:

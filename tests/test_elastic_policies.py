@@ -7,7 +7,7 @@ import random
 import pytest
 
 from testbed.cost import CostMeter
-from testbed.elastic_spec import AutoscalerSpec, CostSpec, DegradationSpec, LifecycleSpec
+from testbed.spec import AutoscalerSpec, CostSpec, DegradationSpec, LifecycleSpec
 from testbed.policy.autoscaler import Autoscaler, ScaleDecision
 from testbed.policy.capacity import CapacityLedger, SpotMarket, Stockout
 from testbed.policy.degradation import DegradationLadder

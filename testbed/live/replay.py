@@ -72,6 +72,11 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     seed = scenario.seed if seed is None else seed
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
+    if scenario.elastic is not None:
+        raise SpecError(
+            f"{scenario.name}: elastic: autoscaling, cold starts, quotas, spot preemption, migration and degradation "
+            "run in simulation only (testbed run); the live stack's fleet is fixed — drop elastic: to replay live"
+        )
     topology = Topology.from_spec(scenario.topology)
     streams = RandomStreams(seed)
     serving = {p.region for p in topology.replicas if p.tier == "primary"}

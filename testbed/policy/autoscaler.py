@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from testbed.elastic_spec import AutoscalerSpec
+from testbed.spec import AutoscalerSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from testbed.elastic_spec import SpotSpec
+from testbed.spec import SpotSpec
 
 MARKETS = ("on_demand", "spot")
 

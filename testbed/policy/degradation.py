@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from testbed.elastic_spec import DegradationSpec, DegradationStep
+from testbed.spec import DegradationSpec, DegradationStep
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from testbed import cloud
-from testbed.elastic_spec import LifecycleSpec
+from testbed.spec import LifecycleSpec
 
 PHASES = ("requested", "provisioning", "loading", "warming", "serving", "draining", "gone")
 STARTING = ("provisioning", "loading", "warming")

@@ -23,7 +23,7 @@ import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from testbed.elastic_spec import MigrationSpec
+from testbed.spec import MigrationSpec
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController,
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.result import Result
 from testbed.rng import RandomStreams
+from testbed.sim.elastic import ElasticFleet
 from testbed.sim.fleet import FleetSampler
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
@@ -124,6 +125,7 @@ class _Run:
         self.hedged = np.zeros(self.total, dtype=bool)
         self.failed_over = np.zeros(self.total, dtype=bool)
         self.sessions = self._session_driver()
+        self.elastic = ElasticFleet(self, scenario.elastic) if scenario.elastic is not None else None
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper_armed = False
@@ -223,7 +225,8 @@ class _Run:
             self._deadlines.append((at + timeout, rid))
             if not self._sweeper_armed:
                 self._arm_sweeper()
-            self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now))
+            pool = "default" if self.elastic is None else self.elastic.on_arrival(rid, "default")
+            self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now, pool))
 
     def _issue_call(self, session: int, rid: int, call: Call) -> None:
         """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
@@ -272,7 +275,10 @@ class _Run:
             oneway += max(0.0, path.sample_delay(self.network_rng))
             if path.bandwidth:
                 oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
-        work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
+        prompt, output = self._prompt_tokens[rid], self._output_tokens[rid]
+        if self.elastic is not None:
+            prompt, output = self.elastic.work_for(rid, prompt, output)
+        work = Sequence(action.attempt, prompt, output, self.env.now + oneway)
         attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
         if action.hedge:
             self.attempt_log.traced.add(rid)
@@ -315,13 +321,18 @@ class _Run:
         rid = attempt.rid
         if self.log.first_token[rid] != self.log.first_token[rid]:  # NaN: the first one back
             self.log.first_token[rid] = now + attempt.oneway
+            if self.elastic is not None:
+                self.elastic.on_first_token(rid, now + attempt.oneway - self.arrival_time[rid])
         self._execute(self.gateway.on_first_token(work.key, now))
 
     def _on_finish(self, work: Sequence, now: float) -> None:
         self._attempt_ended(work.key, "ok")
 
     def _on_lost_work(self, work: Sequence, now: float) -> None:
-        """A replica crashed with this attempt on it: the client sees the connection drop."""
+        """A replica crashed with this attempt on it: the client sees the connection drop (or, in
+        an elastic fleet, the stream migrates)."""
+        if self.elastic is not None and self.elastic.migrate(work, now):
+            return
         self._attempt_ended(work.key, "failed")
 
     def _cancel(self, action: Cancel) -> None:
@@ -341,6 +352,8 @@ class _Run:
         if action.status == "ok":
             attempt = self.attempts[action.attempt]
             self.log.replica[rid] = attempt.replica
+            if self.elastic is not None:
+                self.elastic.on_answered(rid)
             self._end(rid, OK, now + attempt.oneway)
         else:
             self._end(rid, STATUS_CODE[action.status], now)
@@ -397,6 +410,8 @@ class _Run:
             yield self.env.timeout(spec.period)
             failing = []
             for replica in self.replicas:
+                if replica.parked:
+                    continue  # an empty slot: nothing to probe, and the gateway knows it is out
                 ok = replica.alive and not (replica.hung and spec.deep)
                 if ok or replica.refusing:
                     self._probe(replica.index, ok)
@@ -424,6 +439,8 @@ class _Run:
         self.env.process(sampler.run(self.done))
         self.env.process(self.injector.run())
         self.env.process(self._health_process())
+        if self.elastic is not None:
+            self.elastic.start()
         if self.total == 0:
             self.done.succeed()
         self.env.run(until=self.done)
@@ -442,6 +459,8 @@ class _Run:
             "faults": len(self.schedule),
             "preemptions": sum(getattr(r.batcher, "preemptions", 0) for r in self.replicas),
         }
+        if self.elastic is not None:
+            stats |= self.elastic.stats(requests, self.env.now)
         if self.sessions is not None:
             stats |= {
                 "agent_sessions": self.plan.sessions,
@@ -451,6 +470,8 @@ class _Run:
         result = Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
         result.attempts = self.attempt_log.frame()
         result.health = health_frame(self.detected, [r.region for r in self.replicas])
+        if self.elastic is not None:
+            result.fleet = self.elastic.frame()
         return observe_into(result)
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
@@ -537,7 +558,7 @@ class _Run:
                 "hedged": self.hedged,
                 "failed_over": self.failed_over,
                 "fallback": tier_fallback[log.replica],
-                "degraded": agent["degraded"],
+                "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
                 "fault_overlap": _overlaps(arrival, finish, fault_windows(faults)),
             }
         )

@@ -76,6 +76,8 @@ class FaultInjector:
                 self._apply(fault, -1)
 
     def _apply(self, fault: Fault, sign: int) -> None:
+        if fault.kind == "stockout":
+            return  # no effect on running replicas; the elastic fleet refuses new grants (sim/elastic.py)
         if fault.kind in NETWORK:
             (self.network.add if sign > 0 else self.network.remove)(fault)
             return
