@@ -49,6 +49,7 @@ UNITS = {
     "token_throughput": "tok/s",
     "turn_latency": "s",
     "turn_availability": "share",
+    "degraded_share": "share",
 }
 
 
