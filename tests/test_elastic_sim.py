@@ -46,32 +46,26 @@ def phases(result, replica: int) -> list[tuple[float, str]]:
 # ---------------------------------------------------------------- the catalog scenarios
 
 
-CATALOG = {
-    # file: (verdicts in order, stats that must hold)
-    "elastic-outage-headroom.yaml": ([True, True, True], lambda s: s["migration_check_ok"] and s["migrations"] > 0),
-    "elastic-outage-no-headroom.yaml": ([False, False, False], lambda s: s["scale_ups"] >= 1 and s["migration_check_ok"]),
-    "elastic-stockout-failover.yaml": ([False, False, False], lambda s: s["refused_grants"] > 0),
-    "elastic-spot-fleet.yaml": (
-        [True, True],
-        lambda s: s["spot_preemptions"] >= 1 and s["spot_fallbacks"] >= 1 and s["cost_usd"] < 6 * 98.32 / 8 / 6,
-    ),
-    "elastic-rolling-deployment.yaml": ([True, True], lambda s: s["cold_starts"] == 4),
-}
-
-
 @cache
 def catalog(name: str):
-    """Each catalog scenario is simulated once for all the tests that read it."""
+    """Each catalog scenario is simulated once for the tests below (tests/test_scenarios.py checks
+    their verdicts against their headers)."""
     return simulate(Scenario.from_yaml(ROOT / "faults" / name))
 
 
-@pytest.mark.parametrize("name", sorted(CATALOG))
-def test_catalog_scenarios_meet_their_stated_verdicts(name: str):
-    verdicts, holds = CATALOG[name]
-    result = catalog(name)
-    assert [v.passed for v in result.sla] == verdicts
-    assert holds(result.stats), result.stats
-    assert (result.requests["status"] != "failed").all()  # slow or timed out, never a lost stream
+def test_the_outage_scenarios_migrate_cut_streams_and_lose_none():
+    for name in ("elastic-outage-headroom.yaml", "elastic-outage-no-headroom.yaml"):
+        result = catalog(name)
+        assert result.stats["migrations"] > 0 and result.stats["migration_check_ok"], result.stats
+        assert (result.requests["status"] != "failed").all()  # slow or timed out, never a lost stream
+    assert catalog("elastic-outage-no-headroom.yaml").stats["scale_ups"] >= 1
+
+
+def test_the_spot_fleet_is_preempted_falls_back_and_costs_less_than_on_demand():
+    stats = catalog("elastic-spot-fleet.yaml").stats
+    assert stats["spot_preemptions"] >= 1 and stats["spot_fallbacks"] >= 1
+    assert stats["cost_usd"] < 6 * 98.32 / 8 / 6  # six on-demand H100s for ten minutes
+    assert (catalog("elastic-spot-fleet.yaml").requests["status"] == "ok").all()
 
 
 def test_stockout_lengthens_the_outage_it_coincides_with():

@@ -27,6 +27,12 @@ EXPECTED = {
     "agent-adaptation-gateway.yaml": (False, {"turn_availability", "availability [stage filter]"}),
     "agent-adaptation-agent.yaml": (True, set()),
     "live-replica-crash.yaml": (True, set()),  # simulated here; tests/test_live_replay.py replays it live
+    # Elastic fleets; tests/test_elastic_sim.py checks their fleet records and stats too.
+    "elastic-outage-headroom.yaml": (True, set()),
+    "elastic-outage-no-headroom.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-stockout-failover.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-spot-fleet.yaml": (True, set()),
+    "elastic-rolling-deployment.yaml": (True, set()),
 }
 
 
