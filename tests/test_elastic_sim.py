@@ -273,3 +273,11 @@ def test_the_live_plane_refuses_elastic_with_exit_2(tmp_path: Path):
     assert outcome.exit_code == 2
     assert "elastic: autoscaling, cold starts" in " ".join(outcome.output.split())
     assert "Traceback" not in outcome.output
+
+
+def test_the_report_shows_cost_next_to_the_verdicts():
+    from testbed.report import markdown_report
+
+    report = markdown_report(simulate(small({})))
+    assert "## Fleet cost and elasticity" in report and "goodput per $" in report
+    assert "Fleet cost" not in markdown_report(simulate(small(None)))
