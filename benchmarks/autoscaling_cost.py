@@ -1,7 +1,8 @@
 """Goodput per dollar for a few autoscaler settings on one region outage, same seed.
 
-The fleet, workload, fault and seed of faults/elastic-outage-no-headroom.yaml; only the
-``elastic:`` section changes between rows. Goodput counts requests answered with TTFT <= 2 s and
+The workload, fault and seed of faults/elastic-outage-no-headroom.yaml on its topology with 8
+slots per region instead of 4 (room for the survivor to grow); only the ``elastic:`` section
+changes between rows. Goodput counts requests answered with TTFT <= 2 s and
 TPOT <= 100 ms; cost is device-hours from grant to gone at testbed/cloud.py's prices. The table
 is the capacity planner's trade-off: a fleet kept large holds the SLA and pays for idle GPUs; a
 lazy autoscaler saves money until the outage, then pays in cold starts and missed requests.
@@ -20,21 +21,37 @@ from testbed.spec import Scenario
 
 SCENARIO = Path(__file__).resolve().parents[1] / "faults" / "elastic-outage-no-headroom.yaml"
 GOODPUT = {"metric": "goodput", "ttft": 2.0, "tpot": 0.1, "min": 0.9}
-BASE = {"metric": "ongoing_requests", "min_replicas": 2, "max_replicas": 8, "initial_replicas": 4, "downscale_delay": 300}
+BASE = {"metric": "ongoing_requests", "min_replicas": 4, "max_replicas": 16, "initial_replicas": 4, "upscale_delay": 30, "downscale_delay": 300}
+
+
+def autoscaled(**knobs) -> dict:
+    return {"pools": {"default": {"autoscaler": BASE | knobs}}}
+
 
 SETTINGS: dict[str, dict] = {
-    "fixed: all 8 slots serving": {},
-    "target 40, upscale delay 30 s": {"pools": {"default": {"autoscaler": BASE | {"target": 40, "upscale_delay": 30}}}},
-    "target 20, upscale delay 30 s": {"pools": {"default": {"autoscaler": BASE | {"target": 20, "upscale_delay": 30}}}},
-    "target 40, no upscale delay": {"pools": {"default": {"autoscaler": BASE | {"target": 40, "upscale_delay": 0}}}},
-    "target 40, min 4 (headroom floor)": {"pools": {"default": {"autoscaler": BASE | {"target": 40, "min_replicas": 4, "upscale_delay": 30}}}},
-    "target 40 on spot, on-demand fallback": {
+    "fixed: 8 replicas serving": autoscaled(target=40, min_replicas=8, initial_replicas=8, max_replicas=8),
+    "4..16, target 40": autoscaled(target=40),
+    "4..16, target 40, no upscale delay, step 8": autoscaled(target=40, upscale_delay=0, max_step_up=8),
+    "4..16, target 20": autoscaled(target=20),
+    "6..16, target 40 (headroom floor)": autoscaled(target=40, min_replicas=6, initial_replicas=6),
+    "4..16, target 40, spot with on-demand fallback": {
         "pools": {"default": {
-            "autoscaler": BASE | {"target": 40, "upscale_delay": 30},
+            "autoscaler": BASE | {"target": 40},
             "spot": {"share": 1.0, "preemption_rate": "1/h", "fallback": "on_demand"},
         }}
     },
 }
+
+
+def with_slots(data: dict, per_node: int) -> dict:
+    """The scenario's topology with twice the slots per region, so the survivor has room to grow."""
+    topology = data["topology"]
+    for provider in topology["providers"]:
+        for region in provider["regions"]:
+            for zone in region["zones"]:
+                for rack in zone["racks"]:
+                    rack["nodes"] = per_node
+    return data
 
 
 def main() -> None:
@@ -42,7 +59,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=None, help="default: the scenario's own")
     args = parser.parse_args()
     base = Scenario.from_yaml(SCENARIO)
-    data = base.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    data = with_slots(base.model_dump(mode="json", by_alias=True, exclude_defaults=True), per_node=2)
     print(f"{SCENARIO.name}, seed {base.seed if args.seed is None else args.seed}")
     header = ("setting", "p99 TTFT s", "availability", "goodput", "SLA", "device-h", "cost $", "goodput/$", "wall s")
     print(" | ".join(header))
