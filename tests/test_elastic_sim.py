@@ -281,3 +281,77 @@ def test_the_report_shows_cost_next_to_the_verdicts():
     report = markdown_report(simulate(small({})))
     assert "## Fleet cost and elasticity" in report and "goodput per $" in report
     assert "Fleet cost" not in markdown_report(simulate(small(None)))
+
+
+# ---------------------------------------------------------------- quotas, scale to zero, metrics
+
+
+BURST = {
+    "arrival": {"kind": "poisson", "rate": "12/s"},
+    "prompt_tokens": {"kind": "fixed", "value": 64},
+    "output_tokens": {"kind": "fixed", "value": 48},
+}
+FAST_START = {"provisioning": "5s", "image_pull": "0s"}
+
+
+def test_a_quota_caps_the_devices_a_region_grants():
+    auto = {"target": 1, "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1, "interval": "5s", "upscale_delay": "5s"}
+    elastic = {"pools": {"default": {"autoscaler": auto}}, "lifecycle": FAST_START,
+               "quotas": {"local/east": {"cpu-fp32": 1}, "local/west": {"cpu-fp32": 1}}}
+    result = simulate(small(elastic, workload=BURST))
+    assert result.stats["scale_ups"] >= 1 and result.stats["refused_grants"] > 0
+    started = set(result.fleet[result.fleet["phase"].isin(["serving", "provisioning"])]["replica"])
+    assert started == {EAST0, WEST0}  # one device per region, never more
+
+
+@pytest.mark.parametrize("metric, target", [("queue_depth", 0.5), ("kv_utilisation", 0.1), ("latency", 0.05)])
+def test_every_metric_scales_a_loaded_pool_up(metric: str, target: float):
+    auto = {"metric": metric, "target": target, "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,
+            "interval": "5s", "upscale_delay": "5s", "percentile": 90}
+    serving = {"batching": {"policy": "continuous", "max_num_seqs": 8, "kv_cache_tokens": 2048}, "timeouts": {"request": "20s"}}
+    result = simulate(small({"pools": {"default": {"autoscaler": auto}}, "lifecycle": FAST_START}, workload=BURST, serving=serving))
+    assert result.stats["scale_ups"] >= 1 and result.stats["cold_starts"] >= 1
+
+
+def test_an_idle_pool_scales_to_zero_and_a_request_brings_it_back():
+    auto = {"target": 2, "min_replicas": 0, "max_replicas": 2, "initial_replicas": 1, "interval": "5s",
+            "downscale_delay": "10s", "scale_to_zero": True}
+    workload = {"arrival": {"kind": "step", "rate": "0/s", "steps": [{"at": "60s", "rate": "1/s"}]},
+                "prompt_tokens": {"kind": "fixed", "value": 32}, "output_tokens": {"kind": "fixed", "value": 200}}
+    serving = {"batching": {"policy": "micro", "max_batch_size": 4, "max_queue_delay": "10ms"},
+               "timeouts": {"request": "30s"}, "retries": {"max_attempts": 20, "backoff": "1s", "max_backoff": "2s"}}
+    result = simulate(small({"pools": {"default": {"autoscaler": auto}}, "lifecycle": FAST_START}, workload=workload, serving=serving))
+    fleet = result.fleet
+    gone = fleet[fleet["phase"] == "gone"]["time"]
+    assert not gone.empty and gone.min() < 60  # scaled to zero while idle
+    back = fleet[(fleet["phase"] == "serving") & (fleet["time"] > 60)]["time"]
+    # The first request at ~60 s; the next decision within 5 s; a 5 s node and a 2 s warm-up.
+    assert not back.empty and back.min() < 60 + 5 + 1 + 5 + 2 + 1
+    assert len(back) == 1  # averaged over the interval, the light load keeps one replica: no flapping
+    assert (result.requests["status"] == "ok").mean() > 0.9  # retries outlasted the cold start
+
+
+# ---------------------------------------------------------------- the other ladder steps
+
+
+def two_pools() -> dict:
+    import yaml
+
+    topology = yaml.safe_load(Path(LAPTOP).read_text())
+    topology["profiles"] = {k: str((Path(LAPTOP).parent / v).resolve()) for k, v in topology["profiles"].items()}
+    east = topology["providers"][0]["regions"][0]["zones"][0]["racks"]
+    east.append({"name": "small", "nodes": 1, "device": "cpu-fp32", "devices_per_node": 1, "pool": "small"})
+    return topology
+
+
+def test_route_class_sends_a_class_to_the_smaller_pool_and_quantize_speeds_the_pool():
+    ladder = {"steps": [{"action": "quantize", "speedup": 1.1}, {"action": "route_class", "class": "batch", "to_pool": "small"}],
+              "enter_load": 0.3, "exit_load": 0.1, "hold": "2s"}
+    workload = BURST | {"classes": [{"name": "chat", "share": 0.5}, {"name": "batch", "share": 0.5, "priority": 1}]}
+    auto = {"target": 100, "min_replicas": 2, "max_replicas": 2, "interval": "2s"}
+    result = simulate(small({"pools": {"default": {"autoscaler": auto, "degradation": ladder}}}, topology=two_pools(), workload=workload))
+    requests = result.requests
+    [small_replica] = result.fleet.loc[result.fleet["pool"] == "small", "replica"].unique().tolist()
+    routed = requests[requests["replica"] == small_replica]
+    assert len(routed) > 0 and (routed["request_class"] == "batch").all() and routed["degraded"].all()
+    assert requests["degraded"].sum() > len(routed)  # quantized answers of the default pool count too

@@ -75,6 +75,7 @@ class _Pool:
     generation: int = 0
     rollout_surge: int = 0  # replicas a running rollout replaces at a time (0: none running)
     ttfts: list[float] = field(default_factory=list)  # TTFTs since the last decision (latency metric)
+    samples: list[float] = field(default_factory=list)  # per-tick readings since the last decision
 
 
 class ElasticFleet:
@@ -174,6 +175,8 @@ class ElasticFleet:
             now = self.env.now
             self._retire_failed(now)
             for pool in self.pools.values():
+                if pool.autoscaler is not None and pool.metric != "latency":
+                    pool.samples.append(self._metric(pool, self._serving(pool)))
                 if now + 1e-9 >= pool.next_decision:
                     pool.next_decision = now + pool.interval
                     self._decide(pool, now)
@@ -195,13 +198,24 @@ class ElasticFleet:
                 self._apply_ladder(pool)
         if pool.autoscaler is None:
             return
-        observed = self._metric(pool, serving)
+        observed = self._observed(pool, serving)
         decision = pool.autoscaler.decide(now, pool.wanted, len(serving), observed, self._waiting(pool))
         if decision is not None:
             self.counts["scale_ups" if decision.desired > decision.current else "scale_downs"] += 1
             pool.wanted = decision.desired
 
+    def _observed(self, pool: _Pool, serving: list[int]) -> float:
+        """The metric over the interval since the last decision: the mean of the per-tick readings
+        (Ray Serve averages over its look-back period), or the TTFT percentile of that interval.
+        An instantaneous reading would see an idle moment of a lightly loaded pool as zero load."""
+        if pool.metric == "latency":
+            ttfts, pool.ttfts = pool.ttfts, []
+            return float(np.percentile(ttfts, pool.percentile)) if ttfts else 0.0
+        samples, pool.samples = pool.samples, []
+        return sum(samples) / len(samples) if samples else self._metric(pool, serving)
+
     def _metric(self, pool: _Pool, serving: list[int]) -> float:
+        """One reading of a per-replica metric over the serving replicas."""
         if not serving:
             return 0.0
         replicas, views = self.run.replicas, self.run.views
@@ -210,10 +224,9 @@ class ElasticFleet:
         if pool.metric == "queue_depth":
             return sum(replicas[s].batcher.queued for s in serving) / len(serving)
         if pool.metric == "kv_utilisation":
-            shares = [getattr(replicas[s].batcher, "kv_used", 0) / max(1, replicas[s].batcher.kv_capacity) for s in serving]
+            shares = [replicas[s].batcher.kv_used / max(1, replicas[s].batcher.kv_capacity) for s in serving]
             return sum(shares) / len(shares)
-        ttfts, pool.ttfts = pool.ttfts, []
-        return float(np.percentile(ttfts, pool.percentile)) if ttfts else 0.0
+        raise ValueError(f"no per-tick reading for metric {pool.metric!r}")
 
     def _waiting(self, pool: _Pool) -> int:
         """Requests for the pool that no replica holds (between retries, or no replica to take them)."""
