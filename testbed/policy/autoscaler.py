@@ -3,7 +3,7 @@
 Rules, in the order they apply at each decision (every ``interval`` seconds, driven by the plane):
 
 1. **Recommendation** — ``ceil(serving * observed / target)``, where ``observed`` is the metric
-   averaged over the pool's serving replicas (ongoing requests, queued requests, KV-cache share
+   averaged over the pool's serving replicas (and, by the plane, over the interval) (ongoing requests, queued requests, KV-cache share
    used, or a TTFT percentile in seconds). This is the Kubernetes HPA formula, and Ray Serve's for
    ongoing requests. While ``observed / target`` lies within ``1 ± tolerance`` the recommendation
    is the current count (HPA's 10% dead band), so noise around the target changes nothing.
