@@ -276,7 +276,7 @@ def test_the_live_plane_refuses_elastic_with_exit_2(tmp_path: Path):
 
 
 def test_the_report_shows_cost_next_to_the_verdicts():
-    from testbed.report import markdown_report
+    from testbed.report.markdown import markdown_report
 
     report = markdown_report(simulate(small({})))
     assert "## Fleet cost and elasticity" in report and "goodput per $" in report

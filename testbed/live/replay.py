@@ -41,9 +41,10 @@ from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
-from testbed.observe.attempts import attempts_frame, health_frame
 from testbed.observe.pipeline import observe_into
-from testbed.result import Result
+from testbed.records.attempts import attempts_frame, health_frame
+from testbed.records.result import Result
+from testbed.report import write_run
 from testbed.rng import RandomStreams
 from testbed.sim.engine import _overlaps
 from testbed.sla import evaluate, fault_windows, recovery_times
@@ -114,7 +115,7 @@ def run_live(
     replay = prepare(scenario, seed)
     result = asyncio.run(_replay(replay, engine, progress or (lambda _: None)))
     if out_dir is not None:
-        result.write(out_dir)
+        write_run(result, out_dir)
     return result
 
 

@@ -31,7 +31,7 @@ import simpy
 
 from testbed import cloud
 from testbed.cost import CostMeter
-from testbed.observe.records import OK, latency_columns
+from testbed.records.schema import OK, latency_columns
 from testbed.policy.autoscaler import Autoscaler
 from testbed.policy.batching import Sequence
 from testbed.policy.capacity import CapacityLedger, SpotMarket, Stockout

@@ -10,8 +10,8 @@ import math
 
 import pandas as pd
 
-from testbed.observe.records import latency_columns
-from testbed.result import Result
+from testbed.records.result import Result
+from testbed.records.schema import latency_columns
 from testbed.units import format_duration
 
 

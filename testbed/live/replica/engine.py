@@ -57,7 +57,7 @@ BatchListener = Callable[[int, float], None]  # (batch size, seconds its oldest 
 
 
 class Engine:
-    """Micro-batching generation over a :class:`~testbed.live.runner.ModelRunner`.
+    """Micro-batching generation over a :class:`~testbed.live.replica.runner.ModelRunner`.
 
     ``slowdown`` (>= 1) stretches every model step by that factor: the chaos hook for a slow or
     throttled replica. ``adaptive`` lets a :class:`DelayController` tune the batching delay
@@ -103,7 +103,7 @@ class Engine:
 
     async def start(self) -> None:
         """Load the model (in the worker thread), warm it up, and start the scheduling loop."""
-        from testbed.live.runner import ModelRunner
+        from testbed.live.replica.runner import ModelRunner
 
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")

@@ -1,28 +1,35 @@
-"""What ``testbed calibrate`` and ``testbed live`` do, kept out of ``cli.py`` (which only parses).
-
-Both return the command's exit code: 0 success / all SLAs met, 1 an SLA violated, 2 bad input
-(one message on stderr, no traceback).
-"""
+"""``testbed calibrate``: time the real engine over a grid, fit the simulator's table model, write a profile."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 
-from testbed.spec import Scenario, SpecError
-from testbed.units import parse_duration
+from testbed.cli.output import EXIT_BAD_INPUT, EXIT_PASS, console, errors
 
-EXIT_PASS, EXIT_SLA_VIOLATED, EXIT_BAD_INPUT = 0, 1, 2
+
+def calibrate(
+    out: Annotated[Path, typer.Option(help="profile JSON to write, e.g. profiles/cpu-fp32-tiny.json")],
+    engine: Annotated[str, typer.Option(help="torch (the built-in replica server), torch-runner (the bare model) or vllm")] = "torch",
+    model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF model directory")] = "tiny",
+    device: Annotated[str, typer.Option(help="device kind the profile is for: cpu-fp32 or cpu-int8 (quantized)")] = "cpu-fp32",
+    grid: Annotated[str, typer.Option(help="quick or standard measurement grid")] = "standard",
+    parallel: Annotated[int, typer.Option(help="engines measured side by side (as many as will share this machine live)")] = 1,
+) -> None:
+    """Time the real engine over a grid, fit the simulator's table model, write a profile (with its held-out error)."""
+    raise typer.Exit(calibrate_command(out, engine, model, device, grid, parallel, console, errors))
 
 
 def calibrate_command(
     out: Path, engine: str, model: str, device: str, grid_name: str, parallel: int, console: Console, errors: Console
 ) -> int:
     """Measure (with ``parallel`` engines side by side), fit, write the profile, print the held-out error."""
-    from testbed.calibrate import (
+    from testbed.live.calibrate import (
         GRIDS, PADDING, check_engine, fit_with_error, measure_grid, measure_in_parallel, open_timer, profile_model_name, source_note,
     )
 
@@ -59,47 +66,3 @@ def calibrate_command(
     console.print(f"held-out error on {len(point_errors)} points off the grid: {summary}")
     console.print(f"profile for {profile.device} / {profile.model} written to [bold]{out}[/]")
     return EXIT_PASS
-
-
-def live_command(
-    scenario_file: Path,
-    engine: str,
-    scale: float | None,
-    compare: bool,
-    seed: int | None,
-    out: Path | None,
-    duration: str | None,
-    console: Console,
-    errors: Console,
-) -> int:
-    """Replay a scenario live (optionally beside its simulation) and print verdicts and fidelity."""
-    from testbed.cli import _print_verdicts
-    from testbed.live.injector import LiveUnsupported
-    from testbed.live.replay import run_live
-
-    try:
-        scenario = Scenario.from_yaml(scenario_file)
-        override = parse_duration(duration) if duration is not None else None
-        out_dir = out or Path("out") / f"{scenario.name}-live"
-        result = run_live(
-            scenario, seed=seed, out_dir=None, engine=engine, scale=scale, duration=override,
-            progress=lambda m: errors.print(f"[dim]{m}[/]", highlight=False),
-        )
-    except (SpecError, LiveUnsupported, ValueError) as exc:
-        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        return EXIT_BAD_INPUT
-    result.write(out_dir)
-    _print_verdicts(result)
-    for failure in result.stats.get("live_action_failures", []):
-        errors.print(f"[yellow]warning:[/] fault action failed: {failure}", highlight=False)
-    if compare:
-        from testbed.fidelity import compare as compare_runs
-        from testbed.sim import simulate
-
-        simulated = simulate(result.scenario, seed=result.seed)
-        comparison = compare_runs(simulated, result)
-        path = comparison.write(out_dir)
-        console.print(comparison.markdown(), markup=False, highlight=False)
-        console.print(f"fidelity report written to [bold]{path}[/]")
-    console.print(f"records and report written to [bold]{out_dir}[/]")
-    return EXIT_PASS if result.passed else EXIT_SLA_VIOLATED

@@ -22,7 +22,7 @@ import platform
 import subprocess
 from pathlib import Path
 
-from testbed.live.models import cache_root
+from testbed.live.replica.models import cache_root
 
 REPO = Path(__file__).resolve().parents[2]
 KV_CACHE_BYTES = 256 * 1024**2  # plenty for the built-in models' contexts; the notes allow 1 GiB
@@ -82,7 +82,7 @@ def _cpu_list() -> str:
 
 def served_name(model_dir: Path) -> str:
     """The name clients ask for: a built-in model's name (``tiny`` for ``tiny-<hash>``), else the dir name."""
-    from testbed.live.models import RECIPES
+    from testbed.live.replica.models import RECIPES
 
     stem = Path(model_dir).name
     prefix = stem.rsplit("-", 1)[0]

@@ -1,8 +1,5 @@
 """The ``elastic:`` section of a scenario: fleets that grow, shrink, lose spot capacity and degrade.
 
-Import these names from :mod:`testbed.spec` (which re-exports them): this module needs the field
-types defined there, so it can only be loaded through it.
-
 Without the section a scenario's fleet is fixed, exactly as before. With it, the topology's
 replicas of a pool are the *slots* the pool may fill: an autoscaler decides how many are wanted,
 each new replica pays the lifecycle chain (node, image, weights, warm-up) within the region's
@@ -16,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
-from testbed.spec import Bandwidth, Duration, Fraction, PartName, Rate, Strict
+from testbed.spec.base import Bandwidth, Duration, Fraction, PartName, Rate, Strict
 
 AUTOSCALER_METRICS = ("ongoing_requests", "queue_depth", "kv_utilisation", "latency")
 

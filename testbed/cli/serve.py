@@ -4,14 +4,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
 
-from testbed.live.gateway import JsonLinesSpanExporter
-from testbed.live.stack import LiveStack, plan_replicas, run_until_stopped
-from testbed.live.supervisor import ReplicaStartError
+from testbed.cli.output import console, fail
 from testbed.spec import Scenario, ServingSpec, SpecError
+
+if TYPE_CHECKING:
+    from testbed.live.stack import LiveStack
+
+
+def serve(
+    replicas: Annotated[int, typer.Option(min=1, help="primary replicas")] = 2,
+    regions: Annotated[int, typer.Option(min=1, help="regions the primaries are spread over")] = 1,
+    engine: Annotated[str, typer.Option(help="torch or vllm")] = "torch",
+    fallback: Annotated[bool, typer.Option(help="add an int8 CPU replica in a fallback-tier region")] = False,
+    model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF directory")] = "tiny",
+    port: Annotated[int, typer.Option(help="gateway port on 127.0.0.1 (0 picks a free one)")] = 8000,
+    scenario: Annotated[Optional[Path], typer.Option(help="take the serving policies from this scenario YAML")] = None,
+    trace_file: Annotated[Optional[Path], typer.Option(help="write OpenTelemetry spans here as JSON lines")] = None,
+) -> None:
+    """Start replicas, a chaos proxy each and the gateway; print the endpoints; Ctrl-C stops it all."""
+    raise typer.Exit(run_serve(replicas, regions, engine, fallback, model, port, scenario, trace_file, console, fail))
 
 
 def run_serve(
@@ -27,6 +43,11 @@ def run_serve(
     fail: Callable[[str], typer.Exit],
 ) -> int:
     """Serve until stopped; returns the exit code (bad options raise ``fail``'s exit 2)."""
+    # The live plane needs the live extra (fastapi, torch): imported here so the other commands run without it.
+    from testbed.live.gateway import JsonLinesSpanExporter
+    from testbed.live.stack import LiveStack, plan_replicas, run_until_stopped
+    from testbed.live.supervisor import ReplicaStartError
+
     try:
         spec = Scenario.from_yaml(scenario).serving if scenario is not None else ServingSpec()
         plans = plan_replicas(replicas, regions, fallback)

@@ -293,7 +293,7 @@ PADDING = {"torch": "longest", "torch-runner": "longest", "vllm": "none"}
 def open_timer(engine: str, model: str, device: str) -> StepTimer:
     """The timer for ``engine`` (one of :data:`ENGINES`) serving ``model`` as device kind ``device``."""
     check_engine(engine, device)
-    from testbed.live.models import resolve_model
+    from testbed.live.replica.models import resolve_model
 
     model_dir = resolve_model(model)
     quantize = "int8" if device == "cpu-int8" else None
@@ -313,7 +313,7 @@ def open_timer(engine: str, model: str, device: str) -> StepTimer:
 
 
 def _built_in() -> set[str]:
-    from testbed.live.models import RECIPES
+    from testbed.live.replica.models import RECIPES
 
     return set(RECIPES)
 
@@ -328,7 +328,7 @@ def check_engine(engine: str, device: str) -> None:
 
 def profile_model_name(model: str) -> str:
     """A built-in model keeps its name (the catalog knows it); a directory is named by its basename."""
-    from testbed.live.models import RECIPES
+    from testbed.live.replica.models import RECIPES
 
     return model if model in RECIPES else Path(model).expanduser().resolve().name
 

@@ -16,7 +16,7 @@ records as the request's time to first token.
 
 Run one replica::
 
-    python -m testbed.live.replica_server --model tiny --port 0 --name r0
+    python -m testbed.live.replica.server --model tiny --port 0 --name r0
 
 It prints exactly one line, ``READY name=r0 url=http://127.0.0.1:PORT``, once it serves, and
 shuts down cleanly on SIGTERM or SIGINT.
@@ -42,7 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from testbed.live.engine import DeadlineExceeded, Engine, EngineClosed
+from testbed.live.replica.engine import DeadlineExceeded, Engine, EngineClosed
 from testbed.live.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -50,8 +50,8 @@ from testbed.live.openai_schema import (
     error_body,
     parse_request,
 )
-from testbed.live.replica_chaos import ChaosMiddleware, ChaosPatch, ReplicaChaos
-from testbed.live.replica_metrics import CONTENT_TYPE, ReplicaMetrics
+from testbed.live.replica.chaos import ChaosMiddleware, ChaosPatch, ReplicaChaos
+from testbed.live.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # No tokenizer averages more characters per token than this: a longer text cannot fit the
@@ -469,7 +469,7 @@ async def serve(engine: Engine, name: str, model_name: str, host: str = "127.0.0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m testbed.live.replica_server",
+    parser = argparse.ArgumentParser(prog="python -m testbed.live.replica.server",
                                      description="An OpenAI-compatible replica of the built-in PyTorch engine.")
     parser.add_argument("--model", default="tiny", help="tiny, small, or a local Hugging Face model directory")
     parser.add_argument("--host", default="127.0.0.1")
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--adaptive", action="store_true", help="tune the batching delay toward a latency target")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
-    from testbed.live.models import resolve_model
+    from testbed.live.replica.models import resolve_model
 
     try:
         model_dir = resolve_model(args.model)

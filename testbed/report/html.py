@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
-from testbed.report import format_value, latency_summary, outcome_counts
-from testbed.result import Result
+from testbed.records.result import Result
+from testbed.report.markdown import format_value, latency_summary, outcome_counts
 from testbed.sla import Verdict
 from testbed.topology import Topology
 from testbed.units import format_duration
@@ -122,7 +122,7 @@ def observed_frame(result: Result, name: str) -> pd.DataFrame | None:
 
 def html_report(result: Result) -> str:
     """The report.html of a run: verdicts, outcome ledger, latency table and the figures."""
-    from testbed import plots  # plotly comes with the explore extra; see write_html_report
+    from testbed.report import plots  # plotly comes with the explore extra; see write_html_report
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
     verdicts = pd.DataFrame(verdict_rows(result.sla), columns=["objective", "limit", "observed", "margin", "verdict"])

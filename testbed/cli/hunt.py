@@ -9,17 +9,37 @@ the SLA held for every schedule within the budget, 2 on bad input.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from testbed.cli.output import EXIT_BAD_INPUT, EXIT_FOUND, EXIT_NONE_FOUND, console, errors
 from testbed.explain import fault_parameters, reproduce_command
 from testbed.hunt import HuntResult, hunt
 from testbed.spec import Scenario, SpecError
 from testbed.strategies import DEFAULT_KINDS
 
-EXIT_NONE_FOUND, EXIT_FOUND, EXIT_BAD_INPUT = 0, 1, 2
+
+def hunt_command(
+    scenario_file: Annotated[Path, typer.Argument(help="scenario YAML whose SLA should survive faults")],
+    budget: Annotated[int, typer.Option(min=1, help="fault schedules to simulate while searching")] = 100,
+    shrink_budget: Annotated[Optional[int], typer.Option(min=0, help="simulations for shrinking (default 2 x budget, at least 50)")] = None,
+    max_faults: Annotated[int, typer.Option(min=1, help="faults per schedule at most")] = 3,
+    kinds: Annotated[Optional[str], typer.Option(help="comma-separated fault kinds, e.g. node_crash,outage (default: all)")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="override the scenario's simulation seed")] = None,
+    search_seed: Annotated[int, typer.Option(help="seed of the search itself")] = 0,
+    out: Annotated[Optional[Path], typer.Option(help="where minimal-failure.yaml goes (default out/<scenario name>)")] = None,
+    quiet: Annotated[bool, typer.Option(help="no live status line")] = False,
+) -> None:
+    """Search fault schedules that break the SLA; shrink the first to a minimal runnable scenario (exit 1 if found)."""
+    code = run_hunt(
+        scenario_file, budget=budget, shrink_budget=shrink_budget, max_faults=max_faults, kinds=kinds, seed=seed,
+        search_seed=search_seed, out=out, quiet=quiet, console=console, errors=errors,
+    )
+    raise typer.Exit(code)
 
 
 def parse_kinds(text: str | None) -> list[str] | None:
@@ -94,7 +114,7 @@ def run_hunt(
 
 def print_failure(found: HuntResult, console: Console) -> None:
     """The minimal schedule, the verdicts it breaks, and the cost of finding it."""
-    from testbed.report import format_value, outcome_counts
+    from testbed.report.markdown import format_value, outcome_counts
 
     assert found.schedule is not None and found.result is not None
     before = len(found.first_failure or [])

@@ -7,7 +7,9 @@ failed or a run errored, 2 on a bad campaign file or option (one message, never 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Optional
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,9 +19,23 @@ from testbed.campaign.driver import CampaignResult, run_campaign
 from testbed.campaign.executors import EXECUTORS
 from testbed.campaign.matrix import short_key
 from testbed.campaign.spec import load_campaign
+from testbed.cli.output import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_SLA_VIOLATED, console, errors
 from testbed.spec import SpecError
 
-EXIT_PASS, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+def campaign(
+    campaign_file: Annotated[Path, typer.Argument(help="campaign YAML, e.g. faults/campaigns/failover-matrix.yaml")],
+    workers: Annotated[int, typer.Option(help="runs at a time (processes, or Ray CPUs)")] = 1,
+    executor: Annotated[str, typer.Option(help="local (process pool) or ray")] = "local",
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster address (default: a local cluster)")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="output directory (default out/campaigns/<name>)")] = None,
+    resume: Annotated[bool, typer.Option(help="keep the runs already in the journal, do the rest")] = False,
+    retry_errors: Annotated[bool, typer.Option(help="with --resume, also redo runs that errored")] = False,
+    quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+) -> None:
+    """Run every cell x seed of a campaign; journal, summarise and report it (exit 1 if a cell fails)."""
+    code = campaign_command(campaign_file, workers, executor, address, out, resume, retry_errors, quiet, console, errors)
+    raise typer.Exit(code)
 
 
 def campaign_command(
@@ -71,7 +87,7 @@ def campaign_command(
             return EXIT_INTERRUPTED
     print_cells(result, console)
     console.print(f"journal, results, summary and reports written to [bold]{escape(str(out_dir))}[/]")
-    return EXIT_PASS if result.passed else EXIT_FAILED
+    return EXIT_PASS if result.passed else EXIT_SLA_VIOLATED
 
 
 def print_cells(result: CampaignResult, console: Console) -> None:

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.sla import fault_windows
 from testbed.topology import ROOT, Topology
 
@@ -57,12 +57,18 @@ def _ok_latency(requests: pd.DataFrame, metric: str) -> np.ndarray:
 
 
 def latency_cdf(
-    requests: pd.DataFrame | Mapping[str, pd.DataFrame], metric: str = "ttft", by: str | None = "request_class"
+    requests: pd.DataFrame | Mapping[str, pd.DataFrame],
+    metric: str = "ttft",
+    by: str | None = "request_class",
+    counting_failures: bool = False,
 ) -> go.Figure:
     """Empirical CDF of a latency metric over successful requests, one curve per group and run.
 
     The curve is drawn through the quantiles at :data:`CDF_POINTS` evenly spaced probabilities
     (plus the 99.9th), which is the CDF itself at that resolution whatever the request count.
+    With ``counting_failures`` the share is of *all* requests, so a curve tops out at the share
+    answered: comparing runs over successes only flatters the one that fails its slow requests
+    (survivorship), which is what an A/B comparison must not do.
     """
     if metric not in LATENCY_TITLES:
         raise ValueError(f"unknown latency metric {metric!r}; expected one of {sorted(LATENCY_TITLES)}")
@@ -76,21 +82,68 @@ def latency_cdf(
             values = _ok_latency(group, metric)
             if len(values) == 0:
                 continue
+            answered = len(values) / len(group) if counting_failures else 1.0
             name = " · ".join(part for part in (label, group_name) if part)
             fig.add_trace(
                 go.Scatter(
                     x=np.quantile(values, probabilities),
-                    y=probabilities,
+                    y=probabilities * answered,
                     mode="lines",
                     name=name,
                     hovertemplate="%{x:.3s}s: %{y:.1%}<extra>" + name + "</extra>",
                 )
             )
     fig.update_layout(
-        title=f"CDF of {LATENCY_TITLES[metric]} (successful requests)",
+        title=f"CDF of {LATENCY_TITLES[metric]} "
+        + ("(all requests: a failed one never arrives)" if counting_failures else "(successful requests)"),
         xaxis={"title": metric, "type": "log", **seconds_ticks([x for t in fig.data for x in t.x])},
         yaxis={"title": "share of requests", "tickformat": ".0%", "range": [0, 1.02]},
         legend={"orientation": "h", "y": -0.2},
+        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+    )
+    return fig
+
+
+def compare_over_time(
+    requests: Mapping[str, pd.DataFrame],
+    faults: pd.DataFrame | None = None,
+    metric: str = "ttft",
+    percentile: float = 99,
+    bin_s: float | None = None,
+) -> go.Figure:
+    """Runs side by side over time: a latency percentile of what was answered, and availability.
+
+    Read the two panels together: a run that fails its slow requests looks fast in the upper one
+    and pays in the lower one, at the same moment.
+    """
+    if metric not in LATENCY_TITLES:
+        raise ValueError(f"unknown latency metric {metric!r}; expected one of {sorted(LATENCY_TITLES)}")
+    runs = _runs(requests)
+    horizon = max((float(f["arrival"].max()) for f in runs.values() if len(f)), default=1.0)
+    width = bin_s or _time_bin(horizon)
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.6, 0.4], vertical_spacing=0.06)
+    for color, (label, frame) in zip(("#1f77b4", "#d62728", "#2ca02c", "#9467bd"), runs.items()):
+        bins = (frame["arrival"] // width * width).rename("bin")
+        latency = latency_columns(frame)[metric].where(frame["status"] == "ok").groupby(bins).quantile(percentile / 100)
+        availability = (frame["status"] == "ok").groupby(bins).mean()
+        fig.add_trace(
+            go.Scatter(x=latency.index + width / 2, y=latency.to_numpy(), mode="lines", name=f"{label} p{percentile:g} {metric}",
+                       line={"color": color}, legendgroup=label),
+            row=1, col=1,
+        )
+        fig.add_trace(
+            go.Scatter(x=availability.index + width / 2, y=availability.to_numpy(), mode="lines", name=f"{label} availability",
+                       line={"color": color, "dash": "dot"}, legendgroup=label),
+            row=2, col=1,
+        )
+    shade_faults(fig, faults, end=horizon, row="all", col=1)
+    latencies = [y for t in fig.data if not t.name.endswith("availability") for y in t.y]
+    fig.update_yaxes(title_text=metric, type="log", **seconds_ticks(latencies), row=1, col=1)
+    fig.update_yaxes(title_text="availability", tickformat=".0%", range=[0, 1.05], row=2, col=1)
+    fig.update_xaxes(title_text=f"arrival time (s), bins of {width:g} s", row=2, col=1)
+    fig.update_layout(
+        title=f"p{percentile:g} {LATENCY_TITLES[metric]} and availability over time, run by run (faults shaded)",
+        legend={"orientation": "h", "y": -0.25},
         margin={"t": 50, "b": 40, "l": 60, "r": 20},
     )
     return fig

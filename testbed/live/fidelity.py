@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from testbed.observe.records import latency_columns
-from testbed.report import format_value, outcome_counts
-from testbed.result import Result
+from testbed.records.result import Result
+from testbed.records.schema import latency_columns
+from testbed.report.markdown import format_value, outcome_counts
 
 PERCENTILES = (50, 90, 99)
 LATENCY_METRICS = ("ttft", "tpot", "e2e")
