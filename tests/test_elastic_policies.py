@@ -170,6 +170,7 @@ def test_spot_falls_back_to_on_demand_after_a_preemption_for_the_hold():
 def test_spot_share_and_preemption_lifetimes():
     market = SpotMarket(share=0.5, rate_per_s=2 / 3600, notice=None, fallback=True, hold=0.0, rng=random.Random(7))
     assert market.choose("r", 0, 0, 0.0) == "spot" and market.choose("r", 1, 1, 0.0) == "on_demand"
+    assert market.wants_spot(1, 2) and not market.wants_spot(2, 3)
     lifetimes = [market.lifetime() for _ in range(4000)]
     assert 1700 < sum(lifetimes) / len(lifetimes) < 1900  # exponential with a mean of 1800 s
     assert market.notice_for(120.0) == 120.0

@@ -304,6 +304,12 @@ def test_a_quota_caps_the_devices_a_region_grants():
     assert started == {EAST0, WEST0}  # one device per region, never more
 
 
+def test_the_starting_fleet_respects_quotas_too():
+    result = simulate(small({"quotas": {"local/east": {"cpu-fp32": 1}}}))
+    serving = set(result.fleet[(result.fleet["time"] == 0) & (result.fleet["phase"] == "serving")]["replica"])
+    assert serving == {EAST0, WEST0, WEST1}  # the pool wants all four; east grants one
+
+
 @pytest.mark.parametrize("metric, target", [("queue_depth", 0.5), ("kv_utilisation", 0.1), ("latency", 0.05)])
 def test_every_metric_scales_a_loaded_pool_up(metric: str, target: float):
     auto = {"metric": metric, "target": target, "min_replicas": 1, "max_replicas": 4, "initial_replicas": 1,

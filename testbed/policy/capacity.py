@@ -81,18 +81,18 @@ class SpotMarket:
         self.hold = hold
         self.rng = rng
         self._on_demand_until: dict[str, float] = {}
-        self.fallbacks = 0  # on-demand replicas asked for because spot was refused or reclaimed
 
     @classmethod
     def from_spec(cls, spec: SpotSpec, rng: random.Random) -> SpotMarket:
         return cls(spec.share, spec.preemption_rate, spec.notice, spec.fallback == "on_demand", spec.fallback_hold, rng)
 
+    def wants_spot(self, spot_live: int, total_live: int) -> bool:
+        """Whether the next replica should be spot to keep the pool at its spot share."""
+        return self.share > 0 and spot_live < self.share * (total_live + 1) - 1e-9
+
     def choose(self, region: str, spot_live: int, total_live: int, now: float) -> str:
         """``spot`` while spot is below its share of the pool, unless the region is falling back."""
-        if self.share <= 0 or spot_live >= self.share * (total_live + 1) - 1e-9:
-            return "on_demand"
-        if now < self._on_demand_until.get(region, float("-inf")):
-            self.fallbacks += 1
+        if not self.wants_spot(spot_live, total_live) or now < self._on_demand_until.get(region, float("-inf")):
             return "on_demand"
         return "spot"
 
@@ -101,7 +101,6 @@ class SpotMarket:
         if not self.fallback:
             return None
         self._on_demand_until[region] = now + self.hold
-        self.fallbacks += 1
         return "on_demand"
 
     def on_preempted(self, region: str, now: float) -> None:

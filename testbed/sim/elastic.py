@@ -97,7 +97,9 @@ class ElasticFleet:
         )
         self.live: dict[int, _Live] = {}  # slot -> replica
         self.events: list[tuple[float, int, str, str, str, str]] = []
-        self.counts = {"scale_ups": 0, "scale_downs": 0, "spot_preemptions": 0, "cold_starts": 0, "refused_grants": 0}
+        self.counts = {
+            "scale_ups": 0, "scale_downs": 0, "cold_starts": 0, "refused_grants": 0, "spot_preemptions": 0, "spot_fallbacks": 0,
+        }
         self.class_names = list(run.arrivals.class_names)
         rng = run.streams.python("elastic.spot")
         self.pools: dict[str, _Pool] = {}
@@ -129,18 +131,28 @@ class ElasticFleet:
         return outs
 
     def _starting_fleet(self) -> None:
-        """The initial replicas serve from time zero (warm); every other slot is parked."""
+        """The initial replicas serve from time zero (warm), within quotas and outside stockouts;
+        every other slot is parked."""
         for pool in self.pools.values():
-            for slot in pool.slots[pool.wanted :]:
-                self.run.replicas[slot].park()
-                self.run.gateway.set_in_service(slot, False, 0.0)
-            for slot in pool.slots[: pool.wanted]:
-                market = self._market(pool, self.placements[slot].region, 0.0)
-                life = ReplicaLifecycle(self._timings(slot), requested_at=0.0)
-                life.phase = "serving"
-                life.history[:] = [(0.0, "provisioning"), (0.0, "serving")]
-                self._occupy(slot, life, market, pool.generation)
-                self._event(slot, "serving")
+            started = []
+            for slot in pool.slots:
+                placement = self.placements[slot]
+                market = self._market(pool, placement.region, 0.0)
+                granted = self.ledger.refusal(placement.region, placement.device_kind, placement.tensor_parallel, market, 0.0) is None
+                if len(started) < pool.wanted and granted:
+                    started.append(slot)
+                    self._start_warm(pool, slot, market)
+                else:
+                    self.run.replicas[slot].park()
+                    self.run.gateway.set_in_service(slot, False, 0.0)
+
+    def _start_warm(self, pool: _Pool, slot: int, market: str) -> None:
+        """A replica serving from time zero: its cold start happened before the run."""
+        life = ReplicaLifecycle(self._timings(slot), requested_at=0.0)
+        life.phase = "serving"
+        life.history[:] = [(0.0, "provisioning"), (0.0, "serving")]
+        self._occupy(slot, life, market, pool.generation)
+        self._event(slot, "serving")
 
     def _timings(self, slot: int) -> LifecycleTimings:
         placement = self.placements[slot]
@@ -149,12 +161,19 @@ class ElasticFleet:
         weight_bytes = topology.model_kind(placement.model).params * device.weight_bytes_per_param
         return LifecycleTimings.for_replica(placement.provider, weight_bytes, device.fallback, self.spec.lifecycle)
 
+    def _spot_counts(self, pool: _Pool) -> tuple[int, int]:
+        members = [self.live[s] for s in pool.slots if s in self.live and not self.live[s].doomed]
+        return sum(1 for m in members if m.market == "spot"), len(members)
+
+    def _wants_spot(self, pool: _Pool) -> bool:
+        assert pool.spot is not None
+        return pool.spot.wants_spot(*self._spot_counts(pool))
+
     def _market(self, pool: _Pool, region: str, now: float) -> str:
         if pool.spot is None:
             return "on_demand"
-        members = [self.live[s] for s in pool.slots if s in self.live]
-        spot = sum(1 for m in members if m.market == "spot")
-        return pool.spot.choose(region, spot, len(members), now)
+        spot, total = self._spot_counts(pool)
+        return pool.spot.choose(region, spot, total, now)
 
     def _occupy(self, slot: int, life: ReplicaLifecycle, market: str, generation: int) -> None:
         placement = self.placements[slot]
@@ -270,6 +289,8 @@ class ElasticFleet:
             if reason is not None:
                 self.counts["refused_grants"] += 1
                 continue
+            if market == "on_demand" and pool.spot is not None and self._wants_spot(pool):
+                self.counts["spot_fallbacks"] += 1  # spot was wanted: refused, or the region falls back
             life = ReplicaLifecycle(self._timings(slot), requested_at=now)
             self._occupy(slot, life, market, pool.generation)
             self.counts["cold_starts"] += 1
@@ -489,7 +510,6 @@ class ElasticFleet:
             "migration_tokens_lost": verdict.lost,
             "migration_tokens_duplicated": verdict.duplicated,
             "degraded_requests": int(self.degraded.sum()),
-            "spot_fallbacks": sum(p.spot.fallbacks for p in self.pools.values() if p.spot is not None),
         }
 
 
