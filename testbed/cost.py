@@ -8,10 +8,14 @@ sources), spot at ``spot_price_factor`` of on-demand; a scenario's ``elastic.cos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import pandas as pd
+
 from testbed import cloud
-from testbed.spec import CostSpec
+from testbed.records.schema import latency_columns
+from testbed.spec import CostSpec, Objective
 
 
 @dataclass(slots=True)
@@ -47,3 +51,15 @@ class CostMeter:
     @property
     def device_hours(self) -> float:
         return self.device_seconds / 3600.0
+
+
+def goodput(requests: pd.DataFrame, sla: Sequence[Objective]) -> int:
+    """Requests answered within the scenario's first ``goodput`` objective's TTFT and TPOT limits
+    (all answered requests when it has none): the numerator of goodput per dollar."""
+    ok = (requests["status"] == "ok").to_numpy()
+    objective = next((o for o in sla if o.metric == "goodput"), None)
+    if objective is None:
+        return int(ok.sum())
+    latency = latency_columns(requests)
+    within = (latency["ttft"] <= objective.ttft) & ~(latency["tpot"] > objective.tpot)  # NaN tpot: one token
+    return int((ok & within.to_numpy()).sum())

@@ -39,6 +39,7 @@ import pandas as pd
 
 from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
+from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
 from testbed.observe.pipeline import observe_into
@@ -73,11 +74,7 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     seed = scenario.seed if seed is None else seed
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
-    if scenario.elastic is not None:
-        raise SpecError(
-            f"{scenario.name}: elastic: autoscaling, cold starts, quotas, spot preemption, migration and degradation "
-            "run in simulation only (testbed run); the live stack's fleet is fixed — drop elastic: to replay live"
-        )
+    check_elastic_supported(scenario)
     topology = Topology.from_spec(scenario.topology)
     streams = RandomStreams(seed)
     serving = {p.region for p in topology.replicas if p.tier == "primary"}
@@ -184,15 +181,24 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         offset = started - stack.start  # stack clock -> replay clock
         progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
         injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
+        fleet = LiveFleet(stack, replay.topology, scenario, offset) if scenario.elastic is not None else None
+        if fleet is not None:
+            await fleet.begin()
         faults_task = asyncio.create_task(injector.run())
         try:
             unreached = await _send_all(replay, stack.gateway_url, model, started)
         finally:
             injector.stop()  # the run is over; an action under way (a restart) completes first
             await faults_task
+            if fleet is not None:
+                await fleet.close()
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
-    return _result(replay, requests, health, offset, injector, unreached)
+    result = _result(replay, requests, health, offset, injector, unreached)
+    if fleet is not None:
+        result.stats |= fleet.stats(result.requests)
+        result.fleet = fleet.frame()
+    return result
 
 
 async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> list[tuple[int, float]]:

@@ -30,8 +30,8 @@ import pandas as pd
 import simpy
 
 from testbed import cloud
-from testbed.cost import CostMeter
-from testbed.records.schema import OK, latency_columns
+from testbed.cost import CostMeter, goodput
+from testbed.records.schema import OK
 from testbed.policy.autoscaler import Autoscaler
 from testbed.policy.batching import Sequence
 from testbed.policy.capacity import CapacityLedger, SpotMarket, Stockout
@@ -104,7 +104,7 @@ class ElasticFleet:
         rng = run.streams.python("elastic.spot")
         self.pools: dict[str, _Pool] = {}
         for name in dict.fromkeys(p.pool for p in self.placements):
-            slots = _spread([p for p in self.placements if p.pool == name and p.tier == "primary"])
+            slots = spread_slots([p for p in self.placements if p.pool == name and p.tier == "primary"])
             pool_spec = spec.pools.get(name)
             pool = _Pool(name, slots, len(slots))
             if pool_spec is not None and pool_spec.autoscaler is not None:
@@ -488,21 +488,15 @@ class ElasticFleet:
     def stats(self, requests: pd.DataFrame, now: float) -> dict[str, float | int | bool]:
         """Cost, goodput per dollar, migrations and the checker's verdict, for Result.stats."""
         self.meter.close(now)
-        ok = (requests["status"] == "ok").to_numpy()
-        goodput = int(ok.sum())
-        objective = next((o for o in self.run.scenario.sla if o.metric == "goodput"), None)
-        if objective is not None:
-            latency = latency_columns(requests)
-            within = (latency["ttft"] <= objective.ttft) & ~(latency["tpot"] > objective.tpot)
-            goodput = int((ok & within.to_numpy()).sum())
+        good = goodput(requests, self.run.scenario.sla)
         status = self.run.log.status
         migrated = {rid: int(self.run._output_tokens[rid]) for rid in self.migration.migrations if status[rid] == OK}
         verdict = self.checker.check(migrated)
         return {
             "device_hours": self.meter.device_hours,
             "cost_usd": self.meter.dollars,
-            "goodput_requests": goodput,
-            "goodput_per_dollar": goodput / self.meter.dollars if self.meter.dollars else math.nan,
+            "goodput_requests": good,
+            "goodput_per_dollar": good / self.meter.dollars if self.meter.dollars else math.nan,
             **self.counts,
             "migrations": self.migration.total,
             "migrated_requests": self.migration.migrated,
@@ -513,7 +507,7 @@ class ElasticFleet:
         }
 
 
-def _spread(placements: list) -> list[int]:
+def spread_slots(placements: list) -> list[int]:
     """Slots in the order replicas are placed: one per region in turn, so a pool spans its regions."""
     by_region: dict[str, list[int]] = {}
     for placement in placements:
