@@ -32,6 +32,7 @@ from testbed.spec import ServingSpec  # noqa: E402
 
 SPEC = ServingSpec.model_validate(
     {
+        "batching": {"policy": "micro", "max_batch_size": 4},
         "routing": {"policy": "least_outstanding"},
         "timeouts": {"request": "10s", "connect": "500ms"},
         "retries": {"max_attempts": 3, "backoff": "50ms", "budget_min_per_s": 50},
@@ -171,7 +172,7 @@ def main() -> None:
     phase = args.phase
 
     spec = SPEC.model_copy(update={"hedging": SPEC.hedging.model_copy(update={"enabled": False})}) if args.no_hedging else SPEC
-    runner = StackThread(LiveStack(spec, PLANS, max_batch_size=4))
+    runner = StackThread(LiveStack(spec, PLANS))
     started = time.perf_counter()
     with runner as stack:
         print(f"stack up in {time.perf_counter() - started:.1f}s: gateway {stack.gateway_url}, {len(PLANS)} replicas in 2 regions")

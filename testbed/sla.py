@@ -9,7 +9,9 @@ Definitions (the README copies them):
 * **ttft, tpot, e2e** — the objective's percentile (linear interpolation) over requests that
   ended ``ok``. TPOT is time per output token after the first. No qualifying request: the
   observed value is NaN and the verdict fails (an SLA cannot be met by serving nothing).
-* **availability** — share of requests that ended ``ok``.
+* **availability** — share of requests that ended ``ok``, out of those that did not end
+  ``client_error`` (a request no replica could serve, such as a prompt beyond the context, is
+  the client's error: it counts neither for nor against the serving stack).
 * **error_rate** — share that ended ``failed`` or ``timeout``. Shedding is a deliberate refusal:
   it counts against availability but is not an error.
 * **throughput** — ``ok`` requests per second of window; **token_throughput** — their output
@@ -193,7 +195,8 @@ def _observe(objective: Objective, requests: pd.DataFrame, span: float) -> tuple
     if total == 0:
         return math.nan, 0
     if metric == "availability":
-        return float(ok.mean()), total
+        served = (status != "client_error").to_numpy()
+        return (float(ok.sum() / served.sum()) if served.any() else math.nan), int(served.sum())
     if metric == "error_rate":
         return float(status.isin(("failed", "timeout")).mean()), total
     if metric == "degraded_share":  # of the answers given, how many a degradation step changed

@@ -95,12 +95,44 @@ def test_admission_sheds_less_important_requests_when_the_fleet_is_loaded():
     assert isinstance(admitted, Dispatch)
 
 
-def test_a_bad_request_is_not_retried_and_does_not_count_against_the_replica():
+def test_a_client_error_is_not_retried_and_does_not_count_against_the_replica():
     g = gateway({"circuit_breaker": {"consecutive_failures": 1}, "outlier_ejection": {"consecutive_errors": 1}})
     [dispatch] = g.on_arrival(0, 0, "r/a", 0.0)
-    [finish] = g.on_attempt_end(dispatch.attempt, "bad_request", 0.1)
-    assert finish.status == "failed" and finish.retries == 0
+    [finish] = g.on_attempt_end(dispatch.attempt, "client_error", 0.1)
+    assert finish.status == "client_error" and finish.retries == 0
     assert g.replicas[dispatch.replica].available  # one "failure" would have opened the breaker
+
+
+def test_retries_never_go_back_to_a_replica_this_request_tried_while_another_is_available():
+    """The retry black hole: a dead replica has nothing outstanding, so least_outstanding likes
+    it best; re-drawing from a deterministic router returned it on every attempt."""
+    g = gateway({"routing": {"policy": "least_outstanding"}, "retries": {"max_attempts": 3}}, regions=("r/a", "r/a"))
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    g.on_arrival(1, 0, "r/a", 0.0)  # the other replica now has more outstanding work
+    [wake] = g.on_attempt_end(first.attempt, "failed", 0.1)
+    [second] = g.on_timer(0, "retry", wake.at)
+    assert second.replica != first.replica
+
+
+def test_a_refused_connection_takes_the_replica_out_at_once_until_a_probe_passes():
+    g = gateway({"routing": {"policy": "least_outstanding"}}, regions=("r/a", "r/a"))
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    [wake] = g.on_attempt_end(first.attempt, "unavailable", 0.01)
+    assert not g.replicas[first.replica].available  # no breaker threshold, no probe needed
+    [second] = g.on_timer(0, "retry", wake.at)
+    assert second.replica != first.replica
+    [later] = g.on_arrival(1, 0, "r/a", 0.2)  # a new request does not try the refusing replica
+    assert later.replica != first.replica
+    g.on_probe(first.replica, True, 1.0)
+    assert g.replicas[first.replica].available
+
+
+def test_with_every_replica_tried_a_retry_goes_back_rather_than_failing():
+    g = gateway({"retries": {"max_attempts": 2}}, regions=("r/a",))
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    [wake] = g.on_attempt_end(first.attempt, "failed", 0.1)
+    [second] = g.on_timer(0, "retry", wake.at)
+    assert isinstance(second, Dispatch) and second.replica == first.replica
 
 
 def test_a_broken_stream_is_not_retried_but_counts_against_the_replica():
@@ -110,3 +142,17 @@ def test_a_broken_stream_is_not_retried_but_counts_against_the_replica():
     [finish] = g.on_attempt_end(dispatch.attempt, "failed", 0.2, retryable=False)
     assert finish.status == "failed" and finish.retries == 0
     assert not g.replicas[dispatch.replica].available
+
+
+def test_a_half_open_breaker_without_trials_left_joins_the_exclusion():
+    g = gateway({"routing": {"policy": "least_outstanding"}, "circuit_breaker": {"consecutive_failures": 1, "open_for": "1s"}},
+                regions=("r/a", "r/a"))
+    [first] = g.on_arrival(0, 0, "r/a", 0.0)
+    g.on_attempt_end(first.attempt, "failed", 0.1)  # opens replica 0's breaker; request 0 retries later
+    for rid in (10, 11):
+        assert g.on_arrival(rid, 0, "r/a", 0.5)[0].replica == 1  # replica 1 is now the busier one
+    g.on_tick(1.2)  # open_for has passed: half-open, available again
+    [trial] = g.on_arrival(1, 0, "r/a", 1.2)  # its one trial request goes through
+    assert trial.replica == 0
+    [other] = g.on_arrival(2, 0, "r/a", 1.3)  # the router's pick, but no trial left: excluded
+    assert other.replica == 1

@@ -26,7 +26,7 @@ from testbed.spec import ServingSpec
 
 pytestmark = pytest.mark.live
 
-SPEC = ServingSpec.model_validate({"health_check": {"period": "1s", "timeout": "1s"}})
+SPEC = ServingSpec.model_validate({"batching": {"policy": "micro", "max_batch_size": 4}, "health_check": {"period": "1s", "timeout": "1s"}})
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def spans() -> InMemorySpanExporter:
 @pytest.fixture(scope="module")
 def stack(spans):
     plans = [ReplicaPlan("r0", "local/a"), ReplicaPlan("r1", "local/a")]
-    with StackThread(LiveStack(SPEC, plans, span_exporter=spans, max_batch_size=4)) as live:
+    with StackThread(LiveStack(SPEC, plans, span_exporter=spans)) as live:
         yield live
 
 
@@ -124,9 +124,9 @@ def test_a_replica_400_is_passed_back_once_and_not_retried(stack):
     answer = httpx.post(stack.gateway_url + "/v1/completions", json={"model": "tiny", "prompt": "word " * 50_000}, timeout=30)
     assert answer.status_code == 400
     [row] = rows_since(stack, first).itertuples()
-    assert row.status == "failed" and row.retries == 0
+    assert row.status == "client_error" and row.retries == 0
     metrics = httpx.get(stack.gateway_url + "/metrics", timeout=10).text
-    assert re.search(r'testbed:gateway_attempts_total\{outcome="bad_request",replica="r[01]"\} [1-9]', metrics)
+    assert re.search(r'testbed:gateway_attempts_total\{outcome="client_error",replica="r[01]"\} [1-9]', metrics)
 
 
 def test_a_deadline_from_the_body_or_a_header_times_the_request_out_with_504(stack, client):

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.live
 
 SPEC = ServingSpec.model_validate(
     {
+        "batching": {"policy": "micro", "max_batch_size": 4},
         "routing": {"policy": "region_affine"},
         "timeouts": {"request": "8s", "connect": "500ms"},
         "retries": {"max_attempts": 3, "backoff": "50ms", "budget_min_per_s": 100},
@@ -38,7 +39,7 @@ PLANS = [ReplicaPlan("r0", "local/a"), ReplicaPlan("r1", "local/a"), ReplicaPlan
 
 @pytest.fixture(scope="module")
 def live():
-    runner = StackThread(LiveStack(SPEC, PLANS, max_batch_size=4))
+    runner = StackThread(LiveStack(SPEC, PLANS))
     with runner as stack:
         yield runner, stack
 

@@ -88,8 +88,29 @@ def test_a_prompt_longer_than_the_kv_cache_fails_cleanly():
         serving={"batching": {"policy": "continuous", "kv_cache_tokens": 4096}},
     )
     result = simulate(scenario)
-    assert (result.requests["status"] == "failed").all()
+    assert (result.requests["status"] == "client_error").all()
     assert (result.requests["replica"] == -1).all()
+
+
+def test_over_long_prompts_do_not_open_a_healthy_replicas_breaker():
+    """A prompt that does not fit is the client's error: it must not take a working replica out
+    of routing (it did in simulation, where it counted against breaker and outlier detector)."""
+    scenario = small(
+        workload={"arrival": {"kind": "poisson", "rate": 4},
+                  "prompt_tokens": {"kind": "empirical", "values": [5000, 200]},
+                  "output_tokens": {"kind": "fixed", "value": 16}},
+        serving={"batching": {"policy": "continuous", "kv_cache_tokens": 4096},
+                 "circuit_breaker": {"consecutive_failures": 2}, "outlier_ejection": {"consecutive_errors": 2}},
+        duration=20,
+    )
+    scenario.topology.providers[0].regions[0].zones[0].racks[0].devices_per_node = 1  # one replica
+    result = simulate(scenario)
+    requests = result.requests
+    long = requests["prompt_tokens"] == 5000
+    assert long.sum() >= 5 and (~long).sum() >= 5
+    assert (requests.loc[long, "status"] == "client_error").all() and (requests.loc[long, "retries"] == 0).all()
+    assert (requests.loc[~long, "status"] == "ok").all()
+    assert {v.metric: v.observed for v in result.sla}["availability"] == 1.0
 
 
 def test_continuous_batching_beats_static_micro_batching_at_the_same_load():

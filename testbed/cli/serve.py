@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from testbed.cli.output import console, fail
-from testbed.spec import Scenario, ServingSpec, SpecError
+from testbed.spec import Scenario, SpecError
 
 if TYPE_CHECKING:
     from testbed.live.stack import LiveStack
@@ -49,7 +49,7 @@ def run_serve(
     from testbed.live.supervisor import ReplicaStartError
 
     try:
-        spec = Scenario.from_yaml(scenario).serving if scenario is not None else ServingSpec()
+        spec = Scenario.from_yaml(scenario).serving if scenario is not None else None
         plans = plan_replicas(replicas, regions, fallback)
         exporter = JsonLinesSpanExporter(trace_file) if trace_file is not None else None
         stack = LiveStack(spec, plans, model=model, engine=engine, gateway_port=port, span_exporter=exporter)

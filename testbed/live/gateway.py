@@ -17,9 +17,13 @@ token: it wins any hedge race, and from then on its lines go to the client. A st
 after that cannot be retried without repeating tokens, so the client gets an SSE ``error`` event
 (the openai client raises it as ``APIError``) and the record says ``failed``.
 
-Replica answers are classified for the policy: 2xx ``ok``; a 4xx other than 408/429 is
-``bad_request`` — the client's fault, passed back to it unchanged and never retried; other
-statuses and broken connections ``failed``; refused connections ``unavailable``. Each request
+Replica answers are classified for the policy by :func:`testbed.policy.outcomes.classify`, the
+one mapping both planes use: 2xx ``ok``; a 4xx other than 408/429 is ``client_error`` — the
+client's fault, passed back to it unchanged, never retried, not held against the replica, and
+recorded as ``client_error``; other statuses and broken connections ``failed``. A connection
+that cannot be made is ``unavailable``: refused (``ConnectError``), not made within the
+connect timeout, or — behind the chaos proxy, which accepts and then resets when its replica
+is gone — reset before a single byte of answer came back. Each request
 leaves one row in :class:`~testbed.live.records.LiveRecorder` (the simulator's schema), one
 OpenTelemetry span with a child per attempt, and Prometheus metrics at ``/metrics``.
 
@@ -35,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import random
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -56,15 +59,17 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
-from testbed.live.openai_schema import RequestError
+from testbed.live.openai_schema import RequestError, install_error_handlers
 from testbed.live.requests import parse_request
-from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.gateway import RNG_STREAM, Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.outcomes import Outcome, Status, classify
+from testbed.rng import RandomStreams
 from testbed.spec import ServingSpec
 
 MAX_BODY_BYTES = 1 << 20  # a request body larger than this is refused with 413 before it is read
 TICK = 0.5  # seconds between upkeep ticks (breakers and ejections expire with time)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
-STATUS_CODES = {"failed": 502, "timeout": 504, "shed": 503}
+STATUS_CODES = {Status.FAILED: 502, Status.TIMEOUT: 504, Status.SHED: 503}
 
 
 @dataclass(slots=True)
@@ -183,7 +188,9 @@ class LiveGateway:
         primary = [u.region for u in self.upstreams if u.tier == "primary"] or [u.region for u in self.upstreams]
         self.client_regions = list(client_regions or dict.fromkeys(primary))
         views = [ReplicaState(i, u.region, u.tier, u.capacity, pool=u.pool) for i, u in enumerate(self.upstreams)]
-        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, random.Random(seed))
+        # The simulator's stream for the same seed: the same jitter and the same random picks.
+        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, RandomStreams(seed).python(RNG_STREAM))
+        self.timeouts = spec.timeouts  # the deadline and connect timeout this driver applies
         self.recorder = LiveRecorder(dict.fromkeys(u.region for u in self.upstreams))
         self.metrics = Metrics()
         self.health_events: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
@@ -236,6 +243,7 @@ class LiveGateway:
                 await self.close()
 
         app = FastAPI(title="testbed gateway", lifespan=lifespan)
+        install_error_handlers(app)  # 404s and 405s in OpenAI's error shape, as the replicas answer
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
@@ -270,20 +278,18 @@ class LiveGateway:
             raw = await _read_limited(request, self.max_body_bytes)
             parsed = parse_request(path, raw, request.headers, time.time())
         except RequestError as exc:
-            return JSONResponse(exc.body(), status_code=exc.status)
-        deadline = arrival + self.spec.timeouts.request
+            return self._refuse(exc)
+        deadline = arrival + self.timeouts.request
         if parsed.timeout is not None:
             deadline = min(deadline, arrival + parsed.timeout)
         try:
             row = self.recorder.open(arrival, parsed.request_id, **parsed.record_fields(self.client_regions[0]))
         except DuplicateRequestId as exc:
-            error = RequestError(str(exc), param="x-request-id")
-            return JSONResponse(error.body(), status_code=error.status)
+            return self._refuse(RequestError(str(exc), param="x-request-id"))
         if row.client_region not in self.client_regions:
-            self.recorder.close(row, "failed", arrival)
+            self.recorder.close(row, Status.CLIENT_ERROR, arrival)
             known = ", ".join(self.client_regions)
-            error = RequestError(f"header x-client-region: unknown region {row.client_region!r}; expected one of {known}", param="x-client-region")
-            return JSONResponse(error.body(), status_code=error.status)
+            return self._refuse(RequestError(f"header x-client-region: unknown region {row.client_region!r}; expected one of {known}", param="x-client-region"))
         span = self.tracer.start_span(
             "gateway.request",
             attributes={"testbed.request_id": row.request_id, "http.route": path, "testbed.stream": parsed.stream},
@@ -300,6 +306,11 @@ class LiveGateway:
         if isinstance(answer, _Attempt):
             return StreamingResponse(self._relay(row.request_id, answer), media_type="text/event-stream")
         return answer
+
+    def _refuse(self, error: RequestError) -> JSONResponse:
+        """Answer a request the gateway refuses itself: the client's error, counted as one."""
+        self.metrics.requests.labels(Status.CLIENT_ERROR.value).inc()
+        return JSONResponse(error.body(), status_code=error.status)
 
     async def _relay(self, rid: int, attempt: _Attempt) -> AsyncIterator[str]:
         """The winning attempt's stream, line by line, until its request ends."""
@@ -378,7 +389,7 @@ class LiveGateway:
         winner = self._attempts.pop(action.attempt, None) if action.attempt is not None else None
         if winner is not None:
             winner.span.end()
-        if action.status == "ok" and winner is not None:
+        if action.status == Status.OK and winner is not None:
             upstream = self.upstreams[winner.replica]
             row.replica, row.region, row.fallback = winner.replica, upstream.region, upstream.tier == "fallback"
             usage = winner.usage or {}
@@ -386,7 +397,7 @@ class LiveGateway:
             row.output_tokens = int(usage.get("completion_tokens", winner.text_chunks))
             self.metrics.e2e.observe(now - row.arrival)
         self.recorder.close(row, action.status, now)
-        self.metrics.requests.labels(action.status).inc()
+        self.metrics.requests.labels(action.status.value).inc()
         live.span.set_attributes(
             {
                 "testbed.status": action.status,
@@ -403,16 +414,16 @@ class LiveGateway:
         """Resolve the client's answer (or end its stream) with the request's outcome."""
         if live.winner is not None:  # the stream is already the client's: end it
             assert live.winner.queue is not None
-            if action.status != "ok":
+            if action.status != Status.OK:
                 error = {"error": {"message": self._explain(live, action), "type": "upstream_error", "param": None, "code": action.status}}
                 live.winner.queue.put_nowait(f"data: {json.dumps(error)}\n\n")
             live.winner.queue.put_nowait(None)
             return
         if live.answer.done():
             return
-        if action.status == "ok" and winner is not None:
+        if action.status == Status.OK and winner is not None:
             response: Response = Response(winner.body, status_code=winner.status, media_type="application/json")
-        elif live.last is not None and live.last.status and 400 <= live.last.status < 500 and live.last.status not in (408, 429):
+        elif action.status == Status.CLIENT_ERROR and live.last is not None:
             response = Response(live.last.body, status_code=live.last.status, media_type="application/json")
         else:
             status = STATUS_CODES.get(action.status, 502)
@@ -442,15 +453,14 @@ class LiveGateway:
         remaining = max(0.001, live.deadline - self.now())
         headers = {"content-type": "application/json", "x-request-timeout": f"{remaining:.6f}"}
         inject(headers, context=trace.set_span_in_context(attempt.span))
-        timeout = httpx.Timeout(remaining, connect=min(remaining, self.spec.timeouts.connect))
+        timeout = httpx.Timeout(remaining, connect=min(remaining, self.timeouts.connect))
         try:
             async with self.client.stream("POST", upstream.url + live.path, content=live.body, headers=headers, timeout=timeout) as response:
                 attempt.status = response.status_code
                 if response.status_code != 200:
                     attempt.body = await response.aread()
                     attempt.error = f"{upstream.name} answered {response.status_code}: {_error_message(attempt.body)}"
-                    bad = 400 <= response.status_code < 500 and response.status_code not in (408, 429)
-                    self._attempt_ended(live, attempt, "bad_request" if bad else "failed")
+                    self._attempt_ended(live, attempt, classify(response.status_code))
                     return
                 if live.stream:
                     await self._read_stream(live, attempt, response)
@@ -458,16 +468,20 @@ class LiveGateway:
                     attempt.body = await response.aread()
                     attempt.usage = _usage(attempt.body)
                     self._first_token(live, attempt, _ttft(response.headers))
-                    self._attempt_ended(live, attempt, "ok")
+                    self._attempt_ended(live, attempt, Outcome.OK)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             attempt.error = f"{upstream.name} unreachable: {type(exc).__name__}"
-            self._attempt_ended(live, attempt, "unavailable")
+            self._attempt_ended(live, attempt, Outcome.UNAVAILABLE)
         except httpx.TimeoutException as exc:
             attempt.error = f"{upstream.name} timed out: {type(exc).__name__}"
-            self._attempt_ended(live, attempt, "timeout", retryable=live.winner is not attempt)
+            self._attempt_ended(live, attempt, Outcome.TIMEOUT, retryable=live.winner is not attempt)
         except httpx.HTTPError as exc:
+            if not attempt.status and _reset(exc):
+                attempt.error = f"{upstream.name} refused the connection: {type(exc).__name__}"
+                self._attempt_ended(live, attempt, Outcome.UNAVAILABLE)
+                return
             attempt.error = f"{upstream.name} connection broke: {type(exc).__name__}: {exc}"
-            self._attempt_ended(live, attempt, "failed", retryable=live.winner is not attempt)
+            self._attempt_ended(live, attempt, Outcome.FAILED, retryable=live.winner is not attempt)
 
     async def _read_stream(self, live: _Live, attempt: _Attempt, response: httpx.Response) -> None:
         async for line in response.aiter_lines():
@@ -493,11 +507,11 @@ class LiveGateway:
                 break  # end the request now: the client may hang up as soon as it reads [DONE]
         if not attempt.saw_done:
             attempt.error = "stream ended without [DONE]"
-            self._attempt_ended(live, attempt, "failed", retryable=live.winner is not attempt)
+            self._attempt_ended(live, attempt, Outcome.FAILED, retryable=live.winner is not attempt)
             return
         if live.winner is None:  # a stream without any text still answers
             self._first_token(live, attempt)
-        self._attempt_ended(live, attempt, "ok")
+        self._attempt_ended(live, attempt, Outcome.OK)
 
     def _first_token(self, live: _Live, attempt: _Attempt, ttft: float | None = None) -> None:
         """``attempt`` produced its first token; if it is the first of its request, it wins.
@@ -521,7 +535,7 @@ class LiveGateway:
             attempt.lines.clear()
             live.answer.set_result(attempt)
 
-    def _attempt_ended(self, live: _Live, attempt: _Attempt, outcome: str, retryable: bool = True) -> None:
+    def _attempt_ended(self, live: _Live, attempt: _Attempt, outcome: Outcome, retryable: bool = True) -> None:
         if attempt.key not in self._attempts:
             return  # cancelled: the policy already accounted for it
         upstream = self.upstreams[attempt.replica]
@@ -529,7 +543,7 @@ class LiveGateway:
         attempt.span.set_attribute("testbed.outcome", outcome)
         if attempt.status:
             attempt.span.set_attribute("http.response.status_code", attempt.status)
-        if outcome != "ok":
+        if outcome != Outcome.OK:
             self._attempts.pop(attempt.key)
             attempt.span.end()
         live.attempts.pop(attempt.key, None)
@@ -601,6 +615,15 @@ def _error_message(body: bytes) -> str:
         return str(json.loads(body)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         return body[:200].decode("utf-8", "replace") or "(empty body)"
+
+
+def _reset(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a connection reset (RST), anywhere in its chain of causes."""
+    while exc is not None:
+        if isinstance(exc, ConnectionResetError) or "reset by peer" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _ttft(headers: httpx.Headers) -> float | None:

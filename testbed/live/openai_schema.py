@@ -123,22 +123,22 @@ class TextPart(BaseModel):
 
 
 class ChatMessage(BaseModel):
+    """One message; its ``content`` is required, as OpenAI requires it (no tool calls here)."""
+
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[TextPart] | None = None
+    content: str | list[TextPart]
 
     @field_validator("content", mode="before")
     @classmethod
     def _content(cls, value: Any) -> Any:
-        if value is None or isinstance(value, str) or isinstance(value, list):
+        if isinstance(value, str) or isinstance(value, list):
             return value  # list items are then validated as text parts, each with its own path
         raise ValueError("expected a string or a list of text parts")
 
     @property
     def text(self) -> str:
-        if self.content is None:
-            return ""
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
@@ -213,3 +213,29 @@ def _shown(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{type(value).__name__} {text}"
+
+
+def install_error_handlers(app: Any) -> None:
+    """Make every error ``app`` (a FastAPI app) answers an OpenAI-style body, never ``{"detail": ...}``.
+
+    Routing errors (404 for an unknown path, 405 for a wrong method) come from the framework
+    before any handler runs; the gateway and the replicas answer them the same way.
+    """
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException
+
+    async def request_error(request: Any, exc: RequestError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    async def http_error(request: Any, exc: HTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(error_body(message, kind), status_code=exc.status_code, headers=exc.headers)
+
+    async def validation_error(request: Any, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(error_body(f"invalid request: {exc.errors()[:3]}"), status_code=400)
+
+    app.add_exception_handler(RequestError, request_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)

@@ -164,7 +164,6 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
     from testbed.live.stack import LiveStack, plans_from_topology
 
     scenario = replay.scenario
-    batching = scenario.serving.batching
     model = scenario.topology.model if isinstance(scenario.topology.model, str) else "tiny"
     progress(f"starting {len(replay.topology.replicas)} replicas of {model} ({engine})")
     async with LiveStack(
@@ -172,8 +171,6 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         plans_from_topology(replay.topology),
         model=model,
         engine=engine,
-        max_batch_size=getattr(batching, "max_batch_size", None),
-        max_delay=getattr(batching, "max_queue_delay", None),
         seed=replay.seed,
         rtt=replay.topology.rtt,
     ) as stack:

@@ -16,12 +16,17 @@ Headers the gateway understands (all optional):
 * ``x-priority`` (int, 0 = most important), ``x-request-class``, ``x-client-region``,
   ``x-pool`` (replica pool), and for agent calls ``x-session-id``, ``x-turn``, ``x-stage``,
   ``x-degraded`` — they go to the admission policy, the router and the request record;
-* ``x-request-id`` (int >= 0) — the client's own id for the request, recorded as its
-  ``request_id`` so a replay can join records to its workload row for row. Ids stay unique: a
-  request reusing an id the gateway has already recorded is refused with 400. Requests without
-  one get the lowest id not yet taken.
+* ``x-request-id`` (0 <= id < 2**63: the record's int64) — the client's own id for the request,
+  recorded as its ``request_id`` so a replay can join records to its workload row for row. Ids
+  stay unique: a request reusing an id the gateway has already recorded is refused with 400.
+  Requests without one get the lowest id not yet taken.
 
-A body field ``timeout`` (seconds) also bounds the request; replicas ignore unknown fields.
+Integer headers are bounded by their record column's type (``x-priority`` int16, ``x-turn``
+int32, ``x-session-id`` int64): a value that does not fit is refused, never wrapped.
+
+A body field ``timeout`` (seconds) also bounds the request. :func:`deadline_in` is the one
+check of the body's ``timeout`` and the deadline headers: a replica reached directly applies it
+too, so a bad ``timeout`` or a deadline already past gets the same answer from either.
 """
 
 from __future__ import annotations
@@ -30,8 +35,12 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from testbed.live.openai_schema import ChatCompletionRequest, CompletionRequest, RequestError, parse_request as parse_body
+
+
+INT16_MAX, INT32_MAX, INT64_MAX = 2**15 - 1, 2**31 - 1, 2**63 - 1
 
 
 @dataclass(slots=True)
@@ -68,7 +77,7 @@ def parse_request(path: str, raw: bytes, headers: Mapping[str, str], wall_now: f
     model = ChatCompletionRequest if path.endswith("/chat/completions") else CompletionRequest
     request = parse_body(model, raw)
     body: dict[str, object] = json.loads(raw)  # valid: the model parsed it
-    timeout = _timeout(body, headers, wall_now)
+    timeout = deadline_in(body, headers, wall_now)
     strip_usage = request.stream and not request.include_usage
     if strip_usage:
         raw = json.dumps({**body, "stream_options": {"include_usage": True}}).encode()
@@ -78,19 +87,20 @@ def parse_request(path: str, raw: bytes, headers: Mapping[str, str], wall_now: f
         strip_usage=strip_usage,
         timeout=timeout,
         pool=headers.get("x-pool", "default"),
-        priority=_int_header(headers, "x-priority", 0, minimum=0),
+        priority=_int_header(headers, "x-priority", 0, minimum=0, maximum=INT16_MAX),
         request_class=headers.get("x-request-class", "default"),
         client_region=headers.get("x-client-region"),
-        session_id=_int_header(headers, "x-session-id", -1, minimum=-1),
-        turn=_int_header(headers, "x-turn", -1, minimum=-1),
+        session_id=_int_header(headers, "x-session-id", -1, minimum=-1, maximum=INT64_MAX),
+        turn=_int_header(headers, "x-turn", -1, minimum=-1, maximum=INT32_MAX),
         stage=headers.get("x-stage", ""),
         degraded=headers.get("x-degraded", "").lower() in ("1", "true", "yes"),
-        request_id=_int_header(headers, "x-request-id", -1, minimum=0) if "x-request-id" in headers else None,
+        request_id=_int_header(headers, "x-request-id", -1, minimum=0, maximum=INT64_MAX) if "x-request-id" in headers else None,
     )
 
 
-def _timeout(body: dict[str, object], headers: Mapping[str, str], wall_now: float) -> float | None:
-    """The tightest of the body's ``timeout`` and the deadline headers, in seconds from now."""
+def deadline_in(body: Mapping[str, Any], headers: Mapping[str, str], wall_now: float) -> float | None:
+    """The tightest of the body's ``timeout`` and the deadline headers, in seconds from now (0 for
+    a deadline already past); None if the request names none. Raises :class:`RequestError`."""
     limits = []
     value = body.get("timeout")
     if value is not None:
@@ -118,7 +128,7 @@ def _timeout(body: dict[str, object], headers: Mapping[str, str], wall_now: floa
     return min(limits) if limits else None
 
 
-def _int_header(headers: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+def _int_header(headers: Mapping[str, str], name: str, default: int, minimum: int, maximum: int) -> int:
     value = headers.get(name)
     if value is None:
         return default
@@ -126,6 +136,6 @@ def _int_header(headers: Mapping[str, str], name: str, default: int, minimum: in
         number = int(value)
     except ValueError:
         raise RequestError(f"header {name}: expected an integer, got {value[:40]!r}", param=name) from None
-    if number < minimum:
-        raise RequestError(f"header {name}: expected at least {minimum}, got {number}", param=name)
+    if not minimum <= number <= maximum:
+        raise RequestError(f"header {name}: expected an integer from {minimum} to {maximum}, got {value[:40]}", param=name)
     return number

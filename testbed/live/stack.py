@@ -5,8 +5,11 @@ replica server, or vLLM where installed; fallback-tier replicas run int8-quantiz
 chaos proxy in front of each, and serves the :class:`~testbed.live.gateway.LiveGateway` over
 the proxies on this event loop. The gateway's policies come from a
 :class:`~testbed.spec.ServingSpec`, so a scenario's ``serving:`` section drives the live stack
-exactly as it drives the simulator, and :func:`plans_from_topology` turns a scenario's topology
-into the replica list.
+exactly as it drives the simulator — its batching spec reaches each replica process whole
+(:mod:`testbed.live.serving`), and what a live replica cannot do is refused before anything
+starts — and :func:`plans_from_topology` turns a scenario's topology into the replica list.
+Without a spec the stack runs :data:`LIVE_DEFAULTS`: the default serving policies with the
+built-in engine's micro-batching.
 
 Faults are methods — :meth:`kill`, :meth:`pause`, :meth:`resume`, :meth:`restart`,
 :meth:`add_toxic`, :meth:`cut_region`, :meth:`heal`, :meth:`chaos` — and each leaves a row in
@@ -41,13 +44,15 @@ from testbed.faults import Fault, faults_frame
 from testbed.live.chaos_proxy import Down, ProxyFleet, Toxic
 from testbed.live.gateway import LiveGateway, Served, Upstream, serve
 from testbed.live.records import LiveRecorder
+from testbed.live.serving import ENGINES, check_live, replica_batching, replica_capacity
 from testbed.live.supervisor import Supervisor
 from testbed.sla import fault_windows
 from testbed.spec import ServingSpec
 from testbed.topology import Topology
 
-ENGINES = ("torch", "vllm")
 CUT = "cut"  # the proxy toxic name cut_region uses
+# What a stack runs when given no spec: the default policies, batching as the built-in engine can.
+LIVE_DEFAULTS = ServingSpec.model_validate({"batching": {"policy": "micro"}})
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +103,6 @@ class LiveStack:
         model: str = "tiny",
         engine: str = "torch",
         threads: int = 1,
-        max_batch_size: int | None = None,
-        max_delay: float | None = None,
         host: str = "127.0.0.1",
         gateway_port: int = 0,
         seed: int = 0,
@@ -110,13 +113,13 @@ class LiveStack:
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
-        self.spec = spec or ServingSpec()
+        self.spec = spec or (LIVE_DEFAULTS if engine == "torch" else ServingSpec())
+        check_live(self.spec, engine)
         self.plans = list(replicas) if replicas is not None else plan_replicas(n_replicas, regions, fallback)
         names = [p.name for p in self.plans]
         if len(set(names)) != len(names):
             raise ValueError(f"replica names must be unique, got {names}")
         self.model, self.engine, self.threads = model, engine, threads
-        self.max_batch_size, self.max_delay = max_batch_size, max_delay
         self.host, self.gateway_port, self.seed, self.rtt = host, gateway_port, seed, rtt
         self.span_exporter, self.start_timeout = span_exporter, start_timeout
         self.supervisor = Supervisor(log_dir)
@@ -151,7 +154,7 @@ class LiveStack:
         for plan, url in zip(self.plans, started):
             self.replica_urls[plan.name] = url
             self.proxy_urls[plan.name] = await asyncio.to_thread(self.proxies.add, plan.name, url)
-        upstreams = [Upstream(p.name, self.proxy_urls[p.name], p.region, p.tier, p.pool, self._capacity()) for p in self.plans]
+        upstreams = [Upstream(p.name, self.proxy_urls[p.name], p.region, p.tier, p.pool, self._capacity(p)) for p in self.plans]
         self.gateway = LiveGateway(
             self.spec, upstreams, models=[self.model], rtt=self.rtt, seed=self.seed, start=self.start, span_exporter=self.span_exporter
         )
@@ -169,8 +172,21 @@ class LiveStack:
                 await asyncio.to_thread(proxies.close)
             await asyncio.to_thread(self.supervisor.stop_all, 5)
 
-    def _capacity(self) -> int:
-        return self.max_batch_size or 8
+    def _capacity(self, plan: ReplicaPlan) -> int:
+        return replica_capacity(self._torch_spec() if plan.tier == "fallback" else self.spec)
+
+    def replica_argv(self, plan: ReplicaPlan) -> list[str]:
+        """The command line of ``plan``'s built-in replica: its batching spec travels whole."""
+        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--host", self.host,
+                "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
+        if plan.tier == "fallback":
+            argv += ["--quantize", "int8"]
+        return argv + replica_batching(self._torch_spec(), "torch")
+
+    def _torch_spec(self) -> ServingSpec:
+        """The spec a built-in replica runs: the stack's, except that under --engine vllm the
+        fallback replica (built-in, int8) micro-batches with the defaults."""
+        return self.spec if self.engine == "torch" else LIVE_DEFAULTS
 
     def _start_replica(self, plan: ReplicaPlan) -> str:
         """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
@@ -179,14 +195,7 @@ class LiveStack:
         # with --engine vllm the primaries are vLLM and the fallback stays on the built-in int8 engine.
         if self.engine == "vllm" and plan.tier != "fallback":
             return self._start_vllm(plan, env)
-        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--host", self.host,
-                "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
-        if plan.tier == "fallback":
-            argv += ["--quantize", "int8"]
-        if self.max_batch_size is not None:
-            argv += ["--max-batch-size", str(self.max_batch_size)]
-        if self.max_delay is not None:
-            argv += ["--max-delay", str(self.max_delay)]
+        argv = self.replica_argv(plan)
         managed = self.supervisor.start(plan.name, argv, env, timeout=self.start_timeout)
         assert managed.url is not None
         return managed.url
@@ -200,6 +209,7 @@ class LiveStack:
             raise RuntimeError(f"--engine vllm: {reason}")
         port = _free_port(self.host)
         argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name)
+        argv += replica_batching(self.spec, "vllm")
         url = f"http://{self.host}:{port}"
         self.supervisor.start(plan.name, argv, {**env, **vllm_env}, timeout=self.start_timeout, url=url)
         return url

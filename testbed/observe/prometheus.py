@@ -51,7 +51,7 @@ class RunCollector:
             generation.add_metric([self.model, name], float(group["output_tokens"].sum()))
         yield from (success, prompt, generation)
         failures = CounterMetricFamily("testbed:request_failure", "Requests that did not end ok, by status.", labels=["model_name", "status"])
-        for status in ("failed", "timeout", "shed"):
+        for status in ("failed", "timeout", "shed", "client_error"):
             failures.add_metric([self.model, status], float((requests["status"] == status).sum()))
         yield failures
         latency = latency_columns(served)

@@ -17,14 +17,22 @@ The driver's loop is: ``enqueue`` arrivals; ask ``next_iteration``; time it; rep
 delay expiring). To let drivers skip one event per decode step, an :class:`Iteration` may cover
 ``steps`` identical decode steps: the batch cannot change until one of them finishes — unless a
 new arrival asks to cut the stretch short (``enqueue`` returns True).
+
+Both planes build their batcher from the scenario's ``serving.batching`` with
+:func:`batcher_from_spec` (each class's ``from_spec``, found by ``policy`` in :data:`BATCHERS`),
+so the simulated replica and the live engine cannot read the spec differently; only the KV
+capacity, which depends on the device (or the loaded model), comes from the driver.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
+
+from testbed.spec import ContinuousBatching, MicroBatching
 
 
 @dataclass(slots=True, eq=False)
@@ -124,6 +132,10 @@ class ContinuousBatcher:
     ``c + output - g``, found with a heap. An iteration then costs O(sequences that join or
     leave), not O(batch), which is what lets the simulator run a million requests in seconds.
     """
+
+    @classmethod
+    def from_spec(cls, spec: ContinuousBatching, kv_capacity_tokens: int) -> ContinuousBatcher:
+        return cls(spec.max_num_seqs, spec.max_num_batched_tokens, kv_capacity_tokens)
 
     def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, kv_capacity_tokens: int) -> None:
         if kv_capacity_tokens < 1:
@@ -292,6 +304,15 @@ class MicroBatcher:
     is done: the static-batching cost that continuous batching removes.
     """
 
+    @classmethod
+    def from_spec(cls, spec: MicroBatching, kv_capacity_tokens: int) -> MicroBatcher:
+        """The spec's batcher; adaptive mode steers ``max_queue_delay`` toward ``target_latency``."""
+        controller = None
+        if spec.adaptive:
+            assert spec.target_latency is not None  # the spec enforces it
+            controller = DelayController(spec.max_queue_delay, spec.target_latency)
+        return cls(spec.max_batch_size, spec.max_queue_delay, kv_capacity_tokens, controller)
+
     def __init__(
         self,
         max_batch_size: int,
@@ -399,3 +420,15 @@ class MicroBatcher:
         evicted = self._batch + list(self._waiting)
         self._batch, self._waiting = [], deque()
         return evicted
+
+
+# serving.batching.policy -> the batcher class that carries it out, in both planes.
+BATCHERS: dict[str, Callable[[Any, int], Batcher]] = {
+    "continuous": ContinuousBatcher.from_spec,
+    "micro": MicroBatcher.from_spec,
+}
+
+
+def batcher_from_spec(spec: ContinuousBatching | MicroBatching, kv_capacity_tokens: int) -> Batcher:
+    """The batcher ``spec`` describes, over a KV cache of ``kv_capacity_tokens``."""
+    return BATCHERS[spec.policy](spec, kv_capacity_tokens)

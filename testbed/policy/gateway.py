@@ -12,8 +12,22 @@ fired, a health probe answered, the deadline passed — and carries out the acti
 
 The simulator drives it with SimPy time and the live gateway with asyncio and the wall clock;
 neither re-implements any of these decisions. Replica availability as the router sees it is the
-gateway's *belief* — healthy by its checks, not ejected, breaker not open — never the ground
-truth, because a real gateway only learns of a failure through failed requests and probes.
+gateway's *belief* — healthy by its checks, not ejected, breaker not open, no refused
+connection since its last passing probe — never the ground truth, because a real gateway only
+learns of a failure through failed requests and probes.
+
+Two rules close the retry black hole (a dead replica has no outstanding work, so load-aware
+routers like it best):
+
+* **Exclusion.** Each attempt is routed with an exclusion: the replicas this request already
+  tried, plus any whose breaker refuses it. Routers never return an excluded replica while
+  another is available; only when every available replica was tried does a retry go back to
+  one of them (Envoy's previous-hosts retry predicate).
+* **Passive health.** An attempt that could not connect (``unavailable``: refused, or no answer
+  within the connect timeout) marks its replica unavailable at once, until a health probe
+  passes (with health checks off: for ``circuit_breaker.open_for``), as Envoy's passive health
+  checking does. Waiting for the breaker's consecutive failures or the probes' thresholds
+  would send every request in between to a replica known to be gone.
 """
 
 from __future__ import annotations
@@ -26,15 +40,18 @@ from testbed.policy.admission import AdmissionController
 from testbed.policy.breaker import CircuitBreaker, OutlierDetector
 from testbed.policy.health import HealthChecker
 from testbed.policy.hedging import HedgePolicy
+from testbed.policy.outcomes import REPLICA_SUCCESS, Outcome, Status
 from testbed.policy.retry import RetryBudget, RetryPolicy
 from testbed.policy.routing import Router, make_router
 from testbed.spec import ServingSpec
 
-# "bad_request": the replica refused the request because of the request itself (a 4xx in the
-# live plane). The replica worked, so breakers and ejection count it as a success, and sending
-# the same request elsewhere cannot help, so it is never retried.
-OUTCOMES = ("ok", "failed", "timeout", "unavailable", "rejected", "bad_request")
-RETRY_REDRAWS = 3
+# How an attempt may end; what each means for breakers, retries and the record is stated in
+# testbed.policy.outcomes, the one vocabulary both planes use.
+OUTCOMES = tuple(Outcome)
+NOWHERE: tuple[int, ...] = ()  # the exclusion of a first attempt: no replica tried yet
+# The named random stream (testbed.rng) both planes seed the gateway's policies from, so backoff
+# jitter and power-of-two picks are the same draws in simulation and live for the same seed.
+RNG_STREAM = "policy.gateway"
 
 
 @dataclass(slots=True)
@@ -77,7 +94,7 @@ class Finish:
     """The request is over; what the record needs to say about its path travels with it."""
 
     rid: int
-    status: str  # "ok" | "failed" | "timeout" | "shed"
+    status: Status
     attempt: int | None  # the attempt that answered, for an ok request
     retries: int
     hedged: bool
@@ -131,6 +148,8 @@ class Gateway:
         self._available_in: dict[str, int] = {}  # region -> replicas believed available
         for replica in self.replicas:
             self._available_in[replica.region] = self._available_in.get(replica.region, 0) + replica.available
+        self.refused_for = spec.circuit_breaker.open_for if not spec.health_check.enabled else float("inf")
+        self._refused_until: dict[int, float] = {}  # replica -> until when a refused connection keeps it out
         self.outstanding = 0
         # Replicas the control plane has taken out of rotation (not started yet, draining, gone):
         # an elastic fleet tells the gateway directly, as Kubernetes endpoints do, not via probes.
@@ -182,7 +201,7 @@ class Gateway:
         return [self._cancel(state, other, now) for other in list(state.live) if other != attempt]
 
     def on_attempt_end(self, attempt: int, outcome: str, now: float, retryable: bool = True) -> list[Action]:
-        """``attempt`` ended with ``outcome`` (one of OUTCOMES).
+        """``attempt`` ended with ``outcome`` (an :class:`Outcome`).
 
         ``retryable=False`` ends the request instead of retrying: a live stream that broke after
         tokens reached the client cannot be replayed without sending them twice.
@@ -194,15 +213,21 @@ class Gateway:
         state = self.requests[rid]
         replica = state.live.pop(attempt)
         self._release(replica)
-        self._observe(replica, outcome in ("ok", "bad_request"), now)
-        if outcome == "ok":
+        if outcome == Outcome.UNAVAILABLE:
+            self._refused_until[replica] = now + self.refused_for
+        self._observe(replica, outcome in REPLICA_SUCCESS, now)
+        if outcome == Outcome.OK:
             actions: list[Action] = [self._cancel(state, other, now) for other in list(state.live)]
-            actions.append(self._finish(state, "ok", attempt))
+            actions.append(self._finish(state, Status.OK, attempt))
+            return actions
+        if outcome == Outcome.CLIENT_ERROR:  # the request's own fault: nowhere would serve it
+            actions = [self._cancel(state, other, now) for other in list(state.live)]
+            actions.append(self._finish(state, Status.CLIENT_ERROR))
             return actions
         if state.live:
             return []  # a hedge is still running
         if not retryable:
-            return [self._finish(state, "failed")]
+            return [self._finish(state, Status.FAILED)]
         return self._retry_or_fail(state, outcome, now)
 
     def on_timer(self, rid: int, tag: str, now: float) -> list[Action]:
@@ -223,12 +248,14 @@ class Gateway:
         if state is None or state.done:
             return []
         actions: list[Action] = [self._cancel(state, attempt, now) for attempt in list(state.live)]
-        actions.append(self._finish(state, "timeout"))
+        actions.append(self._finish(state, Status.TIMEOUT))
         return actions
 
     def on_probe(self, replica: int, ok: bool, now: float) -> str | None:
         """A health probe's answer; returns "unhealthy"/"healthy" when the belief changes."""
         change = self.health.on_probe(replica, ok, now)
+        if ok:
+            self._refused_until.pop(replica, None)
         self._refresh(replica, now)
         return change
 
@@ -273,12 +300,12 @@ class Gateway:
         replica = self._choose(state, now)
         if replica is None:
             if not state.live:
-                actions.extend(self._retry_or_fail(state, "unavailable", now))
+                actions.extend(self._retry_or_fail(state, Outcome.UNAVAILABLE, now))
             return
         if state.attempts == 1:
             reason = self.admission.admit(state.priority, self.outstanding / self.capacity, replica.outstanding)
             if reason is not None:
-                actions.append(self._finish(state, "shed"))
+                actions.append(self._finish(state, Status.SHED))
                 return
         if replica.region != state.client_region and (state.tried or not self._region_available(state.client_region)):
             state.failed_over = True
@@ -292,20 +319,24 @@ class Gateway:
         actions.append(Dispatch(state.rid, attempt, replica.index, hedge))
 
     def _choose(self, state: RequestState, now: float) -> ReplicaState | None:
-        """The router's pick, re-drawn a few times to avoid replicas this request already tried.
+        """The router's pick, excluding the replicas this request tried and refusing breakers.
 
-        A retry sent back to the replica that just failed it is the classic black hole: a dead
-        replica has no outstanding work, so load-aware routers like it best (Envoy's retry host
-        predicate exists for this reason). A replica whose breaker is half-open and has no trial
-        request left is re-drawn too.
+        When every available replica has been tried, a retry may go back to one of them (better
+        than failing a request a replica might now serve); a half-open breaker with no trial
+        request left joins the exclusion and the router is asked again, so the loop ends after
+        at most one pass over the fleet.
         """
         router = self.routers[(state.client_region, state.pool)]
-        replica = router.choose(state.client_region, now)
-        for _ in range(RETRY_REDRAWS):
-            if replica is None or (replica.index not in state.tried and self._breaker_allows(replica.index, now)):
-                break
-            replica = router.choose(state.client_region, now)
-        return replica
+        tried: list[int] | tuple[int, ...] = state.tried or NOWHERE
+        refused: list[int] = []
+        while True:
+            replica = router.choose(state.client_region, now, [*tried, *refused] if refused else tried)
+            if replica is None and tried:
+                tried = NOWHERE
+                continue
+            if replica is None or self._breaker_allows(replica.index, now):
+                return replica
+            refused.append(replica.index)
 
     def _breaker_allows(self, replica: int, now: float) -> bool:
         """A half-open breaker lets only its trial requests through; this takes one of them."""
@@ -319,7 +350,7 @@ class Gateway:
         if self.retry.should_retry(state.attempts, outcome) and self.budget.try_spend(now):
             state.retries += 1
             return [Wake(state.rid, now + self.retry.backoff(state.attempts, self.rng), "retry")]
-        return [self._finish(state, "timeout" if outcome == "timeout" else "failed")]
+        return [self._finish(state, Status.TIMEOUT if outcome == Outcome.TIMEOUT else Status.FAILED)]
 
     def _cancel(self, state: RequestState, attempt: int, now: float) -> Cancel:
         replica = state.live.pop(attempt)
@@ -327,7 +358,7 @@ class Gateway:
         self._release(replica)
         return Cancel(state.rid, attempt, replica)
 
-    def _finish(self, state: RequestState, status: str, attempt: int | None = None) -> Finish:
+    def _finish(self, state: RequestState, status: Status, attempt: int | None = None) -> Finish:
         state.done = True
         del self.requests[state.rid]
         return Finish(state.rid, status, attempt, state.retries, state.hedged, state.failed_over)
@@ -347,6 +378,12 @@ class Gateway:
 
     def _refresh(self, replica: int, now: float) -> None:
         available = self.health.healthy(replica) and replica not in self.out_of_service
+        refused_until = self._refused_until.get(replica)
+        if refused_until is not None:
+            if now < refused_until:
+                available = False
+            else:
+                del self._refused_until[replica]
         if self.outliers_on and self.outliers.is_ejected(replica, now):
             available = False
         if self.breakers_on and not self.breakers[replica].allow_peek(now):

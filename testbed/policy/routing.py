@@ -12,13 +12,22 @@ Every router applies the same **tier rule**: choose among available primary-tier
 if none is available, among available fallback-tier replicas (e.g. CPU-quantized hosts); if none
 of those either, return ``None`` and let the driver fail the request.
 
+And the same **exclusion rule**: ``choose`` takes ``exclude``, the indices of replicas this
+request must not be sent to (those it already tried, those whose breaker refuses it), and treats
+them as unavailable: an excluded replica is never returned while another is available, and
+``None`` means every available replica is excluded. Exclusions are a handful of indices, so
+checking them keeps every router's cost per call as stated.
+
+Routers are found by name in :data:`ROUTERS` (the spec's ``routing.policy``); a new router
+registers itself there with :func:`register` and both planes can use it.
+
 Randomness comes only from the ``random.Random`` passed in, so a seeded run routes identically.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from testbed.spec import RoutingSpec
@@ -44,9 +53,14 @@ R = TypeVar("R", bound=ReplicaView)
 R_co = TypeVar("R_co", bound=ReplicaView, covariant=True)
 
 
+Exclude = Container[int]  # replica indices a request must not be sent to
+NONE_EXCLUDED: tuple[int, ...] = ()
+
+
 class Router(Protocol[R_co]):
-    def choose(self, client_region: str, now: float) -> R_co | None:
-        """The replica to send a request from ``client_region`` to, or None if none is available."""
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R_co | None:
+        """The replica to send a request from ``client_region`` to, never one in ``exclude``;
+        None if no replica outside ``exclude`` is available."""
 
 
 def _tier_pools(replicas: Sequence[R]) -> tuple[list[R], list[R]]:
@@ -59,7 +73,7 @@ def _tier_pools(replicas: Sequence[R]) -> tuple[list[R], list[R]]:
     return pools["primary"], pools["fallback"]
 
 
-def _two_choices(pool: Sequence[R], rng: random.Random) -> R | None:
+def _two_choices(pool: Sequence[R], rng: random.Random, exclude: Exclude) -> R | None:
     """Power-of-two choices over the available replicas of ``pool``: the less loaded of two.
 
     Draws random indices until it has two distinct available replicas; after ``_DRAWS`` misses
@@ -70,13 +84,13 @@ def _two_choices(pool: Sequence[R], rng: random.Random) -> R | None:
     if n > 1:
         for _ in range(_DRAWS):
             candidate = pool[rng.randrange(n)]
-            if not candidate.available or candidate is first:
+            if not candidate.available or candidate is first or candidate.index in exclude:
                 continue
             if first is None:
                 first = candidate
                 continue
             return first if first.outstanding <= candidate.outstanding else candidate
-    live = [r for r in pool if r.available]
+    live = [r for r in pool if r.available and r.index not in exclude]
     if len(live) < 2:
         return live[0] if live else None
     a, b = rng.sample(live, 2)
@@ -94,14 +108,14 @@ class RoundRobin(Generic[R]):
         self._pools = _tier_pools(replicas)
         self._cursors = [0, 0]
 
-    def choose(self, client_region: str, now: float) -> R | None:
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         for tier, pool in enumerate(self._pools):
             n = len(pool)
             start = self._cursors[tier]
             for step in range(n):
                 position = (start + step) % n
                 replica = pool[position]
-                if replica.available:
+                if replica.available and replica.index not in exclude:
                     self._cursors[tier] = (position + 1) % n
                     return replica
         return None
@@ -117,11 +131,11 @@ class LeastOutstanding(Generic[R]):
     def __init__(self, replicas: Sequence[R]) -> None:
         self._pools = _tier_pools(replicas)
 
-    def choose(self, client_region: str, now: float) -> R | None:
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         for pool in self._pools:
             best: R | None = None
             for replica in pool:
-                if replica.available and (best is None or replica.outstanding < best.outstanding):
+                if replica.available and replica.index not in exclude and (best is None or replica.outstanding < best.outstanding):
                     best = replica
             if best is not None:
                 return best
@@ -139,9 +153,9 @@ class PowerOfTwo(Generic[R]):
         self._pools = _tier_pools(replicas)
         self._rng = rng
 
-    def choose(self, client_region: str, now: float) -> R | None:
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         for pool in self._pools:
-            pick = _two_choices(pool, self._rng)
+            pick = _two_choices(pool, self._rng, exclude)
             if pick is not None:
                 return pick
         return None
@@ -187,11 +201,11 @@ class RegionAffine(Generic[R]):
             self._order[client_region] = order
         return order
 
-    def choose(self, client_region: str, now: float) -> R | None:
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         for region_pools in self._ordered(client_region):
             best: R | None = None
             for pool in region_pools:
-                pick = _two_choices(pool, self._rng)
+                pick = _two_choices(pool, self._rng, exclude)
                 if pick is None:
                     continue
                 if pick.outstanding < self._threshold:
@@ -203,19 +217,34 @@ class RegionAffine(Generic[R]):
         return None
 
 
+# Builds a router over the fleet's views from the spec, the RTT between regions and the
+# policy's random stream; each takes what it needs.
+RouterFactory = Callable[[RoutingSpec, Sequence[ReplicaView], Callable[[str, str], float], random.Random], Router]
+
+ROUTERS: dict[str, RouterFactory] = {}
+
+
+def register(name: str, factory: RouterFactory) -> None:
+    """Make ``factory`` the router for ``routing.policy: name`` in both planes."""
+    if name in ROUTERS:
+        raise ValueError(f"a router named {name!r} is already registered")
+    ROUTERS[name] = factory
+
+
+register("round_robin", lambda spec, replicas, rtt, rng: RoundRobin(replicas))
+register("least_outstanding", lambda spec, replicas, rtt, rng: LeastOutstanding(replicas))
+register("power_of_two", lambda spec, replicas, rtt, rng: PowerOfTwo(replicas, rng))
+register("region_affine", lambda spec, replicas, rtt, rng: RegionAffine(replicas, rtt, rng, spec.spill_threshold))
+
+
 def make_router(
     spec: RoutingSpec,
     replicas: Sequence[R],
     rtt: Callable[[str, str], float],
     rng: random.Random,
 ) -> Router[R]:
-    """The router ``spec`` names, over ``replicas`` (views the driver keeps current)."""
-    if spec.policy == "round_robin":
-        return RoundRobin(replicas)
-    if spec.policy == "least_outstanding":
-        return LeastOutstanding(replicas)
-    if spec.policy == "power_of_two":
-        return PowerOfTwo(replicas, rng)
-    if spec.policy == "region_affine":
-        return RegionAffine(replicas, rtt, rng, spec.spill_threshold)
-    raise ValueError(f"unknown routing policy {spec.policy!r}")
+    """The router ``spec`` names (see :data:`ROUTERS`), over ``replicas`` (views the driver keeps current)."""
+    factory = ROUTERS.get(spec.policy)
+    if factory is None:
+        raise ValueError(f"unknown routing policy {spec.policy!r}; registered: {', '.join(ROUTERS)}")
+    return factory(spec, replicas, rtt, rng)

@@ -10,8 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-STATUSES = ("pending", "ok", "failed", "timeout", "shed")
-PENDING, OK, FAILED, TIMEOUT, SHED = range(len(STATUSES))
+from testbed.policy.outcomes import Status
+
+# A request's final status is a testbed.policy.outcomes.Status; "pending" only while it runs.
+STATUSES = ("pending", *(status.value for status in Status))
+PENDING, OK, FAILED, TIMEOUT, SHED, CLIENT_ERROR = range(len(STATUSES))
 
 # Column -> dtype of the request table. Times are seconds from the start of the run; NaN where
 # an event did not happen (no first token for a failed request). replica is -1 when none served.

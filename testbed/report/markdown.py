@@ -33,7 +33,7 @@ def latency_summary(requests: pd.DataFrame, percentiles: tuple[float, ...] = (50
 def outcome_counts(requests: pd.DataFrame) -> dict[str, int]:
     """How every request ended: the conservation ledger."""
     counts = requests["status"].value_counts()
-    return {status: int(counts.get(status, 0)) for status in ("ok", "failed", "timeout", "shed")}
+    return {status: int(counts.get(status, 0)) for status in STATUSES if status != "pending"}
 
 
 def availability_by(requests: pd.DataFrame, column: str) -> pd.Series:

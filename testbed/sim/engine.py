@@ -25,8 +25,9 @@ from testbed.faults import Fault, build_schedule, faults_frame
 from testbed.observe.pipeline import observe_into
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
-from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
-from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.batching import Batcher, Sequence, batcher_from_spec
+from testbed.policy.gateway import RNG_STREAM, Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.outcomes import Outcome
 from testbed.records.attempts import AttemptLog, health_frame
 from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
@@ -38,7 +39,7 @@ from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
 from testbed.sla import evaluate, fault_windows, recovery_times
-from testbed.spec import ContinuousBatching, Scenario, SpecError
+from testbed.spec import Scenario, SpecError
 from testbed.topology import Replica, Topology
 
 ProgressCallback = Callable[[float], None]
@@ -104,7 +105,7 @@ class _Run:
             for p, r in zip(self.topology.replicas, self.replicas)
         ]
         self.gateway = Gateway(
-            scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, self.streams.python("policy.gateway")
+            scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, self.streams.python(RNG_STREAM)
         )
         self.network = NetworkState()
         self.injector = FaultInjector(self.env, self.schedule, self.replicas, self.network, self._on_lost_work)
@@ -202,13 +203,7 @@ class _Run:
             )
         except ValueError as exc:
             raise SpecError(f"topology {topology.name!r}, replica {placement.name}: {exc}") from None
-        if isinstance(spec, ContinuousBatching):
-            return ContinuousBatcher(spec.max_num_seqs, spec.max_num_batched_tokens, kv_tokens)
-        controller = None
-        if spec.adaptive:
-            assert spec.target_latency is not None  # the spec enforces it
-            controller = DelayController(spec.max_queue_delay, spec.target_latency)
-        return MicroBatcher(spec.max_batch_size, spec.max_queue_delay, kv_tokens, controller)
+        return batcher_from_spec(spec, kv_tokens)
 
     @staticmethod
     def _slots(batcher: Batcher) -> int:
@@ -299,7 +294,7 @@ class _Run:
             self._attempt_ended(key, "unavailable")
             return
         if not replica.batcher.fits(attempt.work):
-            self._attempt_ended(key, "rejected")  # a 400: the context does not fit this replica
+            self._attempt_ended(key, Outcome.CLIENT_ERROR)  # a 400: the context does not fit this replica
             return
         rate = self.injector.state[attempt.replica].error_rate
         if rate and self.error_rng.random() < rate:
@@ -401,22 +396,26 @@ class _Run:
         self._arm_sweeper()
 
     def _health_process(self) -> Iterator[simpy.Event]:
-        """Probe every replica each period; a failing probe is known only after its timeout, a
-        refused one at once."""
+        """Probe each replica when the gateway's health checker says it is due — the staggered
+        schedule the live gateway follows — and tick the policies after each round of probes.
+        A failing probe is known only after its timeout, a refused one at once."""
         spec = self.scenario.serving.health_check
         if not spec.enabled:
             return
-        while not self.done.triggered:
-            yield self.env.timeout(spec.period)
+        checker = self.gateway.health
+        while not self.done.triggered and (due := checker.next_due()) is not None:
+            if due > self.env.now:
+                yield self.env.timeout(due - self.env.now)
             failing = []
-            for replica in self.replicas:
+            for index in checker.probe_due(self.env.now):
+                replica = self.replicas[index]
                 if replica.parked:
                     continue  # an empty slot: nothing to probe, and the gateway knows it is out
                 ok = replica.alive and not (replica.hung and spec.deep)
                 if ok or replica.refusing:
-                    self._probe(replica.index, ok)
+                    self._probe(index, ok)
                 else:
-                    failing.append(replica.index)
+                    failing.append(index)
             if failing:
                 self._later(spec.timeout, lambda failing=failing: [self._probe(i, False) for i in failing])
             self.gateway.on_tick(self.env.now)

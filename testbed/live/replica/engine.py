@@ -22,8 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.policy.batching import DelayController, MicroBatcher
+from testbed.policy.batching import MicroBatcher
 from testbed.policy.batching import Sequence as BatchSeq
+from testbed.spec import MicroBatching
 
 
 class DeadlineExceeded(TimeoutError):
@@ -85,6 +86,12 @@ class Engine:
         self.adaptive = adaptive
         self.threads = threads
         self.latency_target = latency_target
+        # The spec the batcher is built from (testbed.policy.batching.MicroBatcher.from_spec, as
+        # in simulation); Engine.from_spec keeps the scenario's own, field for field.
+        self.batching = MicroBatching(
+            policy="micro", max_batch_size=max_batch_size, max_queue_delay=max_delay, adaptive=adaptive,
+            target_latency=latency_target if adaptive else None,
+        )
         self.slowdown = 1.0
         self.stats = EngineStats()
         self.batch_listeners: list[BatchListener] = []
@@ -99,6 +106,15 @@ class Engine:
         self._wake = asyncio.Event()
         self._executor: ThreadPoolExecutor | None = None
 
+    @classmethod
+    def from_spec(cls, model_dir: str | Path, batching: MicroBatching, quantize: str | None = None,
+                  threads: int | None = None) -> Engine:
+        """An engine that batches exactly as ``batching`` (a scenario's ``serving.batching``) says."""
+        engine = cls(model_dir, quantize, batching.max_batch_size, batching.max_queue_delay, batching.adaptive,
+                     threads, batching.target_latency or 2.0)
+        engine.batching = batching
+        return engine
+
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -111,10 +127,7 @@ class Engine:
             self._executor, lambda: ModelRunner(self.model_dir, self.quantize, self.threads)
         )
         await loop.run_in_executor(self._executor, self._warm_up)
-        controller = DelayController(self.max_delay, self.latency_target) if self.adaptive else None
-        self._batcher = MicroBatcher(
-            self.max_batch_size, self.max_delay, self.max_batch_size * self.runner.max_context, controller
-        )
+        self._batcher = MicroBatcher.from_spec(self.batching, self.max_batch_size * self.runner.max_context)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="engine-loop")
 

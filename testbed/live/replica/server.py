@@ -9,8 +9,11 @@ Every error is an OpenAI-style body with a message that says what was wrong: mal
 mistyped requests get 400 naming the field, oversize bodies 413, a prompt beyond the context
 400 with the numbers, an unknown model 404, a passed deadline 504, a stopped engine 503.
 
-A client may bound a request with the ``X-Request-Timeout`` header (seconds): past it the request
-leaves the batch and answers 504 (or, mid-stream, an error event). A plain (non-streamed) answer
+A client may bound a request with the ``X-Request-Timeout`` header (seconds), an
+``X-Request-Deadline`` (Unix time) or a body ``timeout`` — checked by the gateway's own
+:func:`~testbed.live.requests.deadline_in`, so a bad value gets the same 400 and a deadline
+already past the same 504 whether the replica is reached directly or through the gateway. Past
+its deadline a request leaves the batch and answers 504 (or, mid-stream, an error event). A plain (non-streamed) answer
 carries ``X-TTFT``: seconds from the request's receipt to its first token, which the gateway
 records as the request's time to first token.
 
@@ -38,26 +41,28 @@ from collections.abc import AsyncIterator, Callable
 
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
+from pydantic import ValidationError
 
 from testbed.live.replica.engine import DeadlineExceeded, Engine, EngineClosed
 from testbed.live.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
     RequestError,
+    describe_validation_error,
     error_body,
+    install_error_handlers,
     parse_request,
 )
 from testbed.live.replica.chaos import ChaosMiddleware, ChaosPatch, ReplicaChaos
 from testbed.live.replica.metrics import CONTENT_TYPE, ReplicaMetrics
+from testbed.live.requests import deadline_in
+from testbed.spec import MicroBatching
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # No tokenizer averages more characters per token than this: a longer text cannot fit the
 # context, and is refused before spending time tokenizing it.
 MAX_CHARS_PER_TOKEN = 32
-TIMEOUT_HEADER = "x-request-timeout"
 TTFT_HEADER = "x-ttft"  # on a plain answer: seconds from the request's receipt to its first token
 
 
@@ -192,19 +197,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
     app.state.engine, app.state.chaos, app.state.metrics = engine, chaos, metrics
     app.add_middleware(ChaosMiddleware, chaos=chaos)
 
-    @app.exception_handler(RequestError)
-    async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(error_body(message, kind), status_code=exc.status_code)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(error_body(f"invalid request: {exc.errors()[:3]}"), status_code=400)
+    install_error_handlers(app)
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -230,17 +223,15 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
             raise RequestError(f"the model `{requested}` does not exist; this replica serves `{model_name}`",
                                404, param="model", code="model_not_found")
 
-    def deadline_of(request: Request) -> float | None:
-        raw = request.headers.get(TIMEOUT_HEADER)
-        if raw is None:
+    def deadline_of(request: Request, raw: bytes) -> float | None:
+        """The request's deadline (monotonic), checked exactly as the gateway checks it: the
+        body's ``timeout`` and the deadline headers; one already past answers 504 at once."""
+        seconds = deadline_in(json.loads(raw), request.headers, time.time())
+        if seconds is None:
             return None
-        try:
-            seconds = float(raw)
-        except ValueError:
-            seconds = -1.0
-        if not seconds > 0:
-            raise RequestError(f"header {TIMEOUT_HEADER}: expected a positive number of seconds, got {raw!r}",
-                               param=TIMEOUT_HEADER)
+        if seconds <= 0:
+            raise RequestError("request timed out: its deadline had passed when it arrived", 504, "timeout",
+                               code="deadline_exceeded")
         return time.monotonic() + seconds
 
     def check_length(chars: int, param: str) -> None:
@@ -255,9 +246,10 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         except ValueError as exc:
             raise RequestError(str(exc), param=param, code="context_length_exceeded") from None
 
-    async def run(request: Request, prompt_ids: list[int], budget: int, req, chat: bool) -> Response:
+    async def run(request: Request, prompt_ids: list[int], budget: int, req, chat: bool,
+                  deadline: float | None) -> Response:
         """Generate and answer: a JSON body, or an SSE stream once the first token exists."""
-        completion = _Completion(engine, metrics, prompt_ids, budget, req.stop_sequences, deadline_of(request))
+        completion = _Completion(engine, metrics, prompt_ids, budget, req.stop_sequences, deadline)
         kind = "chatcmpl" if chat else "cmpl"
         head = {"id": f"{kind}-{name}-{next(request_ids)}", "created": int(time.time()), "model": model_name}
         deltas = completion.deltas()
@@ -283,7 +275,9 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        req = parse_request(CompletionRequest, await read_body(request))
+        raw = await read_body(request)
+        req = parse_request(CompletionRequest, raw)
+        deadline = deadline_of(request, raw)
         check_model(req.model)
         text = req.prompt_text
         if text is None:
@@ -297,11 +291,13 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
             check_length(len(text), "prompt")
             prompt_ids = engine.runner.encode(text)
         check_context(prompt_ids, req.max_tokens, "prompt")
-        return await run(request, prompt_ids, req.max_tokens, req, chat=False)
+        return await run(request, prompt_ids, req.max_tokens, req, chat=False, deadline=deadline)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
-        req = parse_request(ChatCompletionRequest, await read_body(request))
+        raw = await read_body(request)
+        req = parse_request(ChatCompletionRequest, raw)
+        deadline = deadline_of(request, raw)
         check_model(req.model)
         tokenizer = engine.runner.tokenizer
         if not tokenizer.chat_template:
@@ -317,7 +313,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         bos = tokenizer.bos_token
         prompt_ids = engine.runner.encode(text, add_special_tokens=not (bos and text.startswith(bos)))
         check_context(prompt_ids, req.token_budget, "messages")
-        return await run(request, prompt_ids, req.token_budget, req, chat=True)
+        return await run(request, prompt_ids, req.token_budget, req, chat=True, deadline=deadline)
 
     @app.get("/v1/models")
     async def models() -> dict:
@@ -330,7 +326,9 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         if not engine.running:
             raise RequestError("the engine is not running", 503, "service_unavailable", code="engine_unavailable")
         return JSONResponse({"status": "ok", "name": name, "model": model_name,
-                             "waiting": engine.queued, "running": engine.batch_size})
+                             "waiting": engine.queued, "running": engine.batch_size,
+                             "batching": engine.batching.model_dump(mode="json"),
+                             "batching_delay": engine.batching_delay})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -476,21 +474,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see the READY line)")
     parser.add_argument("--name", default="r0", help="replica name, in the READY line and response ids")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 (the CPU fallback tier)")
-    parser.add_argument("--max-batch-size", type=int, default=8)
-    parser.add_argument("--max-delay", type=float, default=0.01, help="seconds a batch may wait to fill")
-    parser.add_argument("--adaptive", action="store_true", help="tune the batching delay toward a latency target")
+    parser.add_argument("--batching", default=None, metavar="JSON",
+                        help="a serving.batching spec as JSON (policy: micro), as the live stack passes it whole; "
+                             "excludes the three flags below")
+    parser.add_argument("--max-batch-size", type=int, default=None, help="default 8")
+    parser.add_argument("--max-delay", type=float, default=None, help="seconds a batch may wait to fill (default 0.01)")
+    parser.add_argument("--adaptive", action="store_true", help="tune the batching delay toward a 2 s latency target")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = parser.parse_args(argv)
     from testbed.live.replica.models import resolve_model
 
     try:
+        batching = _batching(args)
         model_dir = resolve_model(args.model)
-        engine = Engine(model_dir, args.quantize, args.max_batch_size, args.max_delay, args.adaptive, args.threads)
-    except ValueError as exc:
-        print(f"replica_server: {exc}", file=sys.stderr)
+        engine = Engine.from_spec(model_dir, batching, args.quantize, args.threads)
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        print(f"replica server: {exc}", file=sys.stderr)
         return 2
     asyncio.run(serve(engine, args.name, args.model, args.host, args.port))
     return 0
+
+
+def _batching(args: argparse.Namespace) -> MicroBatching:
+    """The batching spec from ``--batching`` (whole, as the stack sends it) or the loose flags."""
+    loose = args.max_batch_size is not None or args.max_delay is not None or args.adaptive
+    if args.batching is not None:
+        if loose:
+            raise ValueError("--batching carries the whole batching spec; drop --max-batch-size, --max-delay and --adaptive")
+        try:
+            return MicroBatching.model_validate_json(args.batching)
+        except ValidationError as exc:
+            message, _ = describe_validation_error(exc)
+            raise ValueError(f"--batching: {message}") from None
+    return MicroBatching(policy="micro", max_batch_size=8 if args.max_batch_size is None else args.max_batch_size,
+                         max_queue_delay=0.01 if args.max_delay is None else args.max_delay, adaptive=args.adaptive,
+                         target_latency=2.0 if args.adaptive else None)
 
 
 def _exit_now(code: int) -> None:
