@@ -15,6 +15,7 @@ slows numerator and denominator alike.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import tempfile
 import time
@@ -38,11 +39,11 @@ def measure(path: Path, repeat: int) -> str:
         started = time.perf_counter()
         result = simulate(blind)
         simulated = min(simulated, time.perf_counter() - started)
-        result.scenario = scenario
+        result = dataclasses.replace(result, scenario=scenario)
         started = time.perf_counter()
         observation = observe(result)
         observed = min(observed, time.perf_counter() - started)
-        result.observation, result.alerts, result.scorecard = observation, observation.alerts, observation.scorecard
+        result = dataclasses.replace(result, observation=observation, alerts=observation.alerts, scorecard=observation.scorecard)
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             write_observation(result, Path(out))

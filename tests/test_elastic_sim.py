@@ -203,9 +203,10 @@ def test_streams_cut_by_a_crash_migrate_with_their_tokens_and_pass_the_checker()
 
 
 def test_a_migrated_attempt_carries_the_delivered_tokens_as_prompt():
+    from testbed.draw import draw
     from testbed.sim.engine import _Run
 
-    run = _Run(small({}, workload=LONG), 5, None)
+    run = _Run(draw(small({}, workload=LONG), 5), None)
     assert run.elastic is not None
     run.elastic.offset[3] = 120
     assert run.elastic.work_for(3, 64, 200) == (64 + 120, 80)  # the re-prefill: 120 more prompt tokens

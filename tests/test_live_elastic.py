@@ -98,9 +98,10 @@ def test_the_live_fleet_stops_spare_slots_starts_on_scale_up_and_drains_on_scale
     policy = stack.gateway.policy
 
     async def drive() -> None:
-        fleet = LiveFleet(stack, topology, spec, offset=0.0)
+        fleet = LiveFleet(stack, topology, spec)
         live_elastic.TICK = 0.01
-        await fleet.begin()
+        await fleet.park()
+        fleet.begin(offset=0.0)
         names = [r.name for r in topology.replicas]
         assert sorted(stack.calls) == sorted(("stop", n) for n in names[1:])  # three spare slots stopped
         assert {i for i in range(4) if i not in policy.out_of_service} == {0}

@@ -79,7 +79,7 @@ class _Pool:
 class LiveFleet:
     """Runs the pools' autoscalers on a started :class:`~testbed.live.stack.LiveStack`."""
 
-    def __init__(self, stack, topology: Topology, scenario: Scenario, offset: float) -> None:
+    def __init__(self, stack, topology: Topology, scenario: Scenario, offset: float = 0.0) -> None:
         assert scenario.elastic is not None and stack.gateway is not None
         self.stack = stack
         self.policy = stack.gateway.policy
@@ -113,17 +113,24 @@ class LiveFleet:
         placement = self.placements[slot]
         self.events.append((self._now() - self.offset, slot, placement.pool, placement.region, phase, "on_demand"))
 
-    async def begin(self) -> None:
-        """Stop the slots beyond each pool's initial count; the rest serve from the start."""
+    async def park(self) -> None:
+        """Before the replay's clock starts: stop the slots beyond each pool's initial count."""
+        now = self._now()
+        for pool in self.pools:
+            for slot in pool.slots[pool.wanted :]:
+                self.policy.set_in_service(slot, False, now)
+                await asyncio.to_thread(self.stack.supervisor.stop, self.placements[slot].name, 5)
+
+    def begin(self, offset: float) -> None:
+        """The replay's clock starts (``offset``: stack clock -> replay clock): the initial
+        replicas serve, are billed from here, and the control loop runs."""
+        self.offset = offset
         now = self._now()
         for pool in self.pools:
             for slot in pool.slots[: pool.wanted]:
                 self.serving.add(slot)
                 self._bill(slot, now)
                 self._event(slot, "serving")
-            for slot in pool.slots[pool.wanted :]:
-                self.policy.set_in_service(slot, False, now)
-                await asyncio.to_thread(self.stack.supervisor.stop, self.placements[slot].name, 5)
         self._task = asyncio.create_task(self._loop())
 
     def _bill(self, slot: int, now: float) -> None:

@@ -58,12 +58,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from testbed.draw import policy_rng
 from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
 from testbed.live.openai_schema import RequestError, install_error_handlers
 from testbed.live.requests import parse_request
-from testbed.policy.gateway import RNG_STREAM, Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.outcomes import Outcome, Status, classify
-from testbed.rng import RandomStreams
 from testbed.spec import ServingSpec
 
 MAX_BODY_BYTES = 1 << 20  # a request body larger than this is refused with 413 before it is read
@@ -189,7 +189,7 @@ class LiveGateway:
         self.client_regions = list(client_regions or dict.fromkeys(primary))
         views = [ReplicaState(i, u.region, u.tier, u.capacity, pool=u.pool) for i, u in enumerate(self.upstreams)]
         # The simulator's stream for the same seed: the same jitter and the same random picks.
-        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, RandomStreams(seed).python(RNG_STREAM))
+        self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, policy_rng(seed))
         self.timeouts = spec.timeouts  # the deadline and connect timeout this driver applies
         self.recorder = LiveRecorder(dict.fromkeys(u.region for u in self.upstreams))
         self.metrics = Metrics()

@@ -20,9 +20,10 @@ between ``clients:R`` and ``R``                        (the live stack has one g
                                                        client's path to R carries them)
 =====================================================  ===========================================
 
-Faults overlap (a node crash inside a region outage), so, as in the simulator, each replica and
-region counts what is active: a replica is killed when its first crash starts and restarted when
-its last one ends; slowdowns multiply and error rates take the maximum, re-sent on every change.
+How overlapping faults compose (a node crash inside a region outage; two slowdowns) is the
+simulator's own rule, because both read :class:`~testbed.faults.FaultState`: a replica is killed
+when its first crash starts and restarted when its last one ends, a region cut likewise; the
+hooks are re-sent with the state's speed and worst error rate whenever those change.
 A fault the live stack cannot reproduce (memory pressure; packet loss; a network fault between
 two regions, which has no path of its own in a one-gateway stack) raises :class:`LiveUnsupported` before
 anything starts.
@@ -31,17 +32,13 @@ anything starts.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from testbed.faults import NETWORK_KINDS, Fault
+from testbed.faults import NETWORK_KINDS, Fault, FaultState, StateChange, walk
 from testbed.topology import Topology
-
-CRASH_KINDS = frozenset({"accelerator_failure", "node_crash", "capacity_loss"})
-REGION_LEVELS = frozenset({"fleet", "provider", "region"})
 
 
 class LiveUnsupported(ValueError):
@@ -61,13 +58,6 @@ class Action:
     target: int | str
     params: dict[str, float] = field(default_factory=dict, hash=False)
     fault: int = -1  # index of the fault in the schedule that caused it
-
-
-def _transitions(schedule: Sequence[Fault]) -> list[tuple[float, int, int]]:
-    """(time, +1 start / -1 end, fault index), repairs before starts at equal times (as the sim)."""
-    events = [(f.start, +1, i) for i, f in enumerate(schedule)]
-    events += [(f.end, -1, i) for i, f in enumerate(schedule) if not math.isinf(f.end)]
-    return sorted(events, key=lambda e: (e[0], e[1], e[2]))
 
 
 def check_supported(schedule: Sequence[Fault], topology: Topology) -> None:
@@ -92,13 +82,6 @@ def check_supported(schedule: Sequence[Fault], topology: Topology) -> None:
                 )
 
 
-def _toggle(active: list, value: object, sign: int) -> None:
-    if sign > 0:
-        active.append(value)
-    else:
-        active.remove(value)
-
-
 def _network_region(fault: Fault) -> str:
     assert fault.endpoints is not None
     a, b = fault.endpoints
@@ -108,51 +91,31 @@ def _network_region(fault: Fault) -> str:
 def plan(schedule: Sequence[Fault], topology: Topology) -> list[Action]:
     """The schedule as live actions, in the order to perform them."""
     check_supported(schedule, topology)
-    down: dict[int, int] = {}
-    hung: dict[int, int] = {}
-    cut: dict[str, int] = {}
-    speeds: dict[int, list[float]] = {}
-    errors: dict[int, list[tuple[float, int]]] = {}
-    actions: list[Action] = []
+    state = FaultState(topology)
+    return [action for change in walk(schedule, state) for action in actions(change)]
 
-    def count(counter: dict, key: Any, sign: int, on: str, off: str, at: float, index: int) -> None:
-        before = counter.get(key, 0)
-        counter[key] = before + sign
-        if before == 0 and sign > 0:
-            actions.append(Action(at, on, key, {}, index))
-        elif before == 1 and sign < 0:
-            actions.append(Action(at, off, key, {}, index))
 
-    for at, sign, index in _transitions(schedule):
-        fault = schedule[index]
-        kind = fault.kind
-        if kind in NETWORK_KINDS:
-            verb = "toxic" if sign > 0 else "untoxic"
-            actions.append(Action(at, verb, _network_region(fault), {"kind": kind, **fault.params}, index))
-        elif kind == "outage" and topology.level(fault.target) in REGION_LEVELS:
-            regions = {topology.replicas[r].region for r in fault.replicas}
-            for region in sorted(regions):
-                count(cut, region, sign, "cut", "heal", at, index)
-        elif kind in CRASH_KINDS or kind == "outage":
-            for replica in fault.replicas:
-                count(down, replica, sign, "kill", "restart", at, index)
-        elif kind == "node_hang":
-            for replica in fault.replicas:
-                count(hung, replica, sign, "pause", "resume", at, index)
-        elif kind == "slowdown":
-            for replica in fault.replicas:
-                active = speeds.setdefault(replica, [])
-                _toggle(active, fault.params["speed"], sign)
-                actions.append(Action(at, "hooks", replica, {"slowdown": 1 / math.prod(active)}, index))
-        elif kind == "error_injection":
-            for replica in fault.replicas:
-                active_errors = errors.setdefault(replica, [])
-                _toggle(active_errors, (fault.params["rate"], int(fault.params["status"])), sign)
-                rate, status = max(active_errors, default=(0.0, 500))
-                actions.append(Action(at, "hooks", replica, {"error_rate": rate, "error_status": float(status)}, index))
-        else:
-            raise LiveUnsupported(f"faults.{index} ({kind}): no live action for this fault kind")
-    return actions
+def actions(change: StateChange) -> list[Action]:
+    """What the live stack does for one change of the fault state."""
+    at, index, fault = change.at, change.index, change.fault
+    if fault.kind in NETWORK_KINDS:
+        verb = "toxic" if change.starting else "untoxic"
+        return [Action(at, verb, _network_region(fault), {"kind": fault.kind, **fault.params}, index)]
+    done: list[Action] = []
+    for region, before, after in change.regions:  # a region-wide outage: the proxy cuts it
+        if (before > 0) != (after > 0):
+            done.append(Action(at, "cut" if after else "heal", region, {}, index))
+    for replica, was, now in change.replicas:
+        if (was.crashes > 0) != (now.crashes > 0):  # crashes of its own domain: the process dies
+            done.append(Action(at, "kill" if now.crashes else "restart", replica, {}, index))
+        if was.hung != now.hung:
+            done.append(Action(at, "pause" if now.hung else "resume", replica, {}, index))
+        if was.speeds != now.speeds:
+            done.append(Action(at, "hooks", replica, {"slowdown": 1 / now.speed}, index))
+        if was.errors != now.errors:
+            rate, status = now.error
+            done.append(Action(at, "hooks", replica, {"error_rate": rate, "error_status": float(status)}, index))
+    return done
 
 
 class LiveTarget(Protocol):

@@ -1,9 +1,8 @@
 """Live replay: a scenario played against the real stack in wall-clock time.
 
-:func:`run_live` is the live twin of :func:`testbed.sim.simulate`. From the scenario and seed it
-draws exactly what the simulation draws — the same arrivals, lengths, classes and client regions
-(:func:`testbed.workload.generate` on the same named streams) and the same fault schedule
-(:func:`testbed.faults.build_schedule`) — then:
+:func:`run_live` is the live twin of :func:`testbed.sim.simulate`. It starts from the same
+:func:`testbed.draw.draw` of the scenario and seed — the same arrivals, lengths, classes and client
+regions, the same fault schedule, the same gateway-policy random stream — then:
 
 1. refuses what this machine cannot hold (:mod:`testbed.live.sizing`; ``scale`` shrinks first)
    and what the live stack cannot reproduce (:func:`testbed.live.injector.plan`);
@@ -13,7 +12,8 @@ draws exactly what the simulation draws — the same arrivals, lengths, classes 
 3. sends each request at its arrival time as a streamed completion of exactly its prompt length
    (seeded random token ids) and output length, while the injector applies the fault schedule
    at its times (SIGKILL, SIGSTOP, proxy cuts and toxics, replica chaos hooks);
-4. collects the gateway's records (the simulator's schema), evaluates the SLA and writes the same
+4. collects the gateway's records (the simulator's schema) and ends with the simulator's tail,
+   :func:`testbed.finish.finish_run` (faults, overlaps, verdicts, observation), writing the same
    files as ``testbed run``. The stack is torn down on the way out, whatever happened —
    Ctrl-C included.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -38,17 +38,15 @@ import numpy as np
 import pandas as pd
 
 from testbed import workload
-from testbed.faults import Fault, build_schedule, faults_frame
+from testbed.draw import Draw, draw
+from testbed.faults import Fault
+from testbed.finish import finish_run
 from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
-from testbed.observe.pipeline import observe_into
-from testbed.records.attempts import attempts_frame, health_frame
+from testbed.records.attempts import attempts_frame
 from testbed.records.result import Result
 from testbed.report import write_run
-from testbed.rng import RandomStreams
-from testbed.sim.engine import _overlaps
-from testbed.sla import evaluate, fault_windows, recovery_times
 from testbed.spec import ContinuousBatching, Scenario, SpecError
 from testbed.topology import Topology
 
@@ -60,31 +58,41 @@ ProgressCallback = Callable[[str], None]
 class ReplayPlan:
     """Everything a live run does, decided before any process starts (pure, deterministic)."""
 
-    scenario: Scenario
-    seed: int
-    topology: Topology
-    arrivals: workload.Arrivals
-    schedule: list[Fault]
+    draw: Draw
     actions: list[Action]
     prompts: list[list[int]]
 
+    @property
+    def scenario(self) -> Scenario:
+        return self.draw.scenario
+
+    @property
+    def seed(self) -> int:
+        return self.draw.seed
+
+    @property
+    def topology(self) -> Topology:
+        return self.draw.topology
+
+    @property
+    def arrivals(self) -> workload.Arrivals:
+        return self.draw.arrivals
+
+    @property
+    def schedule(self) -> list[Fault]:
+        return self.draw.schedule
+
 
 def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048) -> ReplayPlan:
-    """Draw the scenario's arrivals and faults exactly as the simulation does, and plan the actions."""
-    seed = scenario.seed if seed is None else seed
+    """The simulation's draw of the scenario, the prompts' token ids, and the fault actions."""
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
     check_elastic_supported(scenario)
-    topology = Topology.from_spec(scenario.topology)
-    streams = RandomStreams(seed)
-    serving = {p.region for p in topology.replicas if p.tier == "primary"}
-    primary = [r for r in topology.regions if r in serving] or topology.regions
-    arrivals = workload.generate(scenario.workload, scenario.duration, primary, streams)
-    schedule = build_schedule(scenario.faults, topology, scenario.duration + scenario.drain, streams)
-    rng = random.Random(streams.python("live.prompts").random())
+    drawn = draw(scenario, seed)
+    rng = random.Random(drawn.streams.python("live.prompts").random())
     # Token ids above the special tokens (the built-in tokenizers put them first).
-    prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in arrivals.prompt_tokens.tolist()]
-    return ReplayPlan(scenario, seed, topology, arrivals, schedule, plan(schedule, topology), prompts)
+    prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in drawn.arrivals.prompt_tokens.tolist()]
+    return ReplayPlan(drawn, plan(drawn.schedule, drawn.topology), prompts)
 
 
 def run_live(
@@ -102,7 +110,15 @@ def run_live(
         scenario = scale_scenario(scenario, scale)
     if duration is not None:
         scenario = scenario.model_copy(update={"duration": duration})
-    check_fits(scenario, machine or Machine.here())
+    here = machine or Machine.here()
+    check_fits(scenario, here)
+    cores = scenario.topology.host_cores
+    if cores is not None and cores > here.cores:
+        # The simulation shares host_cores among the replicas; live, the machine shares what it has.
+        raise SpecError(
+            f"{scenario.name}: topology.host_cores: {cores:g} cores described, but this machine gives the live stack "
+            f"{here.cores}; set host_cores to at most {here.cores} (or unset it) to replay it here"
+        )
     batching = scenario.serving.batching
     if engine == "torch" and isinstance(batching, ContinuousBatching):
         raise SpecError(
@@ -174,13 +190,15 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         seed=replay.seed,
         rtt=replay.topology.rtt,
     ) as stack:
+        fleet = LiveFleet(stack, replay.topology, scenario) if scenario.elastic is not None else None
+        if fleet is not None:
+            await fleet.park()  # spare slots stop before the clock starts
         started = time.monotonic() + LEAD
         offset = started - stack.start  # stack clock -> replay clock
         progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
         injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
-        fleet = LiveFleet(stack, replay.topology, scenario, offset) if scenario.elastic is not None else None
         if fleet is not None:
-            await fleet.begin()
+            fleet.begin(offset)
         faults_task = asyncio.create_task(injector.run())
         try:
             unreached = await _send_all(replay, stack.gateway_url, model, started)
@@ -193,8 +211,7 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
     result = _result(replay, requests, health, offset, injector, unreached)
     if fleet is not None:
-        result.stats |= fleet.stats(result.requests)
-        result.fleet = fleet.frame()
+        result = dataclasses.replace(result, stats=result.stats | fleet.stats(result.requests), fleet=fleet.frame())
     return result
 
 
@@ -247,13 +264,12 @@ async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: st
 def _result(
     replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: float, injector: Injector, unreached: list[tuple[int, float]]
 ) -> Result:
-    """The live records on the replay clock, with the simulation's fault table and verdicts.
+    """The live records on the replay clock, finished by the simulation's own tail.
 
     Conservation: every request sent is a gateway record, or one of those the gateway never
     answered (``unreached``), which the client records as failed — the gateway was too busy to
     accept them, and a client sees exactly that.
     """
-    scenario = replay.scenario
     n = len(replay.arrivals)
     pending = int((requests["status"] == "pending").sum())
     missing = n - len(requests)
@@ -269,14 +285,6 @@ def _result(
         requests = pd.concat([requests, _unreached_rows(requests, replay, unreached[:missing])], ignore_index=True)
     requests = requests.sort_values("request_id", ignore_index=True)  # workload order, as simulated
     _fill_lengths(requests, replay.arrivals)
-    faults = faults_frame(replay.schedule)
-    faults["detected_at"] = [_detected(fault, health, offset) for fault in replay.schedule]
-    windows = fault_windows(faults)
-    finish = requests["finish"].fillna(requests["arrival"]).to_numpy()
-    requests["fault_overlap"] = _overlaps(requests["arrival"].to_numpy(), finish, windows)
-    verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration), faults)
-    if not faults.empty:
-        faults["recovered_at"] = recovery_times(scenario.sla, requests, faults)
     stats = {
         "wall_s": float(np.nanmax(requests["finish"].to_numpy(), initial=0.0)),
         "requests": n,
@@ -288,13 +296,16 @@ def _result(
         # startup_seconds is the simulation's figure for it.
         "live_restart_s": [round(done - a.at, 3) for done, a in injector.done if a.verb == "restart"],
     }
-    result = Result(scenario, replay.seed, requests, pd.DataFrame(), verdicts, stats, faults)
     # Observability reads health-probe changes as the simulation records them; the live gateway's
     # attempts are in its traces rather than rows, so the attempt table is empty.
-    result.attempts = attempts_frame([])
-    shifted = [(replica, t - offset, change) for replica, t, change in health]
-    result.health = health_frame(shifted, [r.region for r in replay.topology.replicas])
-    return observe_into(result)
+    return finish_run(
+        replay.draw,
+        requests,
+        timeseries=pd.DataFrame(),
+        attempts=attempts_frame([]),
+        health=[(replica, t - offset, change) for replica, t, change in health],
+        stats=stats,
+    )
 
 
 def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[tuple[int, float]]) -> pd.DataFrame:
@@ -344,10 +355,3 @@ def _fill_lengths(requests: pd.DataFrame, arrivals: workload.Arrivals) -> None:
         values[missing] = asked[ids[missing]]
         requests[column] = values.astype(np.int32)
 
-
-def _detected(fault: Fault, health: list, offset: float) -> float:
-    """When the gateway's health checks first marked one of the fault's replicas unhealthy."""
-    members = set(fault.replicas)
-    times = [t - offset for r, t, change in health if change == "unhealthy" and r in members]
-    times = [t for t in times if fault.start <= t <= fault.end]
-    return min(times) if times else math.nan

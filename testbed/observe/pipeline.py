@@ -1,8 +1,7 @@
 """Observation of a run, end to end: records → metrics → alerts → root causes → scorecard.
 
-Both planes call :func:`observe` on their :class:`~testbed.records.result.Result` (the simulator does it
-at the end of :func:`~testbed.sim.simulate`; the live driver on its live records), so detectors
-are validated on the same records whichever plane produced them. :func:`write_observation`
+Both planes' records reach :func:`observe` through :func:`testbed.finish.finish_run`, the tail
+they share, so detectors are validated on the same records whichever plane produced them. :func:`write_observation`
 writes what an operator's tools would read: ``metrics.parquet``, ``alerts.parquet``,
 ``scorecard.parquet`` (+ ``scorecard.json``), ``metrics.prom`` and ``traces.jsonl``.
 """
@@ -25,7 +24,7 @@ from testbed.spec import Scenario
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
-    from testbed.records.result import Result
+    from testbed.records.result import Records, Result
 
 
 @dataclass
@@ -41,7 +40,7 @@ class Observation:
     window: float
 
 
-def observe(result: Result, spec: Scenario | None = None) -> Observation:
+def observe(result: Records | Result, spec: Scenario | None = None) -> Observation:
     """Metrics, alerts (with root-cause rankings), scorecard and observability verdicts of a run."""
     scenario = spec or result.scenario
     settings = scenario.observability
@@ -62,18 +61,6 @@ def observe(result: Result, spec: Scenario | None = None) -> Observation:
     card, summary = score(alerts, faults, settings.match_grace, (span.start, span.stop))
     verdicts = objective_verdicts(settings.objectives, card, summary)
     return Observation(metrics, alerts, card, summary, verdicts, graph, window)
-
-
-def observe_into(result: Result) -> Result:
-    """Attach an observation to ``result``: alerts, scorecard, and the verdicts added to ``sla``."""
-    if not result.scenario.observability.enabled:
-        return result
-    observation = observe(result)
-    result.observation = observation
-    result.alerts = observation.alerts
-    result.scorecard = observation.scorecard
-    result.sla = list(result.sla) + observation.verdicts
-    return result
 
 
 def write_observation(result: Result, out: Path) -> dict[str, Path]:

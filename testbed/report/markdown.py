@@ -11,7 +11,7 @@ import math
 import pandas as pd
 
 from testbed.records.result import Result
-from testbed.records.schema import latency_columns
+from testbed.records.schema import STATUSES, latency_columns
 from testbed.units import format_duration
 
 

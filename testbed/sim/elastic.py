@@ -276,7 +276,7 @@ class ElasticFleet:
         """Start a replica on a free, healthy slot that capacity grants; False if none can be had."""
         injector = self.run.injector
         for slot in pool.slots:
-            if slot in self.live or injector.state[slot].down:
+            if slot in self.live or injector.state.replicas[slot].down:
                 continue
             placement = self.placements[slot]
             market = self._market(pool, placement.region, now)
@@ -304,7 +304,7 @@ class ElasticFleet:
             member = self.live.get(slot)
             if member is None or member.life is not life or life.phase == "gone":
                 return
-            if self.run.injector.state[slot].down:
+            if self.run.injector.state.replicas[slot].down:
                 self._gone(member, self.env.now)  # the node failed while starting
                 return
             following = life.on_timer(self.env.now)
@@ -354,7 +354,7 @@ class ElasticFleet:
     def _retire_failed(self, now: float) -> None:
         """A fault took a live replica's slot down: it is gone, and the pool will replace it."""
         state = self.run.injector.state
-        for member in [m for m in self.live.values() if state[m.slot].down]:
+        for member in [m for m in self.live.values() if state.replicas[m.slot].down]:
             self._gone(member, now)
 
     # ------------------------------------------------------------------ spot

@@ -11,6 +11,7 @@ comes from named streams of the scenario's seed, so a run is reproducible to the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -20,27 +21,25 @@ import numpy as np
 import pandas as pd
 import simpy
 
-from testbed import workload
-from testbed.faults import Fault, build_schedule, faults_frame
-from testbed.observe.pipeline import observe_into
+from testbed.draw import Draw, draw
+from testbed.finish import finish_run
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, Sequence, batcher_from_spec
-from testbed.policy.gateway import RNG_STREAM, Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.outcomes import Outcome
-from testbed.records.attempts import AttemptLog, health_frame
+from testbed.records.attempts import AttemptLog
 from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
-from testbed.rng import RandomStreams
 from testbed.sim.elastic import ElasticFleet
 from testbed.sim.fleet import FleetSampler
+from testbed.sim.host import SharedHost
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
-from testbed.sla import evaluate, fault_windows, recovery_times
 from testbed.spec import Scenario, SpecError
-from testbed.topology import Replica, Topology
+from testbed.topology import Replica
 
 ProgressCallback = Callable[[float], None]
 STATUS_CODE = {name: code for code, name in enumerate(STATUSES)}
@@ -63,7 +62,7 @@ def simulate(
     """
     if duration is not None:
         scenario = scenario.model_copy(update={"duration": duration})
-    run = _Run(scenario, scenario.seed if seed is None else seed, progress)
+    run = _Run(draw(scenario, seed), progress)
     return run.execute()
 
 
@@ -83,17 +82,15 @@ class _Attempt:
 class _Run:
     """One simulation: builds the fleet, runs the event loop, checks conservation."""
 
-    def __init__(self, scenario: Scenario, seed: int, progress: ProgressCallback | None) -> None:
-        self.scenario = scenario
-        self.seed = seed
+    def __init__(self, drawn: Draw, progress: ProgressCallback | None) -> None:
+        scenario = self.scenario = drawn.scenario
+        self.draw = drawn
         self.progress = progress
-        self.topology = Topology.from_spec(scenario.topology)
-        self.streams = RandomStreams(seed)
-        serving = {p.region for p in self.topology.replicas if p.tier == "primary"}
-        primary = [r for r in self.topology.regions if r in serving] or self.topology.regions
-        self.arrivals = workload.generate(scenario.workload, scenario.duration, primary, self.streams)
-        self.horizon = scenario.duration + scenario.drain
-        self.schedule: list[Fault] = build_schedule(scenario.faults, self.topology, self.horizon, self.streams)
+        self.topology = drawn.topology
+        self.streams = drawn.streams
+        self.arrivals = drawn.arrivals
+        self.horizon = drawn.horizon
+        self.schedule = drawn.schedule
         self.env = simpy.Environment()
         self.plan = self.arrivals.agents
         self.singles = len(self.arrivals)  # requests 0..singles-1; agent calls follow
@@ -105,10 +102,10 @@ class _Run:
             for p, r in zip(self.topology.replicas, self.replicas)
         ]
         self.gateway = Gateway(
-            scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, self.streams.python(RNG_STREAM)
+            scenario.serving, self.views, self.arrivals.region_names, self.topology.rtt, drawn.policy_rng()
         )
         self.network = NetworkState()
-        self.injector = FaultInjector(self.env, self.schedule, self.replicas, self.network, self._on_lost_work)
+        self.injector = FaultInjector(self.env, self.schedule, self.topology, self.replicas, self.network, self._on_lost_work)
         self.network_rng = self.streams.python("faults.network")
         self.error_rng = self.streams.python("faults.errors")
         # Per-request inputs as Python lists: scalar reads from lists are several times cheaper
@@ -189,6 +186,8 @@ class _Run:
                     self._on_finish,
                 )
             )
+        if self.scenario.topology.host_cores is not None:
+            SharedHost(self.scenario.topology.host_cores, replicas)
         return replicas
 
     def _batcher(self, placement: Replica) -> Batcher:
@@ -296,7 +295,7 @@ class _Run:
         if not replica.batcher.fits(attempt.work):
             self._attempt_ended(key, Outcome.CLIENT_ERROR)  # a 400: the context does not fit this replica
             return
-        rate = self.injector.state[attempt.replica].error_rate
+        rate = self.injector.state.replicas[attempt.replica].error_rate
         if rate and self.error_rng.random() < rate:
             self._later(attempt.oneway, lambda: self._attempt_ended(key, "failed"))
             return
@@ -446,11 +445,7 @@ class _Run:
         self._time_out_unfinished()
         sampler.sample()
         wall = time.perf_counter() - started
-        faults = self._faults_frame()
-        requests = self._requests_frame(faults)
-        verdicts = evaluate(scenario.sla, requests, (scenario.warmup, scenario.duration), faults)
-        if not faults.empty:
-            faults["recovered_at"] = recovery_times(scenario.sla, requests, faults)
+        requests = self._requests_frame()
         stats = {
             "wall_s": wall,
             "requests": len(requests),
@@ -466,12 +461,17 @@ class _Run:
                 "agent_calls_skipped": self.sessions.skipped,
                 "agent_calls_degraded": int(self.sessions.degraded.sum()),
             }
-        result = Result(scenario, self.seed, requests, sampler.frame(), verdicts, stats, faults)
-        result.attempts = self.attempt_log.frame()
-        result.health = health_frame(self.detected, [r.region for r in self.replicas])
+        result = finish_run(
+            self.draw,
+            requests,
+            timeseries=sampler.frame(),
+            attempts=self.attempt_log.frame(),
+            health=self.detected,
+            stats=stats,
+        )
         if self.elastic is not None:
-            result.fleet = self.elastic.frame()
-        return observe_into(result)
+            result = dataclasses.replace(result, fleet=self.elastic.frame())
+        return result
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
         yield self.env.timeout(at)
@@ -497,17 +497,6 @@ class _Run:
         for rid in pending:
             self._execute(self.gateway.on_deadline(rid, now))
 
-    def _faults_frame(self) -> pd.DataFrame:
-        """The fault timeline: injected, first detected by a health check, repaired."""
-        frame = faults_frame(self.schedule)
-        detected = []
-        for fault in self.schedule:
-            members = set(fault.replicas)
-            times = [t for r, t, change in self.detected if change == "unhealthy" and r in members and fault.start <= t <= fault.end]
-            detected.append(min(times) if times else np.nan)
-        frame["detected_at"] = detected
-        return frame
-
     def _agent_columns(self) -> dict[str, np.ndarray | pd.Categorical]:
         """session_id, turn, stage and degraded: -1/""/False for single requests."""
         singles, plan = self.singles, self.plan
@@ -528,13 +517,13 @@ class _Run:
             "degraded": degraded,
         }
 
-    def _requests_frame(self, faults: pd.DataFrame) -> pd.DataFrame:
-        """One row per request that entered (agent calls never made have no row)."""
+    def _requests_frame(self) -> pd.DataFrame:
+        """One row per request that entered (agent calls never made have no row); ``fault_overlap``
+        is the shared tail's to add."""
         arrivals, log, arrival = self.arrivals, self.log, self.arrival_time
         n = self.total
         region_of_replica = np.array([self.topology.regions.index(r.region) for r in self.replicas] + [-1])
         tier_fallback = np.array([p.tier == "fallback" for p in self.topology.replicas] + [False])
-        finish = np.where(np.isnan(log.finish), arrival, log.finish)
         agent = self._agent_columns()
         frame = pd.DataFrame(
             {
@@ -558,20 +547,9 @@ class _Run:
                 "failed_over": self.failed_over,
                 "fallback": tier_fallback[log.replica],
                 "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
-                "fault_overlap": _overlaps(arrival, finish, fault_windows(faults)),
             }
         )
         if self.plan is None:
             return frame
         return frame[~np.isnan(arrival)].reset_index(drop=True)
 
-
-def _overlaps(start: np.ndarray, end: np.ndarray, windows: list[tuple[float, float]]) -> np.ndarray:
-    """Whether each [start, end] interval overlaps any of the disjoint, sorted ``windows``."""
-    if not windows:
-        return np.zeros(len(start), dtype=bool)
-    starts = np.array([w[0] for w in windows])
-    ends = np.array([w[1] for w in windows])
-    # The last window starting at or before each request's end must not have ended before its start.
-    i = np.searchsorted(starts, end, side="right") - 1
-    return (i >= 0) & (ends[np.clip(i, 0, None)] > start)

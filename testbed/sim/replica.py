@@ -9,16 +9,25 @@ a new, earlier timeout; the old one is recognised as stale by its ticket and ign
 Faults act on the replica through a handful of methods: :meth:`crash` (the process dies and its
 work is lost), :meth:`hang` / :meth:`resume` (a gray failure: work freezes but requests are still
 accepted), :meth:`set_speed` (throttling) and the batcher's KV capacity (memory pressure).
+
+Replicas that share a machine's cores (:class:`~testbed.sim.host.SharedHost`) also run at a
+*share* of it, which changes whenever another of them starts or stops working: the iteration in
+progress is re-timed at once — the processor sharing an operating system does. A replica runs at
+``speed * share``; alone on its cores (no host) its share is always 1.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import simpy
 
 from testbed.perf import PerfModel
 from testbed.policy.batching import Batcher, Iteration, Sequence
+
+if TYPE_CHECKING:
+    from testbed.sim.host import SharedHost
 
 TokenCallback = Callable[[Sequence, float], None]
 
@@ -49,6 +58,8 @@ class SimReplica:
         self.refusing = False
         self.hung = False
         self.speed = 1.0
+        self.share = 1.0  # of its host's cores (see SharedHost)
+        self.host: SharedHost | None = None
         # Elastic fleets (testbed/sim/elastic.py): a parked slot holds no replica, so a repair
         # does not bring it back; ``startup`` replaces the profile's constant with the lifecycle
         # chain; ``boost`` is a degradation step's speed-up (a quantized variant).
@@ -60,7 +71,8 @@ class SimReplica:
         self.completed = 0
         self.tokens_out = 0
         self._iteration: Iteration | None = None
-        self._started = 0.0
+        self._started = 0.0  # when the running iteration started, or was last re-timed
+        self._done = 0.0  # unit-speed seconds of it done before _started (re-timings)
         self._ends = 0.0
         self._frozen_for = 0.0  # time left of the iteration a hang interrupted
         self._ticket = 0
@@ -69,6 +81,11 @@ class SimReplica:
     @property
     def busy(self) -> bool:
         return self._iteration is not None
+
+    @property
+    def working(self) -> bool:
+        """Using its cores right now: an iteration is running and the process is not frozen."""
+        return self._iteration is not None and not self.hung
 
     @property
     def holds_work(self) -> bool:
@@ -107,7 +124,9 @@ class SimReplica:
         self._iteration = None
         self._ticket += 1
         self._wake_at = None
-        return self.batcher.evict_all()
+        lost = self.batcher.evict_all()
+        self._host_changed()
+        return lost
 
     def restart(self) -> None:
         """Back in service with an empty batch once the process has started (after repair).
@@ -152,6 +171,7 @@ class SimReplica:
             self._account_busy()
             self._frozen_for = max(0.0, self._ends - self.env.now)
             self._ticket += 1
+            self._host_changed()
 
     def resume(self) -> None:
         """The hang clears: the frozen iteration finishes its remaining time, then work goes on."""
@@ -162,12 +182,31 @@ class SimReplica:
             self._started = self.env.now
             self._ends = self.env.now + self._frozen_for
             self._schedule(self._frozen_for, self._on_iteration_end)
+            self._host_changed()
         else:
             self._start_next()
 
     def set_speed(self, speed: float) -> None:
         """Throttle to ``speed`` of normal; applies from the next iteration."""
         self.speed = speed
+
+    def set_share(self, share: float) -> None:
+        """Run at ``share`` of a core from now on: the running iteration is re-timed at once."""
+        if share == self.share:
+            return
+        if self.working:
+            now = self.env.now
+            before, after = self.speed * self.share, self.speed * share
+            self._account_busy()
+            self._done += (now - self._started) * before
+            self._started = now
+            self._ends = now + (self._ends - now) * before / after
+            self._schedule(self._ends - now, self._on_iteration_end)
+        self.share = share
+
+    def _host_changed(self) -> None:
+        if self.host is not None:
+            self.host.changed()
 
     # ------------------------------------------------------------------ the engine loop
 
@@ -181,30 +220,34 @@ class SimReplica:
         if iteration is None:
             self._iteration = None
             self._schedule_wake()
+            self._host_changed()
             return
         if iteration.prefill:
             charged = self.perf.prefill_charge(iteration.prefill_tokens, [seq.context for seq in iteration.prefill])
             duration = self.perf.iteration_time(charged, iteration.decode_seqs, iteration.context_tokens)
         else:
             duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
-        duration /= self.speed * self.boost
+        duration /= self.speed * self.share * self.boost
         self._iteration = iteration
         self._wake_at = None
         self._started = now
+        self._done = 0.0
         self._ends = now + duration
         self._schedule(duration, self._on_iteration_end)
+        self._host_changed()
 
     def _cut_stretch(self) -> None:
         """End the running decode stretch after the step in progress, so the batch can change."""
         iteration = self._iteration
         assert iteration is not None
         batch, context = iteration.decode_seqs, iteration.context_tokens
-        elapsed = (self.env.now - self._started) * self.speed * self.boost
+        rate = self.speed * self.share * self.boost
+        elapsed = self._done + (self.env.now - self._started) * rate
         steps = self.perf.steps_within(batch, context, elapsed) + 1
         if steps >= iteration.steps:
             return
         iteration.steps = steps
-        ends = self._started + self.perf.decode_stretch_time(batch, context, steps) / (self.speed * self.boost)
+        ends = self._started + (self.perf.decode_stretch_time(batch, context, steps) - self._done) / rate
         self._ends = max(ends, self.env.now)
         self._schedule(self._ends - self.env.now, self._on_iteration_end)
 
@@ -242,3 +285,5 @@ class SimReplica:
             self.on_finish(seq, now)
         if self._iteration is None and self.alive and not self.hung:
             self._start_next()
+        else:
+            self._host_changed()

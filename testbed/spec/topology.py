@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from testbed.catalog import DEVICES, DeviceKind, MODELS, ModelKind
 from testbed.spec.base import Bandwidth, Duration, PartName, Strict, require_unique
@@ -79,6 +79,12 @@ class TopologySpec(Strict):
     links: list[LinkSpec] = Field(default_factory=list)
     intra_region_rtt: Duration = 0.001
     default_rtt: Duration = Field(0.1, description="RTT between regions that no link names")
+    host_cores: PositiveFloat | None = Field(
+        None,
+        le=4096,
+        description="every replica runs on one machine with this many cores, which busy replicas share "
+        "(a live stack on a laptop); a calibrated figure may be fractional. Unset: a core (or device) each",
+    )
 
     @field_validator("profiles")
     @classmethod

@@ -1,0 +1,47 @@
+"""Refactors keep records byte-identical: catalog scenarios, shortened and thinned to a tenth of
+their load to stay cheap, must write the very ``requests.parquet`` they wrote before.
+
+The hashes were taken after the shared draw, tail and fault state (which left records
+unchanged) and the one outcome vocabulary, router exclusion and staggered probes (which changed
+them on purpose: a ``client_error`` status category, refusals routed elsewhere, probe times). A change that *means* to change records (a new model, a new draw) regenerates
+them on purpose — run this file with ``TESTBED_PRINT_HASHES=1`` and paste — and says so in its
+commit; any other change that moves them is a bug.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import pytest
+
+from testbed.sim import simulate
+from testbed.spec import Scenario
+
+FAULTS = Path(__file__).resolve().parent.parent / "faults"
+EXPECTED = {  # scenario: (duration, sha256 of requests.parquet)
+    "gray-failure": (90.0, "9b6e8b92016be4f1bdcd4f6b652e87a5b6022aa708884d2b5991fd988f00749d"),
+    "region-partition": (150.0, "0f4ba850530b9f971d6663382f682d6b62eec3c46b9d631fd4a99d54173af6b5"),
+    "thermal-throttling": (90.0, "79bb6b1cf44beb8ae5b5eb47fcc05eb44a3cc2ea4635b9159d45eb7cf886773a"),
+}
+
+
+def shrunk(name: str, duration: float) -> Scenario:
+    spec = Scenario.from_yaml(FAULTS / f"{name}.yaml")
+    arrival = spec.workload.arrival.model_copy(update={"rate": spec.workload.arrival.rate / 10})
+    return spec.model_copy(update={"duration": duration, "workload": spec.workload.model_copy(update={"arrival": arrival})})
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_requests_parquet_is_unchanged(name: str) -> None:
+    duration, expected = EXPECTED[name]
+    result = simulate(shrunk(name, duration))
+    assert result.requests["fault_overlap"].any()  # the fault is inside the shortened run
+    buffer = io.BytesIO()
+    result.requests.to_parquet(buffer, index=False)  # exactly as the run writes requests.parquet
+    digest = hashlib.sha256(buffer.getvalue()).hexdigest()
+    if os.environ.get("TESTBED_PRINT_HASHES"):
+        print(f'"{name}": ({duration}, "{digest}"),')
+    assert digest == expected
