@@ -67,11 +67,13 @@ def main() -> int:
     if args.scale is not None:
         base = scale(base, args.scale)
     duration = parse_duration(args.duration)
-    # The profile's capacity assumes a core per replica; replicas beyond the cores share them.
-    replicas, cores = replica_count(base), len(os.sched_getaffinity(0))
+    # The profile's capacity assumes a core per replica; replicas beyond the cores share them
+    # (the topology's host_cores, which the simulation models, or else this machine's).
+    replicas = replica_count(base)
+    cores = base.topology.host_cores or len(os.sched_getaffinity(0))
     capacity = fleet_capacity(base) * min(1.0, cores / replicas)
     loads = [float(x) for x in args.loads.split(",")]
-    print(f"{base.name}: {replicas} replicas on {cores} cores, capacity {capacity:.1f} req/s by the profile; "
+    print(f"{base.name}: {replicas} replicas on {cores:g} cores, capacity {capacity:.1f} req/s by the profile; "
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     header = ["load", "faults", "req/s", "requests", "e2e p50 sim/live ms", "err", "e2e p99 sim/live ms", "err",
               "ttft p50 err", "tpot p50 err", "avail sim/live", "verdicts agree", "detected sim/live s"]

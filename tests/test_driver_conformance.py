@@ -21,6 +21,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from testbed.draw import draw  # noqa: E402
 from testbed.live.gateway import LiveGateway, Upstream  # noqa: E402
 from testbed.policy.gateway import Cancel, Dispatch, Finish, Wake  # noqa: E402
 from testbed.sim.engine import _Run  # noqa: E402
@@ -104,7 +105,7 @@ def scenario() -> Scenario:
 
 
 def run_sim() -> list[tuple]:
-    run = _Run(scenario(), SEED, None)
+    run = _Run(draw(scenario(), SEED), None)
     recorder = Recorder(run.gateway)
     run.gateway = recorder  # type: ignore[assignment]
     env, rid = run.env, 0

@@ -13,22 +13,44 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from testbed.cli.output import EXIT_BAD_INPUT, EXIT_PASS, EXIT_SLA_VIOLATED, console, errors, print_verdicts
+from testbed.cli.output import EXIT_BAD_INPUT, EXIT_PASS, EXIT_SLA_VIOLATED, console, errors, fail, print_verdicts
 from testbed.report import write_run
 from testbed.spec import Scenario, SpecError
 from testbed.units import parse_duration
 
 
 def live(
-    scenario_file: Annotated[Path, typer.Argument(help="scenario YAML, e.g. faults/live-replica-crash.yaml")],
+    scenario_file: Annotated[Optional[Path], typer.Argument(help="scenario YAML, e.g. faults/live-replica-crash.yaml")] = None,
     engine: Annotated[str, typer.Option(help="torch (built-in engine) or vllm")] = "torch",
     scale: Annotated[Optional[float], typer.Option(help="shrink the scenario to this share of its replicas and load")] = None,
     compare: Annotated[bool, typer.Option(help="also simulate it and write fidelity.md (sim vs live)")] = False,
     seed: Annotated[Optional[int], typer.Option(help="override the scenario's seed")] = None,
     out: Annotated[Optional[Path], typer.Option(help="output directory (default out/<scenario name>-live)")] = None,
     duration: Annotated[Optional[str], typer.Option(help="override the duration, e.g. 30s")] = None,
+    target: Annotated[Optional[Path], typer.Option(help="run against your own deployment, described by this target YAML")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="with --target: client (your entry point) or gateway (the project's gateway)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="with --target: print the plan, touch nothing")] = False,
+    allow_remote: Annotated[bool, typer.Option(help="with --target: allow addresses outside this machine")] = False,
+    journal: Annotated[Optional[Path], typer.Option(help="with --target: the journal file (default <out>/journal.jsonl)")] = None,
+    rollback: Annotated[Optional[Path], typer.Option(help="undo what the run that wrote this journal left in force")] = None,
 ) -> None:
-    """Replay a scenario on real replicas in wall-clock time, with its faults; same records and verdicts as run."""
+    """Replay a scenario on real replicas in wall-clock time, with its faults; same records and verdicts as run.
+
+    With --target the scenario runs against your own deployment instead (docs/targets.md).
+    """
+    if rollback is not None:
+        from testbed.cli.targets import rollback_command
+
+        raise typer.Exit(rollback_command(rollback, console, errors))
+    if target is not None:
+        from testbed.cli.targets import target_command
+
+        if engine != "torch" or scale is not None:
+            raise fail("--engine and --scale choose the project's own replicas; with --target your deployment serves as it is")
+
+        raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, compare, console, errors))
+    if scenario_file is None:
+        raise fail("give a scenario YAML (or --rollback JOURNAL)")
     raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors))
 
 
