@@ -30,6 +30,12 @@ EXPECTED = {
     "prefix-affinity-crash.yaml": (False, {"p99 ttft (during faults)"}),
     "chunked-prefill-tpot.yaml": (True, set()),
     "gateway-queue-capacity-loss.yaml": (True, set()),
+    # Elastic fleets; tests/test_elastic_sim.py checks their fleet records and stats too.
+    "elastic-outage-headroom.yaml": (True, set()),
+    "elastic-outage-no-headroom.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-stockout-failover.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-spot-fleet.yaml": (True, set()),
+    "elastic-rolling-deployment.yaml": (True, set()),
 }
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -40,6 +41,7 @@ from testbed import workload
 from testbed.draw import Draw, draw
 from testbed.faults import Fault
 from testbed.finish import finish_run
+from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
 from testbed.records.attempts import attempts_frame
@@ -86,6 +88,7 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
     refuse_cache_fields(scenario)
+    check_elastic_supported(scenario)
     drawn = draw(scenario, seed)
     rng = random.Random(drawn.streams.python("live.prompts").random())
     # Token ids above the special tokens (the built-in tokenizers put them first).
@@ -223,19 +226,29 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         seed=replay.seed,
         rtt=replay.topology.rtt,
     ) as stack:
+        fleet = LiveFleet(stack, replay.topology, scenario) if scenario.elastic is not None else None
+        if fleet is not None:
+            await fleet.park()  # spare slots stop before the clock starts
         started = time.monotonic() + LEAD
         offset = started - stack.start  # stack clock -> replay clock
         progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
         injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
+        if fleet is not None:
+            fleet.begin(offset)
         faults_task = asyncio.create_task(injector.run())
         try:
             unreached = await _send_all(replay, stack.gateway_url, model, started)
         finally:
             injector.stop()  # the run is over; an action under way (a restart) completes first
             await faults_task
+            if fleet is not None:
+                await fleet.close()
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
-    return _result(replay, requests, health, offset, injector, unreached)
+    result = _result(replay, requests, health, offset, injector, unreached)
+    if fleet is not None:
+        result = dataclasses.replace(result, stats=result.stats | fleet.stats(result.requests), fleet=fleet.frame())
+    return result
 
 
 async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> list[tuple[int, float]]:

@@ -136,6 +136,12 @@ class Batcher(Protocol):
     @property
     def running(self) -> int: ...
 
+    kv_capacity: int  # KV-cache tokens it may hold
+
+    @property
+    def kv_used(self) -> int:
+        """KV-cache tokens held now (an autoscaler's utilisation metric reads it)."""
+
 
 class ContinuousBatcher:
     """vLLM-style scheduler: FCFS admission each iteration, preemption by recompute.
@@ -472,6 +478,11 @@ class MicroBatcher:
     @property
     def running(self) -> int:
         return len(self._batch)
+
+    @property
+    def kv_used(self) -> int:
+        """KV tokens the running batch holds: each sequence reserves its prompt and whole output."""
+        return sum(s.prompt_tokens + s.output_tokens for s in self._batch)
 
     def fits(self, seq: Sequence) -> bool:
         return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity

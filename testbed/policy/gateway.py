@@ -161,6 +161,9 @@ class Gateway:
         self.slots = spec.queue.slots_per_replica
         self.failover_on, self.fallback_on = spec.failover.enabled, spec.failover.fallback_tier
         self.outstanding = 0
+        # Replicas the control plane has taken out of rotation (not started yet, draining, gone):
+        # an elastic fleet tells the gateway directly, as Kubernetes endpoints do, not via probes.
+        self.out_of_service: set[int] = set()
         self.requests: dict[int, RequestState] = {}
         self._next_attempt = 0
         self._attempt_rid: dict[int, int] = {}
@@ -288,6 +291,34 @@ class Gateway:
         self._refresh(replica, now)
         return change
 
+    def on_migrate(self, attempt: int, now: float) -> list[Action]:
+        """``attempt``'s stream broke after tokens reached the client, and the request resumes elsewhere.
+
+        The attempt counts as a failure of its replica; a new attempt is routed at once — no
+        backoff and no retry budget, since nothing is re-done: the driver sends it the prompt plus
+        the tokens delivered so far (:mod:`testbed.policy.migration`). A hedge still running
+        carries the request instead.
+        """
+        rid = self._attempt_rid.pop(attempt, None)
+        if rid is None:
+            return []
+        state = self.requests[rid]
+        replica = state.live.pop(attempt)
+        self._release(replica)
+        self._observe(replica, False, now)
+        actions: list[Action] = []
+        if not state.live:
+            self._attempt(state, now, actions, hedge=False)
+        return actions
+
+    def set_in_service(self, replica: int, serving: bool, now: float) -> None:
+        """The control plane put a replica in rotation (serving) or took it out (starting, draining, gone)."""
+        if serving:
+            self.out_of_service.discard(replica)
+        else:
+            self.out_of_service.add(replica)
+        self._refresh(replica, now)
+
     def on_tick(self, now: float) -> None:
         """Periodic upkeep: ejections and open breakers expire with time."""
         for replica in range(len(self.replicas)):
@@ -397,7 +428,7 @@ class Gateway:
         self._refresh(replica, now)
 
     def _refresh(self, replica: int, now: float) -> None:
-        available = self.health.healthy(replica)
+        available = self.health.healthy(replica) and replica not in self.out_of_service
         refused_until = self._refused_until.get(replica)
         if refused_until is not None:
             if now < refused_until:

@@ -11,6 +11,7 @@ comes from named streams of the scenario's seed, so a run is reproducible to the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ from testbed.prefixes import PrefixColumns
 from testbed.records.attempts import AttemptLog
 from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
+from testbed.sim.elastic import ElasticFleet
 from testbed.sim.fleet import FleetSampler
 from testbed.sim.host import SharedHost
 from testbed.sim.injector import FaultInjector
@@ -126,6 +128,7 @@ class _Run:
         self.hedged = np.zeros(self.total, dtype=bool)
         self.failed_over = np.zeros(self.total, dtype=bool)
         self.sessions = self._session_driver()
+        self.elastic = ElasticFleet(self, scenario.elastic) if scenario.elastic is not None else None
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper_armed = False
@@ -234,7 +237,8 @@ class _Run:
             self._deadlines.append((at + timeout, rid))
             if not self._sweeper_armed:
                 self._arm_sweeper()
-            self._execute(self._arrive(rid, env.now))
+            pool = "default" if self.elastic is None else self.elastic.on_arrival(rid, "default")
+            self._execute(self._arrive(rid, env.now, pool))
 
     def _issue_call(self, session: int, rid: int, call: Call) -> None:
         """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
@@ -292,7 +296,10 @@ class _Run:
             oneway += max(0.0, path.sample_delay(self.network_rng))
             if path.bandwidth:
                 oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
-        work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
+        prompt, output = self._prompt_tokens[rid], self._output_tokens[rid]
+        if self.elastic is not None:
+            prompt, output = self.elastic.work_for(rid, prompt, output)
+        work = Sequence(action.attempt, prompt, output, self.env.now + oneway)
         if self.caching:
             work.prefix = self._prefix_of(rid)
         attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
@@ -338,13 +345,18 @@ class _Run:
         if self.log.first_token[rid] != self.log.first_token[rid]:  # NaN: the first one back
             self.log.first_token[rid] = now + attempt.oneway
             self.log.cached_tokens[rid] = work.cached
+            if self.elastic is not None:
+                self.elastic.on_first_token(rid, now + attempt.oneway - self.arrival_time[rid])
         self._execute(self.gateway.on_first_token(work.key, now))
 
     def _on_finish(self, work: Sequence, now: float) -> None:
         self._attempt_ended(work.key, "ok")
 
     def _on_lost_work(self, work: Sequence, now: float) -> None:
-        """A replica crashed with this attempt on it: the client sees the connection drop."""
+        """A replica crashed with this attempt on it: the client sees the connection drop (or, in
+        an elastic fleet, the stream migrates)."""
+        if self.elastic is not None and self.elastic.migrate(work, now):
+            return
         self._attempt_ended(work.key, "failed")
 
     def _cancel(self, action: Cancel) -> None:
@@ -364,6 +376,8 @@ class _Run:
         if action.status == "ok":
             attempt = self.attempts[action.attempt]
             self.log.replica[rid] = attempt.replica
+            if self.elastic is not None:
+                self.elastic.on_answered(rid)
             self._end(rid, OK, now + attempt.oneway)
         else:
             self._end(rid, STATUS_CODE[action.status], now)
@@ -424,6 +438,8 @@ class _Run:
             failing = []
             for index in checker.probe_due(self.env.now):
                 replica = self.replicas[index]
+                if replica.parked:
+                    continue  # an empty slot: nothing to probe, and the gateway knows it is out
                 ok = replica.alive and not (replica.hung and spec.deep)
                 if ok or replica.refusing:
                     self._probe(index, ok)
@@ -455,6 +471,8 @@ class _Run:
         self.env.process(sampler.run(self.done))
         self.env.process(self.injector.run())
         self.env.process(self._health_process())
+        if self.elastic is not None:
+            self.elastic.start()
         if self.total == 0:
             self.done.succeed()
         self.env.run(until=self.done)
@@ -469,13 +487,15 @@ class _Run:
             "faults": len(self.schedule),
             "preemptions": sum(getattr(r.batcher, "preemptions", 0) for r in self.replicas),
         }
+        if self.elastic is not None:
+            stats |= self.elastic.stats(requests, self.env.now)
         if self.sessions is not None:
             stats |= {
                 "agent_sessions": self.plan.sessions,
                 "agent_calls_skipped": self.sessions.skipped,
                 "agent_calls_degraded": int(self.sessions.degraded.sum()),
             }
-        return finish_run(
+        result = finish_run(
             self.draw,
             requests,
             timeseries=sampler.frame(),
@@ -483,6 +503,9 @@ class _Run:
             health=self.detected,
             stats=stats,
         )
+        if self.elastic is not None:
+            result = dataclasses.replace(result, fleet=self.elastic.frame())
+        return result
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
         yield self.env.timeout(at)
@@ -558,7 +581,7 @@ class _Run:
                 "hedged": self.hedged,
                 "failed_over": self.failed_over,
                 "fallback": tier_fallback[log.replica],
-                "degraded": agent["degraded"],
+                "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
             }
         )
         if self.plan is None:

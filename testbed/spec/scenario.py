@@ -10,6 +10,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from testbed.spec.base import Duration, Strict
 from testbed.spec.faults import FaultSpec
+from testbed.spec.elastic import ElasticSpec, check_elastic
 from testbed.spec.errors import SpecError
 from testbed.spec.loading import load_spec
 from testbed.spec.observability import ObservabilitySpec
@@ -38,6 +39,9 @@ class Scenario(Strict):
     seed: int = 0
     timeseries_interval: Duration = 10.0
     observability: ObservabilitySpec = ObservabilitySpec()
+    elastic: ElasticSpec | None = Field(
+        None, description="autoscaling, cold starts, quotas, spot, migration, degradation, cost; omitted = a fixed fleet"
+    )
 
     @field_validator("topology", mode="before")
     @classmethod
@@ -84,6 +88,7 @@ class Scenario(Strict):
             from testbed.topology import Topology
 
             validate_targets(self.faults, Topology.from_spec(self.topology))
+        check_elastic(self)
         return self
 
     def _check_prefix_blocks(self) -> None:
