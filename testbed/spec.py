@@ -241,11 +241,27 @@ class StepArrivals(Strict):
 
 
 class TraceArrivals(Strict):
-    """Replay of a CSV trace with columns arrival_s, prompt_tokens, output_tokens (see README)."""
+    """Replay of a request trace: today's CSV (arrival_s, prompt_tokens, output_tokens) or a
+    production trace format (see testbed/traces.py and docs/caching.md).
+
+    One hour of one service can drive a larger fleet two ways, and the scenario says which:
+    ``time_scale`` compresses time (0.25 = four times the rate, a quarter of the span), and
+    ``copies`` overlays shifted copies (copy k's times moved by k x ``shift``, wrapped around the
+    trace's span; its prefix ids kept apart, as other users of the same service).
+    """
 
     kind: Literal["trace"]
     path: str
+    format: Literal["csv", "azure", "mooncake", "burstgpt"] = Field(
+        "csv",
+        description="csv: arrival_s,prompt_tokens,output_tokens[,class,client_region]; azure: "
+        "TIMESTAMP,ContextTokens,GeneratedTokens (2023 and 2024); mooncake: JSON lines with timestamp (ms), "
+        "input_length, output_length, hash_ids; burstgpt: Timestamp,Model,Request tokens,Response tokens,"
+        "Total tokens,Log Type (rows with 0 response tokens, failed in the original service, are dropped)",
+    )
     time_scale: float = Field(1.0, gt=0, description="multiply trace times by this (0.5 = twice as fast)")
+    copies: PositiveInt = Field(1, description="overlay this many copies of the trace")
+    shift: Duration = Field(0.0, ge=0, description="copy k starts k x shift later, wrapped around the trace's span")
 
     @field_validator("path")
     @classmethod
@@ -356,6 +372,44 @@ class AgentSpec(Strict):
         return value
 
 
+class SystemPromptSpec(Strict):
+    """Shared system prompts: each request class has ``count`` prompts of ``tokens`` tokens, and
+    every request starts with one of its class's, drawn uniformly (``prompt_tokens`` is then the
+    user part that follows)."""
+
+    count: PositiveInt
+    tokens: PositiveInt
+
+
+class ChatSpec(Strict):
+    """Synthetic multi-turn chat: arrivals continue conversations, each turn's prompt being the
+    previous turn's prompt and answer plus the new user message (``prompt_tokens``)."""
+
+    turns: LengthSpec = Field(description="turns per conversation")
+    max_context: PositiveInt = Field(32768, description="a conversation whose next prompt would exceed this ends")
+
+
+class PrefixSpec(Strict):
+    """Prefix structure of the workload: which requests share leading KV blocks."""
+
+    block_tokens: PositiveInt = Field(
+        16, description="tokens per block id of the chain; a multiple of the cache's block_size"
+    )
+    system_prompts: SystemPromptSpec | None = None
+    chat: ChatSpec | None = None
+    agent_context: bool = Field(
+        False, description="agent sessions: every call's prompt extends the session's conversation so far"
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> PrefixSpec:
+        if self.system_prompts is not None and self.system_prompts.tokens % self.block_tokens:
+            raise ValueError(
+                f"system_prompts.tokens ({self.system_prompts.tokens}) must be a multiple of block_tokens ({self.block_tokens})"
+            )
+        return self
+
+
 class WorkloadSpec(Strict):
     arrival: ArrivalSpec
     prompt_tokens: LengthSpec = FixedLength(kind="fixed", value=512)
@@ -366,6 +420,15 @@ class WorkloadSpec(Strict):
         description="share of clients near each region ('provider/region'); empty = spread over primary regions",
     )
     agents: AgentSpec | None = Field(None, description="agent sessions: a share of arrivals start multi-stage sessions")
+    prefix: PrefixSpec | None = Field(None, description="shared prefixes (system prompts, chat, agent context)")
+
+    @model_validator(mode="after")
+    def _one_prefix_source(self) -> WorkloadSpec:
+        if self.prefix is not None and isinstance(self.arrival, TraceArrivals) and self.arrival.format == "mooncake":
+            raise ValueError("a mooncake trace brings its own prefix structure (hash_ids): drop workload.prefix")
+        if self.prefix is not None and self.prefix.agent_context and self.agents is None:
+            raise ValueError("prefix.agent_context needs workload.agents")
+        return self
 
     @field_validator("classes")
     @classmethod
@@ -394,6 +457,11 @@ class ContinuousBatching(Strict):
         0.9, gt=0, le=1, description="share of device memory left after weights that holds the KV cache"
     )
     kv_cache_tokens: PositiveInt | None = Field(None, description="override the KV capacity derived from memory")
+    prefix_caching: bool = Field(False, description="reuse KV blocks of cached prompt prefixes (vLLM automatic prefix caching)")
+    block_size: PositiveInt = Field(16, description="prefix cache: tokens per KV block")
+    chunked_prefill: bool = Field(
+        False, description="one token budget per iteration: decode tokens first, then chunks of prompts (Sarathi-Serve)"
+    )
 
 
 class MicroBatching(Strict):
@@ -416,10 +484,41 @@ BatchingSpec = Annotated[Union[ContinuousBatching, MicroBatching], Field(discrim
 
 
 class RoutingSpec(Strict):
-    policy: Literal["round_robin", "least_outstanding", "power_of_two", "region_affine"] = "least_outstanding"
+    policy: Literal[
+        "round_robin",
+        "least_outstanding",
+        "power_of_two",
+        "region_affine",
+        "prefix_affinity",
+        "cache_aware",
+        "session_affinity",
+    ] = "least_outstanding"
     spill_threshold: PositiveInt = Field(
-        64, description="region_affine: outstanding requests per replica above which traffic spills to the nearest region"
+        64,
+        description="region_affine: outstanding requests per replica above which traffic spills to the nearest region; "
+        "session_affinity: above which a session spills off its replica",
     )
+    prefix_blocks: PositiveInt = Field(4, description="prefix_affinity: leading block ids hashed onto the ring")
+    load_factor: float = Field(
+        1.25, gt=1, description="prefix_affinity: a replica takes a request only below this times the mean load"
+    )
+    cache_weight: float = Field(1.0, ge=0, description="cache_aware: weight of the share of the prompt believed cached")
+    load_weight: float = Field(1.0, ge=0, description="cache_aware: weight of the replica's load (outstanding / slots)")
+
+
+class QueueSpec(Strict):
+    """Late binding: the gateway holds requests and dispatches one when a replica has a free slot.
+
+    Most important priority first; within a priority, classes take turns (round robin), FIFO
+    within a class. A request that waits ``max_wait`` or finds ``max_length`` waiting is shed.
+    """
+
+    enabled: bool = False
+    slots_per_replica: PositiveInt | None = Field(
+        None, description="requests a replica runs at once before the gateway holds the next; default its max_num_seqs"
+    )
+    max_wait: Duration | None = Field(None, gt=0, description="shed a request that waited this long")
+    max_length: PositiveInt | None = Field(None, description="shed arrivals that find this many waiting")
 
 
 class TimeoutSpec(Strict):
@@ -524,6 +623,7 @@ class ServingSpec(Strict):
     health_check: HealthCheckSpec = HealthCheckSpec()
     admission: AdmissionSpec = AdmissionSpec()
     failover: FailoverSpec = FailoverSpec()
+    queue: QueueSpec = QueueSpec()
 
 
 # --------------------------------------------------------------------------- faults
@@ -893,6 +993,7 @@ class Scenario(Strict):
                     f"expected one of {sorted(classes)}"
                 )
         self._check_agent_references()
+        self._check_prefix_blocks()
         if self.warmup >= self.duration:
             raise ValueError("warmup must be shorter than duration")
         if self.faults:
@@ -901,6 +1002,23 @@ class Scenario(Strict):
 
             validate_targets(self.faults, Topology.from_spec(self.topology))
         return self
+
+    def _check_prefix_blocks(self) -> None:
+        """The prefix cache holds whole chain blocks: their size must be a multiple of its block size."""
+        batching = self.serving.batching
+        if not isinstance(batching, ContinuousBatching) or not batching.prefix_caching:
+            return
+        arrival, prefix = self.workload.arrival, self.workload.prefix
+        if isinstance(arrival, TraceArrivals) and arrival.format == "mooncake":
+            block_tokens, source = 512, "the mooncake trace's hash_ids cover 512 tokens each"
+        elif prefix is not None:
+            block_tokens, source = prefix.block_tokens, f"workload.prefix.block_tokens is {prefix.block_tokens}"
+        else:
+            return
+        if block_tokens % batching.block_size:
+            raise ValueError(
+                f"serving.batching.block_size ({batching.block_size}) must divide the workload's block size: {source}"
+            )
 
     def _check_agent_references(self) -> None:
         """Stages must name pools the topology has; stage objectives must name stages."""

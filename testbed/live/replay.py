@@ -305,6 +305,7 @@ def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[
         "finish": np.array([t for _, t in unreached]),
         "prompt_tokens": arrivals.prompt_tokens[index],
         "output_tokens": arrivals.output_tokens[index],
+        "cached_tokens": np.zeros(len(index), dtype=np.int32),
         "status": ["failed"] * len(index),
         "replica": np.full(len(index), -1),
         "region": [None] * len(index),

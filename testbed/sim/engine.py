@@ -29,6 +29,8 @@ from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
+from testbed.policy.prefix_cache import Prefix, PrefixCache
+from testbed.prefixes import PrefixColumns
 from testbed.result import Result
 from testbed.rng import RandomStreams
 from testbed.sim.fleet import FleetSampler
@@ -97,9 +99,12 @@ class _Run:
         self.singles = len(self.arrivals)  # requests 0..singles-1; agent calls follow
         self.total = self.singles + (self.plan.calls if self.plan else 0)
         self.log = RequestLog(self.total)
+        batching = scenario.serving.batching
+        self.caching = isinstance(batching, ContinuousBatching) and batching.prefix_caching
+        self.prefix = self._prefix_columns()
         self.replicas = self._build_replicas()
         self.views = [
-            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher), pool=p.pool)
+            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher), pool=p.pool, kv_tokens=r.batcher.kv_capacity)
             for p, r in zip(self.topology.replicas, self.replicas)
         ]
         self.gateway = Gateway(
@@ -153,6 +158,19 @@ class _Run:
         }
         return {name: np.concatenate([columns[name], calls[name]]) for name in columns}
 
+    def _prefix_columns(self) -> PrefixColumns | None:
+        """Block chains of single requests then agent calls, when the workload has any."""
+        arrivals = self.arrivals
+        if arrivals.prefix is None:
+            return None
+        if self.plan is None:
+            return arrivals.prefix
+        calls = arrivals.call_prefix or PrefixColumns.none(self.plan.calls, arrivals.prefix.block_tokens)
+        return PrefixColumns.concat([arrivals.prefix, calls])
+
+    def _prefix_of(self, rid: int) -> Prefix | None:
+        return self.prefix.prefix(rid) if self.prefix is not None else None
+
     def _session_driver(self) -> SessionDriver | None:
         agents = self.scenario.workload.agents
         if self.plan is None or agents is None:
@@ -201,7 +219,8 @@ class _Run:
         except ValueError as exc:
             raise SpecError(f"topology {topology.name!r}, replica {placement.name}: {exc}") from None
         if isinstance(spec, ContinuousBatching):
-            return ContinuousBatcher(spec.max_num_seqs, spec.max_num_batched_tokens, kv_tokens)
+            cache = PrefixCache(kv_tokens, spec.block_size) if spec.prefix_caching else None
+            return ContinuousBatcher(spec.max_num_seqs, spec.max_num_batched_tokens, kv_tokens, cache, spec.chunked_prefill)
         controller = None
         if spec.adaptive:
             assert spec.target_latency is not None  # the spec enforces it
@@ -223,7 +242,7 @@ class _Run:
             self._deadlines.append((at + timeout, rid))
             if not self._sweeper_armed:
                 self._arm_sweeper()
-            self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now))
+            self._execute(self._arrive(rid, env.now))
 
     def _issue_call(self, session: int, rid: int, call: Call) -> None:
         """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
@@ -235,7 +254,16 @@ class _Run:
             self._arm_sweeper()
         if call.deadline is not None and call.deadline < timeout_at:
             self._later(max(0.0, call.deadline - now), lambda: self._call_deadline(rid))
-        self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, call.pool))
+        self._execute(self._arrive(rid, now, call.pool))
+
+    def _arrive(self, rid: int, now: float, pool: str = "default") -> list[Action]:
+        """Hand a new request to the gateway, with its prefix when the workload has one."""
+        if self.prefix is None:
+            return self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, pool)
+        return self.gateway.on_arrival(
+            rid, self._priority[rid], self._client_region[rid], now, pool,
+            prefix=self._prefix_of(rid), request_class=int(self.columns["request_class"][rid]),
+        )
 
     def _call_deadline(self, rid: int) -> None:
         if self.log.status[rid] == PENDING:
@@ -273,6 +301,8 @@ class _Run:
             if path.bandwidth:
                 oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
         work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
+        if self.caching:
+            work.prefix = self._prefix_of(rid)
         attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
         if action.hedge:
             self.attempt_log.traced.add(rid)
@@ -315,6 +345,7 @@ class _Run:
         rid = attempt.rid
         if self.log.first_token[rid] != self.log.first_token[rid]:  # NaN: the first one back
             self.log.first_token[rid] = now + attempt.oneway
+            self.log.cached_tokens[rid] = work.cached
         self._execute(self.gateway.on_first_token(work.key, now))
 
     def _on_finish(self, work: Sequence, now: float) -> None:
@@ -405,6 +436,8 @@ class _Run:
             if failing:
                 self._later(spec.timeout, lambda failing=failing: [self._probe(i, False) for i in failing])
             self.gateway.on_tick(self.env.now)
+            if self.gateway.queue is not None:
+                self._execute(self.gateway.drain(self.env.now))  # replicas back in service take waiting requests
 
     def _probe(self, replica: int, ok: bool) -> None:
         change = self.gateway.on_probe(replica, ok, self.env.now)
@@ -415,7 +448,9 @@ class _Run:
 
     def execute(self) -> Result:
         scenario = self.scenario
-        sampler = FleetSampler(self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress)
+        sampler = FleetSampler(
+            self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress, caching=self.caching
+        )
         started = time.perf_counter()
         self.env.process(self._arrival_process())
         if self.sessions is not None:
@@ -530,6 +565,7 @@ class _Run:
                 "finish": log.finish,
                 "prompt_tokens": self.columns["prompt_tokens"].astype(np.int32),
                 "output_tokens": self.columns["output_tokens"].astype(np.int32),
+                "cached_tokens": log.cached_tokens,
                 "status": status_names(log.status),
                 "replica": log.replica,
                 "region": pd.Categorical.from_codes(region_of_replica[log.replica], self.topology.regions),

@@ -75,7 +75,7 @@ class SimReplica:
             return
         if self._iteration is None:
             self._start_next()
-        elif wants_cut and not self._iteration.prefill and self._iteration.steps > 1:
+        elif wants_cut and not self._iteration.computes and self._iteration.steps > 1:
             self._cut_stretch()
 
     def cancel(self, seq: Sequence) -> None:
@@ -162,8 +162,9 @@ class SimReplica:
             self._iteration = None
             self._schedule_wake()
             return
-        if iteration.prefill:
-            charged = self.perf.prefill_charge(iteration.prefill_tokens, [seq.context for seq in iteration.prefill])
+        if iteration.computes:
+            # Only computed tokens are charged: a cached prefix's KV is reused, not recomputed.
+            charged = self.perf.prefill_charge(iteration.prefill_tokens, iteration.prefill_lengths())
             duration = self.perf.iteration_time(charged, iteration.decode_seqs, iteration.context_tokens)
         else:
             duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
