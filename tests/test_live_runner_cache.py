@@ -1,9 +1,9 @@
 """The built-in engine's prefix cache, on the tiny model with real PyTorch.
 
-Rules under test: block names are a hash chain (a prefix's name covers everything before it);
-the LRU evicts least recently used blocks within its capacity; a hit really skips prefill
-compute (measured) and never changes the output (greedy); at least the last prompt token is
-computed; an engine restart and a weights switch both start cold.
+Which blocks are cached is the simulator's policy (:mod:`testbed.policy.prefix_cache`, tested on
+its own); here: the tensors follow its bookkeeping exactly, a hit really skips prefill compute
+(measured) and never changes the output (greedy), the last prompt token is always computed,
+eviction happens under a small capacity, an engine restart and a weights switch start cold.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ torch.set_num_threads(1)
 
 from testbed.live.engine import Engine, PrefillInfo  # noqa: E402
 from testbed.live.models import ensure_model  # noqa: E402
-from testbed.live.prefix_cache import BlockLRU, KVPrefixCache, block_bytes, block_hashes  # noqa: E402
+from testbed.live.prefix_cache import KVPrefixCache, block_bytes  # noqa: E402
 from testbed.live.runner import ModelRunner  # noqa: E402
 
 BLOCK = 16
@@ -53,63 +53,67 @@ def prompt_of(runner: ModelRunner, tokens: int, tail: int = 0) -> list[int]:
     return ids + [100 + tail]
 
 
-# -- bookkeeping -------------------------------------------------------------------------------
+# -- the tensors follow the policy's bookkeeping ------------------------------------------------
 
-def test_block_names_chain_over_the_whole_prefix():
-    a = block_hashes(list(range(40)), BLOCK)
-    assert len(a) == 2  # the 8 trailing tokens are not a full block
-    b = block_hashes(list(range(32)) + [9, 9, 9], BLOCK)
-    assert a == b
-    changed = block_hashes([7] + list(range(1, 40)), BLOCK)  # first token differs
-    assert not set(changed) & set(a)  # every later block's name changes with it
-
-
-def test_lru_evicts_least_recently_used_and_a_match_refreshes():
-    lru = BlockLRU(3)
-    assert lru.add([b"a", b"b", b"c"]) == []
-    assert lru.match([b"a", b"x", b"b"]) == 1  # stops at the first miss; "a" is now the newest
-    assert lru.add([b"d"]) == [b"b"]
-    assert lru.add([b"e", b"f"]) == [b"c", b"a"]
-    assert len(lru) == 3 and lru.match([b"d", b"e", b"f"]) == 3
-    assert BlockLRU(0).add([b"a"]) == []  # no capacity: nothing kept, nothing evicted
-    with pytest.raises(ValueError, match="capacity"):
-        BlockLRU(-1)
+def fill(runner: ModelRunner, cache: KVPrefixCache, prompt: list[int]) -> None:
+    """One prefill of ``prompt`` alone, its blocks stored, then released (the sequence ended)."""
+    hit = cache.acquire(prompt)
+    kv, _ = runner.prefill([prompt], [hit])
+    cache.store(prompt, hit, lambda a, b: kv.prompt_kv(0, a, b))
+    cache.release(hit)
 
 
 def test_a_hit_leaves_the_last_prompt_token_to_compute(runner):
     cache = KVPrefixCache(BLOCK, 64)
     prompt = prompt_of(runner, 2 * BLOCK - 1)  # exactly two blocks
-    kv, _ = runner.prefill([prompt])
-    cache.store(prompt, 0, lambda a, b: kv.prompt_kv(0, a, b))
+    fill(runner, cache, prompt)
     assert cache.blocks == 2
-    hit = cache.lookup(prompt)
-    assert hit.tokens == BLOCK  # the second block holds the last token, which must be computed
-    assert cache.lookup(prompt[:BLOCK]).tokens == 0
-    assert (cache.counters.queries, cache.counters.hits) == (2 * BLOCK + BLOCK, BLOCK)
+    hit = cache.acquire(prompt)
+    assert hit.tokens == 2 * BLOCK - 1 and hit.kv[0][0].shape[1] == 2 * BLOCK - 1
+    cache.release(hit)
+    assert cache.acquire(prompt[:BLOCK - 1]).tokens == 0  # no full block
+    assert (cache.counters.queries, cache.counters.hits) == (2 * BLOCK + 2 * BLOCK + BLOCK - 1, 2 * BLOCK - 1)
+
+
+def test_tensors_are_kept_for_exactly_the_blocks_the_policy_holds(runner):
+    cache = KVPrefixCache(BLOCK, 2)
+    first = prompt_of(runner, 3 * BLOCK)
+    fill(runner, cache, first)  # three blocks computed, two fit: the tail is evicted first
+    assert cache.blocks == len(cache.policy) == 2
+    hit = cache.acquire(first)
+    assert hit.tokens == 2 * BLOCK
+    cache.release(hit)
+    cache.clear()
+    assert cache.blocks == 0 and cache.acquire(first).tokens == 0
 
 
 # -- the runner: reused keys and values give the same tokens -----------------------------------
 
 def test_prefill_from_cached_blocks_generates_what_a_full_prefill_does(runner):
     cache = KVPrefixCache(BLOCK, 256)
-    warm = prompt_of(runner, 5 * BLOCK + 3)
-    kv, _ = runner.prefill([warm])
-    cache.store(warm, 0, lambda a, b: kv.prompt_kv(0, a, b))
+    fill(runner, cache, prompt_of(runner, 5 * BLOCK + 3))
     # a ragged batch: a long hit, a shorter hit on the same prefix, and a prompt with no hit
     prompts = [prompt_of(runner, 5 * BLOCK + 9, 1), prompt_of(runner, 2 * BLOCK + 4, 2), runner.encode("hello world")]
-    hits = [cache.lookup(p) for p in prompts]
+    hits = [cache.acquire(p) for p in prompts]
     assert [h.tokens for h in hits] == [5 * BLOCK, 2 * BLOCK, 0]
     with_cache = greedy(runner, prompts, 12, hits)
     assert with_cache == greedy(runner, prompts, 12)
     assert with_cache == [greedy(runner, [p], 12)[0] for p in prompts]
 
 
+def test_a_block_being_computed_in_the_same_batch_is_not_reused(runner):
+    cache = KVPrefixCache(BLOCK, 64)
+    prompt = prompt_of(runner, 3 * BLOCK)
+    first, second = cache.acquire(prompt), cache.acquire(prompt)
+    assert (first.tokens, second.tokens) == (0, 0)  # the policy counts it cached; its tensors do not exist yet
+    assert cache.counters.hits == 0
+
+
 def test_runner_refuses_a_hit_covering_the_whole_prompt(runner):
     cache = KVPrefixCache(BLOCK, 8)
     prompt = prompt_of(runner, 2 * BLOCK)
-    kv, _ = runner.prefill([prompt])
-    cache.store(prompt, 0, lambda a, b: kv.prompt_kv(0, a, b))
-    hit = cache.lookup(prompt)
+    fill(runner, cache, prompt)
+    hit = cache.acquire(prompt)
     with pytest.raises(ValueError, match="last token"):
         runner.prefill([prompt[:hit.tokens]], [hit])
     with pytest.raises(ValueError, match="1 cache hits for 2 prompts"):
@@ -169,7 +173,7 @@ def test_lru_eviction_under_a_small_capacity(model_dir, runner):
         engine = Engine(model_dir, threads=1, max_delay=0.0, prefix_cache_bytes=capacity, block_size=BLOCK)
         await engine.start()
         try:
-            assert engine.prefix_cache.lru.capacity == blocks
+            assert engine.prefix_cache.capacity_blocks == blocks
             seen = []
             for prompt in (a, a, b, a, b):
                 out, info = await _run(engine, prompt)
@@ -179,7 +183,8 @@ def test_lru_eviction_under_a_small_capacity(model_dir, runner):
             await engine.stop()
 
     seen = asyncio.run(main())
-    assert [hit for _, hit, _ in seen] == [0, 3 * BLOCK, 0, 0, 0]  # b pushed a's first blocks out, and back
+    # b pushes a's tail blocks out (leaves first), then a pushes b's: each keeps only its first block
+    assert [hit for _, hit, _ in seen] == [0, 3 * BLOCK, 0, BLOCK, BLOCK]
     assert all(held <= blocks for _, _, held in seen)
     assert seen[0][0] == seen[1][0] == seen[3][0] and seen[2][0] == seen[4][0]
 

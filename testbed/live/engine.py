@@ -28,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from testbed.live.prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_CAPACITY_BYTES, KVPrefixCache, block_bytes
+from testbed.live.prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_CAPACITY_BYTES, Hit, KVPrefixCache, block_bytes
 from testbed.policy.batching import DelayController, MicroBatcher
 from testbed.policy.batching import Sequence as BatchSeq
 
@@ -54,6 +54,7 @@ class _Request:
     seq: BatchSeq
     prompt: list[int]
     info: PrefillInfo = field(default_factory=PrefillInfo)
+    hit: Hit | None = None  # its prefix-cache blocks, held while it is in the batch
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # token ids, then None or an exception
     done: bool = False  # finished or abandoned: the loop drops its row at the next step
 
@@ -342,11 +343,13 @@ class Engine:
         cache = self.prefix_cache
         if cache is None:
             return self.runner.prefill(prompts)
-        hits = [cache.lookup(p) for p in prompts]
+        hits = [cache.acquire(p) for p in prompts]
+        for req, hit in zip(rows, hits):
+            req.hit = hit
         kv, tokens = self.runner.prefill(prompts, hits)
         for row, (req, hit) in enumerate(zip(rows, hits)):
             req.info.cached_tokens = hit.tokens
-            cache.store(req.prompt, hit.tokens, lambda start, stop, row=row: kv.prompt_kv(row, start, stop))
+            cache.store(req.prompt, hit, lambda start, stop, row=row: kv.prompt_kv(row, start, stop))
             for listener in self.cache_listeners:
                 listener(len(req.prompt), hit.tokens)
         return kv, tokens
@@ -374,6 +377,8 @@ class Engine:
                 self._end(req)
                 continue
             keep.append(index)
+        kept = set(keep)
+        self._release([req for index, req in enumerate(self._rows) if index not in kept])
         if keep:
             self._kv.keep(keep)
             self._rows = [self._rows[i] for i in keep]
@@ -385,4 +390,14 @@ class Engine:
         for req in self._rows:
             self._batcher.cancel(req.seq)
             self._end(req, error)
+        self._release(self._rows)
         self._rows, self._kv, self._next = [], None, []
+
+    def _release(self, rows: list[_Request]) -> None:
+        """Rows left the batch: their prefix-cache blocks become evictable."""
+        if self.prefix_cache is None:
+            return
+        for req in rows:
+            if req.hit is not None:
+                self.prefix_cache.release(req.hit)
+                req.hit = None

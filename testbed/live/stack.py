@@ -172,6 +172,12 @@ class LiveStack:
     def _capacity(self) -> int:
         return self.max_batch_size or 8
 
+    def _prefix_caching(self) -> tuple[bool, int]:
+        """The spec's ``serving.batching.prefix_caching`` and ``block_size``: replicas cache as the
+        simulated ones do (off unless the scenario turns it on)."""
+        batching = self.spec.batching
+        return bool(getattr(batching, "prefix_caching", False)), int(getattr(batching, "block_size", 16))
+
     def _start_replica(self, plan: ReplicaPlan) -> str:
         """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
         env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
@@ -187,6 +193,8 @@ class LiveStack:
             argv += ["--max-batch-size", str(self.max_batch_size)]
         if self.max_delay is not None:
             argv += ["--max-delay", str(self.max_delay)]
+        caching, block_size = self._prefix_caching()
+        argv += ["--block-size", str(block_size)] if caching else ["--prefix-cache-bytes", "0"]
         managed = self.supervisor.start(plan.name, argv, env, timeout=self.start_timeout)
         assert managed.url is not None
         return managed.url
@@ -199,7 +207,11 @@ class LiveStack:
         if reason is not None:
             raise RuntimeError(f"--engine vllm: {reason}")
         port = _free_port(self.host)
-        argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name)
+        caching, block_size = self._prefix_caching()
+        if caching:
+            argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name, block_size=block_size)
+        else:
+            argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name, prefix_caching=False)
         url = f"http://{self.host}:{port}"
         self.supervisor.start(plan.name, argv, {**env, **vllm_env}, timeout=self.start_timeout, url=url)
         return url
