@@ -1,7 +1,7 @@
 """The what-if explorer: `streamlit run app.py` (or `testbed explore`).
 
 Only layout and widgets live here; building the scenario, validating it, running and comparing
-are in :mod:`testbed.explore`, and the figures in :mod:`testbed.plots`.
+are in :mod:`testbed.explore`, and the figures in :mod:`testbed.report.plots`.
 """
 
 from __future__ import annotations
@@ -11,9 +11,10 @@ import hashlib
 import pandas as pd
 import streamlit as st
 
-from testbed import explore, plots
-from testbed.html_report import observation_summary, observed_frame, verdict_rows
-from testbed.report import outcome_counts
+from testbed import explore
+from testbed.report import plots
+from testbed.report.html import observation_summary, observed_frame, verdict_rows
+from testbed.report.markdown import outcome_counts
 from testbed.spec import Scenario, SpecError
 from testbed.topology import LEVELS, Topology
 
@@ -131,6 +132,13 @@ def run_with_progress(scenario: Scenario):
     return result
 
 
+def margin_words(passed: bool, margin: str) -> str:
+    """A verdict's margin as a person says it: "pass, 910 ms to spare" or "FAIL, 3.2% short"."""
+    if margin == "n/a":
+        return "pass" if passed else "FAIL: nothing observed"
+    return f"pass, {margin} to spare" if passed else f"FAIL, {margin.lstrip('-')} beyond the limit"
+
+
 def show_verdicts(result) -> None:
     counts = outcome_counts(result.requests)
     failing = [v.objective for v in result.sla if not v.passed]
@@ -140,10 +148,11 @@ def show_verdicts(result) -> None:
         st.success("All SLAs met")
     cols = st.columns(max(1, len(result.sla)) + 1)
     cols[0].metric("requests", f"{len(result.requests):,}", help=", ".join(f"{k} {v:,}" for k, v in counts.items()))
-    for col, row in zip(cols[1:], verdict_rows(result.sla)):
-        # The delta is the margin: negative (red, down) is a violation of that size.
-        margin = None if row["margin"] == "n/a" else row["margin"]
-        col.metric(row["objective"], row["observed"], delta=margin, help=f"limit {row['limit']}; {row['verdict']}")
+    for col, row, verdict in zip(cols[1:], verdict_rows(result.sla), result.sla):
+        # The margin is said in words under the card: a Streamlit delta's arrow reads as "went
+        # up" (worse, for a detection time) whatever the sign means.
+        col.metric(row["objective"], row["observed"], help=f"limit {row['limit']}")
+        col.caption(margin_words(verdict.passed, row["margin"]))
     table = pd.DataFrame(verdict_rows(result.sla))
     if not table.empty:
         st.dataframe(table.style.apply(lambda r: ["background-color: #fde8e8" if r["verdict"] == "FAIL" else ""] * len(r), axis=1), hide_index=True)
@@ -200,22 +209,38 @@ def show_compare(scenario: Scenario, result) -> None:
         st.dataframe(diff, hide_index=True)
     verdicts = explore.verdict_diff(a, result)
     st.dataframe(verdicts.style.apply(lambda r: ["background-color: #fff3cd" if r["changed"] else ""] * len(r), axis=1), hide_index=True)
+    runs = {"A": a.requests, "B": result.requests}
+    st.dataframe(explore.outcome_comparison(a, result), hide_index=True)
+    st.plotly_chart(plots.compare_over_time(runs, result.faults, "ttft"), key="ab_over_time")
     left, right = st.columns(2)
-    left.plotly_chart(plots.latency_cdf({"A": a.requests, "B": result.requests}, "ttft", by=None), key="ab_cdf")
-    right.plotly_chart(plots.availability_by_region({"A": a.requests, "B": result.requests}), key="ab_availability")
+    # Failed requests count in the CDF (it tops out at the share answered): over successes only,
+    # the configuration that fails its slow requests would look the faster.
+    left.plotly_chart(plots.latency_cdf(runs, "ttft", by=None, counting_failures=True), key="ab_cdf")
+    right.plotly_chart(plots.availability_by_region(runs), key="ab_availability")
 
 
-def show_hunt(scenario: Scenario) -> None:
+def show_hunt(scenario: Scenario, result) -> None:
     if not explore.hunt_available():
         st.info("Failure hunting is not installed in this version (testbed.hunt); `testbed hunt` will bring it.")
         return
-    budget = int(st.number_input("budget (simulations)", min_value=1, max_value=500, value=20, key="hunt_budget"))
+    cols = st.columns([1, 2, 2])
+    budget = int(cols[0].number_input("budget (simulations)", min_value=1, max_value=500, value=20, key="hunt_budget"))
+    kinds = cols[1].multiselect("fault kinds to draw", explore.hunt_kinds(), default=list(explore.hunt_kinds()), key="hunt_kinds")
+    labels = [v.objective for v in result.sla if v.metric in {o.metric for o in scenario.sla}]
+    objective = cols[2].selectbox("break which objective", ["any objective", *dict.fromkeys(labels)], key="hunt_objective")
+    objectives = None if objective == "any objective" else [objective]
+    failing = explore.already_failing(result, objectives)
+    if failing:
+        st.warning(
+            f"These settings already fail without any added fault ({', '.join(failing)}): a hunt would only "
+            "find that. Relax the load or the faults first, or pick an objective that passes."
+        )
     st.caption("Hunted faults are added to the scenario's own; the search and the shrinking simulate at most 3 x budget runs.")
-    if st.button("hunt for the smallest failing schedule", key="hunt"):
+    if st.button("hunt for the smallest failing schedule", key="hunt", disabled=not kinds):
         bar = st.progress(0.0, text="hunting…")
         report = lambda phase, done, total: bar.progress(min(done / max(total, 1), 1.0), text=f"{phase}: {done}/{total} simulations")  # noqa: E731
         try:
-            st.session_state["hunted"] = (scenario.to_yaml(), explore.hunt(scenario, budget, report))
+            st.session_state["hunted"] = (scenario.to_yaml(), explore.hunt(scenario, budget, report, kinds, objectives))
         except (SpecError, ValueError) as exc:
             st.error(str(exc))
             return
@@ -239,9 +264,29 @@ def show_hunt(scenario: Scenario) -> None:
     st.download_button("minimal-failure.yaml", found.to_yaml(), file_name="minimal-failure.yaml", on_click="ignore")
 
 
+def scenario_to_show(scenario: Scenario) -> Scenario:
+    """The scenario whose results the page shows: the current settings if they run on every change
+    (small what-ifs) or the Run button was pressed, else the last one run (the page says so)."""
+    clicked = st.sidebar.button("Run simulation", type="primary", key="run", use_container_width=True)
+    if clicked or explore.runs_on_change(scenario):
+        st.session_state["ran"] = scenario
+    ran = st.session_state.get("ran")
+    if ran is None:
+        expected = explore.expected_requests(scenario)
+        size = f"about {expected:,} requests" if expected is not None else "a trace or time-varying load"
+        st.info(f"This what-if simulates {size}: press **Run simulation** in the sidebar when the knobs are set.")
+        st.stop()
+    if ran.to_yaml() != scenario.to_yaml():
+        st.warning("The knobs changed since the last run: press **Run simulation** to see them. The results below are for the previous settings.")
+    return ran
+
+
 def main() -> None:
     st.title("testbed explorer")
-    st.caption("What if… change the load, the fleet, the policies and the faults; the scenario is simulated on each change.")
+    st.caption(
+        "What if… change the load, the fleet, the policies and the faults. Small what-ifs are simulated on "
+        f"each change; bigger ones (over {explore.AUTO_RUN_REQUESTS:,} requests) when you press Run."
+    )
     base, token = load_base()
     knobs = knob_widgets(base, token)
     try:
@@ -251,6 +296,7 @@ def main() -> None:
         st.stop()
     for note in notes:
         st.warning(note)
+    scenario = scenario_to_show(scenario)
     result = run_with_progress(scenario)
     results, topology, compare, hunt, spec = st.tabs(["Results", "Topology", "Compare A/B", "Hunt", "Scenario YAML and records"])
     with results:
@@ -260,7 +306,7 @@ def main() -> None:
     with compare:
         show_compare(scenario, result)
     with hunt:
-        show_hunt(scenario)
+        show_hunt(scenario, result)
     with spec:
         show_downloads(scenario, result)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from testbed.capacity import fleet_capacity  # noqa: E402
-from testbed.fidelity import compare  # noqa: E402
+from testbed.live.fidelity import compare  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
 from testbed.live.sizing import replica_count, scale  # noqa: E402
 from testbed.sim import simulate  # noqa: E402

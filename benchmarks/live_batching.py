@@ -29,8 +29,8 @@ import statistics
 import time
 from dataclasses import dataclass, field
 
-from testbed.live.engine import Engine
-from testbed.live.models import resolve_model
+from testbed.live.replica.engine import Engine
+from testbed.live.replica.models import resolve_model
 
 
 @dataclass

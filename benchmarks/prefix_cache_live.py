@@ -18,8 +18,8 @@ import random
 import statistics
 import time
 
-from testbed.live.engine import Engine, PrefillInfo
-from testbed.live.models import resolve_model
+from testbed.live.replica.engine import Engine, PrefillInfo
+from testbed.live.replica.models import resolve_model
 
 
 async def one(engine: Engine, prompt: list[int], tokens: int) -> tuple[list[int], PrefillInfo, float]:

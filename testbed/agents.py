@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from testbed.lengths import sample_lengths
 from testbed.policy.agent import PlannedCall, StagePolicy
 from testbed.rng import RandomStreams
 from testbed.spec import AgentSpec
@@ -78,8 +79,6 @@ def plan_sessions(
     streams: RandomStreams,
 ) -> AgentPlan:
     """Plan the sessions that start at ``start`` (with their class and client region)."""
-    from testbed.workload import sample_lengths  # workload imports this module
-
     n = len(start)
     turns_rng, calls_rng = streams.numpy(TURNS), streams.numpy(CALLS)
     turns = sample_lengths(spec.turns, n, turns_rng).astype(np.int64)

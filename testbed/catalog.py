@@ -102,7 +102,7 @@ MODELS: dict[str, ModelKind] = {
     "llama-3-70b": ModelKind(params=70.6e9, layers=80, hidden=8192, kv_heads=8, head_dim=128),
     "llama-2-7b": ModelKind(params=6.74e9, layers=32, hidden=4096, kv_heads=32, head_dim=128, max_context=4096),
     "qwen2.5-1.5b": ModelKind(params=1.54e9, layers=28, hidden=1536, kv_heads=2, head_dim=128),
-    # The live plane's built-in fp32 models (testbed/live/models.py RECIPES), so that a topology
+    # The live plane's built-in fp32 models (testbed/live/replica/models.py RECIPES), so that a topology
     # replayed live can name the model its replicas really run and a calibrated profile for it.
     "tiny": ModelKind(params=4.21e6, layers=4, hidden=256, kv_heads=4, head_dim=64, kv_bytes_per_value=4.0, max_context=512),
     "small": ModelKind(params=81.0e6, layers=12, hidden=768, kv_heads=12, head_dim=64, kv_bytes_per_value=4.0, max_context=1024),

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 def describe_verdict(verdict: Verdict) -> str:
     """``objective: observed X, limit ≤ Y, margin Z`` in the metric's unit (negative = violated by)."""
-    from testbed.report import format_value
+    from testbed.report.markdown import format_value
 
     op = "≤" if verdict.bound == "max" else "≥"
     return (

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from testbed.result import Result
+from testbed.records.result import Result
 from testbed.sim import simulate
 from testbed.spec import Scenario, SpecError, validate_spec
 
@@ -33,6 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENARIO_DIR = ROOT / "faults"
 DEFAULT_SCENARIO = "provider-outage-fallback"  # ~1,100 requests: a run takes well under a second
 SOURCE = "explorer settings"
+# A what-if expected to simulate this many requests or fewer reruns on every change (about a
+# second); a bigger one waits for the Run button, so editing five knobs costs one run, not five.
+AUTO_RUN_REQUESTS = 20_000
 
 # Scripted fault kinds the page can add, and the one parameter each takes (None: no parameter).
 FAULT_PARAMETERS: dict[str, str | None] = {
@@ -230,10 +233,31 @@ def build_scenario(base: Scenario, knobs: Knobs) -> tuple[Scenario, list[str]]:
     serving["health_check"]["period"] = knobs.health_period
     data["faults"] = copy.deepcopy(knobs.scripted) + [copy.deepcopy(p) for p in knobs.processes.values()]
     scenario = validate_spec(data, Scenario, source=SOURCE, base_dir=SCENARIO_DIR)
+    if scenario.model_dump(mode="json") != base.model_dump(mode="json"):
+        # The download is a new scenario: it must not pass for the catalog file it came from.
+        scenario = scenario.model_copy(update={"name": whatif_name(base.name)})
     for region, n in region_replicas(scenario).items():
         if region in wanted and n != wanted[region]:
             notes.append(f"{region}: {wanted[region]} replicas asked, {n} placed (whole racks and nodes)")
     return scenario, notes
+
+
+def whatif_name(name: str) -> str:
+    """The name of an edited scenario: the base's, marked as a what-if (once)."""
+    return name if name.endswith("-whatif") else f"{name}-whatif"
+
+
+def expected_requests(scenario: Scenario) -> int | None:
+    """About how many requests a run will simulate (rate x duration), or None if the arrival
+    process has no single rate (a trace, a diurnal curve)."""
+    rate = getattr(scenario.workload.arrival, "rate", None)
+    return None if rate is None else int(rate * scenario.duration)
+
+
+def runs_on_change(scenario: Scenario) -> bool:
+    """Whether the page simulates as soon as a knob changes, or waits for the Run button."""
+    expected = expected_requests(scenario)
+    return expected is not None and expected <= AUTO_RUN_REQUESTS
 
 
 def fault_spec(kind: str, target: str, at: float, duration: float | None, value: float | None = None) -> dict[str, Any]:
@@ -342,7 +366,7 @@ def _show(value: Any) -> str:
 
 def verdict_diff(a: Result, b: Result) -> pd.DataFrame:
     """Each objective's verdict under A and B: observed values, margins, and whether it flipped."""
-    from testbed.report import format_value
+    from testbed.report.markdown import format_value
 
     rows = []
     b_verdicts = {v.objective: v for v in b.sla}
@@ -363,6 +387,17 @@ def verdict_diff(a: Result, b: Result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def outcome_comparison(a: Result, b: Result) -> pd.DataFrame:
+    """How every request ended under A and under B, with B - A: the failures a latency
+    comparison over successes alone leaves out."""
+    from testbed.report.markdown import outcome_counts
+
+    left, right = outcome_counts(a.requests), outcome_counts(b.requests)
+    rows = [{"outcome": name, "A": left[name], "B": right[name], "B - A": right[name] - left[name]} for name in left]
+    rows.append({"outcome": "all", "A": len(a.requests), "B": len(b.requests), "B - A": len(b.requests) - len(a.requests)})
+    return pd.DataFrame(rows, columns=["outcome", "A", "B", "B - A"])
+
+
 # --------------------------------------------------------------------------- hunting
 
 
@@ -371,12 +406,35 @@ def hunt_available() -> bool:
     return importlib.util.find_spec("testbed.hunt") is not None
 
 
-def hunt(scenario: Scenario, budget: int, progress: Callable[[str, int, int], None] | None = None) -> Any:
-    """Search up to ``budget`` fault schedules for one that breaks ``scenario``'s SLA, and shrink
-    it (:func:`testbed.hunt.hunt`); shrinking gets twice the budget, so a click stays bounded."""
+def hunt_kinds() -> tuple[str, ...]:
+    """The fault kinds a hunt can draw, in the order the page offers them."""
+    from testbed.strategies import DEFAULT_KINDS
+
+    return tuple(DEFAULT_KINDS)
+
+
+def already_failing(result: Result, objectives: Sequence[str] | None = None) -> list[str]:
+    """The objectives (of ``objectives``, or all) that fail before any fault is added: a hunt on
+    these settings would only rediscover them."""
+    return [v.objective for v in result.sla if not v.passed and (not objectives or v.objective in objectives)]
+
+
+def hunt(
+    scenario: Scenario,
+    budget: int,
+    progress: Callable[[str, int, int], None] | None = None,
+    kinds: Sequence[str] | None = None,
+    objectives: Sequence[str] | None = None,
+) -> Any:
+    """Search up to ``budget`` fault schedules of ``kinds`` for one that breaks one of
+    ``objectives`` (default: any objective), and shrink it (:func:`testbed.hunt.hunt`);
+    shrinking gets twice the budget, so a click stays bounded."""
     from testbed.hunt import hunt as search
 
-    return search(scenario, budget=budget, shrink_budget=2 * budget, seed=scenario.seed, progress=progress)
+    return search(
+        scenario, budget=budget, shrink_budget=2 * budget, seed=scenario.seed, progress=progress,
+        kinds=kinds or None, objectives=objectives or None,
+    )
 
 
 # --------------------------------------------------------------------------- downloads

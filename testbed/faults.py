@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from testbed.rng import RandomStreams
-from testbed.spec import FailureProcess, FaultSpec
+from testbed.spec.faults import FailureProcess, FaultSpec  # not the package: testbed.spec checks fault targets with this module
 from testbed.topology import LEVELS, ROOT, Topology
 
 NETWORK_KINDS = frozenset({"partition", "latency", "packet_loss", "bandwidth"})

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import seed as search_seed_of
 
 from testbed.explain import describe_verdict, scenario_yaml
-from testbed.result import Result
+from testbed.records.result import Result
 from testbed.sim import simulate
 from testbed.sla import Verdict
 from testbed.spec import FaultSpec, Scenario, validate_spec
@@ -113,6 +113,7 @@ def hunt(
     shrink_budget: int | None = None,
     max_faults: int = 3,
     kinds: Sequence[str] | None = None,
+    objectives: Sequence[str] | None = None,
     seed: int | None = None,
     search_seed: int = 0,
     horizon: float | None = None,
@@ -121,8 +122,10 @@ def hunt(
 ) -> HuntResult:
     """Search up to ``budget`` fault schedules for an SLA violation and shrink the first found.
 
-    Hunted faults are added to the scenario's own faults. ``seed`` overrides the scenario's
-    simulation seed; ``search_seed`` seeds Hypothesis. ``shrink_budget`` defaults to twice
+    Hunted faults are added to the scenario's own faults. A schedule "fails" when one of
+    ``objectives`` (verdict labels such as ``"availability"`` or ``"p99 ttft (during faults)"``;
+    default: any objective) fails. ``seed`` overrides the scenario's simulation seed;
+    ``search_seed`` seeds Hypothesis. ``shrink_budget`` defaults to twice
     ``budget`` (at least 50).
     """
     if budget < 1:
@@ -137,7 +140,8 @@ def hunt(
     step = grid_step(horizon) if resolution is None else resolution
     started = time.perf_counter()
 
-    oracle = _Oracle(scenario, run_seed, budget, shrink_budget, progress)
+    wanted = _check_objectives(scenario, objectives)
+    oracle = _Oracle(scenario, run_seed, budget, shrink_budget, progress, wanted)
     strategy = fault_schedules(scenario, max_faults=max_faults, kinds=kinds, horizon=horizon, resolution=step)
     minimal = _search(strategy, oracle, search_seed)
     steps: list[str] = []
@@ -165,6 +169,17 @@ def hunt(
     return found
 
 
+def _check_objectives(scenario: Scenario, objectives: Sequence[str] | None) -> frozenset[str] | None:
+    """``objectives`` as a set, refusing a label the scenario's SLA does not have (naming those it has)."""
+    if not objectives:
+        return None
+    known = [objective.label for objective in scenario.sla]
+    unknown = [name for name in objectives if name not in known]
+    if unknown:
+        raise ValueError(f"unknown objective(s) {', '.join(map(repr, unknown))}; this scenario's are: {', '.join(map(repr, known))}")
+    return frozenset(objectives)
+
+
 def size(schedule: Sequence[FaultSpec]) -> tuple[int, float, float]:
     """What "smaller" means: fewer faults, then less total fault time, then earlier starts."""
     return (len(schedule), sum(_duration(f) for f in schedule), sum(f.at for f in schedule))
@@ -173,8 +188,12 @@ def size(schedule: Sequence[FaultSpec]) -> tuple[int, float, float]:
 class _Oracle:
     """Simulates schedules once each and says whether the SLA failed, within the budgets."""
 
-    def __init__(self, scenario: Scenario, seed: int, budget: int, shrink_budget: int, progress: Progress | None) -> None:
+    def __init__(
+        self, scenario: Scenario, seed: int, budget: int, shrink_budget: int, progress: Progress | None,
+        objectives: frozenset[str] | None = None,
+    ) -> None:
         self.scenario = _verdicts_only(scenario)
+        self.objectives = objectives
         self.seed = seed
         self.budgets = {"search": budget, "shrink": shrink_budget}
         self.used = {"search": 0, "shrink": 0}
@@ -196,7 +215,7 @@ class _Oracle:
             return None
         self.used[phase] += 1
         result = simulate(_with_faults(self.scenario, schedule), seed=self.seed)
-        failed = not result.passed
+        failed = any(not v.passed and (self.objectives is None or v.objective in self.objectives) for v in result.sla)
         self.memo[key] = failed
         if failed and self.first_failure is None:
             self.first_failure = list(schedule)

@@ -28,7 +28,7 @@ import pytest
 
 if TYPE_CHECKING:
     from testbed.live.stack import StackThread
-    from testbed.result import Result
+    from testbed.records.result import Result
     from testbed.spec import FaultSpec, Scenario
 
 PLANES = ("sim", "live")

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from testbed.observe.records import latency_columns, turn_table
+from testbed.records.schema import latency_columns, turn_table
 from testbed.spec import LATENCY_METRICS, TURN_METRICS, Objective
 
 UNITS = {

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from testbed.spec import TopologySpec
+from testbed.spec.topology import TopologySpec  # not the package: testbed.spec builds this graph to check fault targets
 
 LEVELS = ("fleet", "provider", "region", "zone", "rack", "node", "device")
 ROOT = "fleet"

@@ -13,30 +13,25 @@ arrivals of a shorter run instead of reshuffling them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from testbed import prefixes, traces
 from testbed.agents import SESSIONS, AgentPlan, plan_sessions
+from testbed.lengths import categorical, sample_lengths
 from testbed.prefixes import PrefixColumns
 from testbed.rng import RandomStreams
 from testbed.spec import (
     ArrivalSpec,
     DiurnalArrivals,
-    EmpiricalLength,
-    FixedLength,
     GammaArrivals,
-    LengthSpec,
-    LognormalLength,
     PoissonArrivals,
     SpecError,
     StepArrivals,
     TraceArrivals,
-    UniformLength,
     WorkloadSpec,
 )
 
@@ -89,8 +84,8 @@ def generate(
     else:
         source = _synthesise(spec, duration, streams)
     n = len(source.time)
-    drawn_class = _categorical(streams.numpy("workload.class"), [c.share for c in spec.classes], n)
-    drawn_region = _categorical(streams.numpy("workload.client_region"), region_shares, n)
+    drawn_class = categorical(streams.numpy("workload.class"), [c.share for c in spec.classes], n)
+    drawn_region = categorical(streams.numpy("workload.client_region"), region_shares, n)
     request_class = np.where(source.request_class >= 0, source.request_class, drawn_class).astype(np.int16)
     priorities = np.array([c.priority for c in spec.classes], dtype=np.int16)
     arrivals = Arrivals(
@@ -219,13 +214,6 @@ def _client_regions(spec: WorkloadSpec, regions: list[str]) -> tuple[list[str], 
     return list(regions), [1.0] * len(regions)
 
 
-def _categorical(rng: np.random.Generator, shares: Sequence[float], n: int) -> np.ndarray:
-    """n indices drawn with probability proportional to ``shares`` (zero shares never drawn)."""
-    cdf = np.cumsum(np.asarray(shares, dtype=np.float64))
-    cdf /= cdf[-1]
-    return np.searchsorted(cdf, rng.random(n), side="right")
-
-
 def _synthesise(spec: WorkloadSpec, duration: float, streams: RandomStreams) -> traces.Trace:
     """Generated arrivals and lengths; classes and regions are left to be drawn by share."""
     time = arrival_times(spec.arrival, duration, streams.numpy("workload.arrivals"))
@@ -317,22 +305,3 @@ def _step(spec: StepArrivals, duration: float, rng: np.random.Generator) -> np.n
     # Clamp rounding at segment edges so times stay sorted and inside their segment.
     times = np.clip(times, bounds[segment], bounds[segment + 1])
     return times[times < duration]
-
-
-# --------------------------------------------------------------------------- lengths
-
-
-def sample_lengths(spec: LengthSpec, n: int, rng: np.random.Generator) -> np.ndarray:
-    """n int32 token counts, each at least 1."""
-    match spec:
-        case FixedLength(value=value):
-            return np.full(n, value, dtype=np.int32)
-        case UniformLength(low=low, high=high):
-            return rng.integers(low, high, size=n, endpoint=True, dtype=np.int32)
-        case LognormalLength(median=median, sigma=sigma, max=top):
-            raw = median * np.exp(sigma * rng.standard_normal(n))
-            return np.clip(np.rint(raw), 1, top).astype(np.int32)
-        case EmpiricalLength(values=values, weights=weights):
-            table = np.asarray(values, dtype=np.int32)
-            return table[_categorical(rng, weights or [1.0] * len(values), n)]
-    raise TypeError(f"not a length spec: {spec!r}")

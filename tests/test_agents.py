@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from testbed.agents import plan_sessions
-from testbed.observe.records import turn_table
 from testbed.policy.agent import LatencyEstimates, PlannedCall, StagePolicy, TurnLoop
+from testbed.records.schema import turn_table
 from testbed.rng import RandomStreams
 from testbed.sim import simulate
 from testbed.spec import AgentSpec, Scenario, SpecError, validate_spec

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.calibrate import Grid, calibrate, fit, held_out_errors, measure, midpoints
+from testbed.live.calibrate import Grid, calibrate, fit, held_out_errors, measure, midpoints
 from testbed.perf import TableModel, perf_model_for
 from testbed.spec import TopologySpec
 
@@ -123,7 +123,7 @@ def test_a_calibrated_profile_is_loaded_by_the_simulation(tmp_path: Path):
 
 @pytest.mark.live
 def test_calibrating_the_real_engine_gives_a_profile_the_simulation_runs(tmp_path: Path):
-    from testbed.live.models import ensure_model
+    from testbed.live.replica.models import ensure_model
     from testbed.live.timers import TorchTimer
     from testbed.sim import simulate
     from testbed.spec import Scenario, validate_spec
@@ -198,7 +198,7 @@ def test_the_fit_records_the_engines_padding_and_median_start_up():
     profile, _ = calibrate(StartingTimer(), SMALL, "cpu-fp32", "tiny")
     assert profile.startup_seconds == 2.5
     assert profile.prefill_padding == "none"
-    from testbed.calibrate import PADDING, fit_with_error, measure_grid
+    from testbed.live.calibrate import PADDING, fit_with_error, measure_grid
 
     padded, _ = fit_with_error(measure_grid(StartingTimer(), SMALL), SMALL, "cpu-fp32", "tiny", padding=PADDING["torch"])
     assert padded.prefill_padding == "longest" and padded.startup_seconds == 2.5

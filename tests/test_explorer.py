@@ -151,3 +151,51 @@ def test_hunt_from_the_page_reports_why_the_settings_fail(app):
     assert any(w.startswith("These settings fail with no added fault (1 simulations") for w in texts(app.warning))
     violations = next(d.value for d in app.dataframe if "verdict" in d.value.columns and "objective" in d.value.columns and len(d.value) == 1)
     assert violations.to_dict("records")[0]["objective"] == "p99 ttft (during faults)"
+
+
+def test_a_big_what_if_waits_for_the_run_button_and_says_the_results_are_stale(app):
+    shown = {m.label: m.value for m in app.metric}["requests"]
+    app.number_input(key=key("rate")).set_value(40.0).run()  # 40/s x 600 s: over the auto-run limit
+    assert not app.exception
+    assert {m.label: m.value for m in app.metric}["requests"] == shown  # nothing was simulated
+    assert any("press **Run simulation**" in w for w in texts(app.warning))
+    app.button(key="run").click().run()
+    assert not app.exception
+    assert not any("press **Run simulation**" in w for w in texts(app.warning))
+    assert int({m.label: m.value for m in app.metric}["requests"].replace(",", "")) > 20_000
+
+
+def test_metric_cards_say_the_margin_in_words_not_as_an_arrow(app):
+    assert all(not m.delta for m in app.metric)
+    captions = [c.value for c in app.caption]
+    assert any(c.startswith("pass, ") and c.endswith(" to spare") for c in captions)
+    assert any(c.startswith("FAIL, ") and c.endswith(" beyond the limit") for c in captions)  # p99 ttft during faults
+
+
+def test_an_edited_scenario_downloads_under_a_what_if_name(app):
+    assert f"name: {explore.DEFAULT_SCENARIO}\n" in app.code[0].value  # unedited: the catalog's own name
+    app.toggle(key=key("hedging")).set_value(True).run()
+    assert f"name: {explore.DEFAULT_SCENARIO}-whatif\n" in app.code[0].value
+
+
+def test_ab_counts_failures_next_to_latency(app):
+    app.button(key="pin").click().run()
+    app.toggle(key=key("fallback")).set_value(False).run()
+    outcomes = next(d.value for d in app.dataframe if "B - A" in d.value.columns)
+    failed = outcomes.set_index("outcome").loc["failed"]
+    assert failed["B"] > failed["A"] and failed["B - A"] == failed["B"] - failed["A"]
+    cdf = next(c for c in app.get("plotly_chart") if "a failed one never arrives" in c.proto.spec)
+    assert cdf is not None
+
+
+def test_hunt_tab_picks_kinds_and_an_objective_and_says_when_the_settings_already_fail(app):
+    assert any(w.startswith("These settings already fail without any added fault (p99 ttft (during faults))") for w in texts(app.warning))
+    app.selectbox(key="hunt_objective").set_value("availability").run()
+    assert not any(w.startswith("These settings already fail") for w in texts(app.warning))
+    app.multiselect(key="hunt_kinds").set_value(["node_crash"]).run()
+    app.number_input(key="hunt_budget").set_value(2).run()
+    app.button(key="hunt").click().run()
+    assert not app.exception
+    assert any(s.startswith("No failing schedule found (") for s in texts(app.success)) or any(
+        e.startswith("Minimal failing schedule") for e in texts(app.error)
+    )

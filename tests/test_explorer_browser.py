@@ -81,7 +81,7 @@ def served(tmp_path):
         log.close()
 
 
-def test_explorer_in_chromium_reruns_on_a_control_and_shows_verdicts_and_charts(served, tmp_path):
+def test_explorer_in_chromium_reruns_on_a_control_waits_for_run_on_a_big_one_and_shows_verdicts_and_charts(served, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
     with sync_playwright() as p:
@@ -93,6 +93,15 @@ def test_explorer_in_chromium_reruns_on_a_control_and_shows_verdicts_and_charts(
             # Switch the fallback tier off: with both clouds dark nothing serves, availability fails.
             page.get_by_text("fallback tier", exact=True).click()
             expect(page.get_by_text("SLA violated: availability, p99 ttft (during faults)")).to_be_visible(timeout=30_000)
+            expect(page.get_by_text("beyond the limit").first).to_be_visible()  # margins in words, not arrows
+            # A what-if over the auto-run limit waits for the Run button instead of rerunning.
+            rate = page.get_by_label("arrival rate (requests/s)")
+            rate.fill("40")
+            rate.press("Enter")
+            stale = page.get_by_text("The knobs changed since the last run")
+            expect(stale).to_be_visible(timeout=30_000)
+            page.get_by_role("button", name="Run simulation").click()
+            expect(stale).to_have_count(0, timeout=60_000)
             expect(page.locator(".js-plotly-plot").first).to_be_visible(timeout=30_000)
             assert page.locator(".js-plotly-plot").count() >= 3
             page.wait_for_timeout(500)  # let the charts finish their first draw

@@ -185,3 +185,8 @@ def test_cli_hunt_bad_input_exits_2_with_one_message(tmp_path):
     missing = runner.invoke(app, ["hunt", str(tmp_path / "nope.yaml")])
     assert missing.exit_code == 2 and "nope.yaml: cannot read file" in missing.output
     assert runner.invoke(app, ["hunt", str(path), "--budget", "0"]).exit_code == 2
+
+
+def test_a_hunt_for_one_objective_refuses_a_label_the_sla_does_not_have():
+    with pytest.raises(ValueError, match=r"unknown objective\(s\) 'p99 latency'; this scenario's are: "):
+        hunt(region_scenario(2), budget=1, objectives=["p99 latency"])

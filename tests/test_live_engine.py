@@ -12,9 +12,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from testbed.live.engine import DeadlineExceeded, Engine, EngineClosed  # noqa: E402
-from testbed.live.models import ensure_model  # noqa: E402
-from testbed.live.runner import ModelRunner  # noqa: E402
+from testbed.live.replica.engine import DeadlineExceeded, Engine, EngineClosed  # noqa: E402
+from testbed.live.replica.models import ensure_model  # noqa: E402
+from testbed.live.replica.runner import ModelRunner  # noqa: E402
 
 TEXTS = ["hello world", "the server request timed out and the replica retried", "a", "GPU CPU batch queue"]
 

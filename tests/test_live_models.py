@@ -13,7 +13,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from testbed.live.models import RECIPES, ensure_model, resolve_model  # noqa: E402
+from testbed.live.replica.models import RECIPES, ensure_model, resolve_model  # noqa: E402
 
 
 def _digests(directory: Path) -> dict[str, str]:

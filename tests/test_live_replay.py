@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from testbed.faults import build_schedule
-from testbed.fidelity import compare, relative_error
+from testbed.live.fidelity import compare, relative_error
 from testbed.live.injector import Action, LiveUnsupported, plan
 from testbed.rng import RandomStreams
 from testbed.sim import simulate
@@ -194,9 +194,9 @@ def test_live_refuses_what_it_cannot_run_with_exit_2(path: str, message: str):
 
 @pytest.mark.live
 def test_live_replay_with_a_replica_crash_conserves_requests_in_the_simulation_schema(tmp_path: Path):
-    from testbed.fidelity import compare
+    from testbed.live.fidelity import compare
     from testbed.live.replay import run_live
-    from testbed.observe.records import REQUEST_COLUMNS
+    from testbed.records.schema import REQUEST_COLUMNS
 
     topology = {
         **TOPOLOGY,

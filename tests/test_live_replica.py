@@ -20,7 +20,7 @@ httpx = pytest.importorskip("httpx")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from testbed.live.models import ensure_model  # noqa: E402
+from testbed.live.replica.models import ensure_model  # noqa: E402
 
 pytestmark = pytest.mark.live
 
@@ -30,7 +30,7 @@ READY = re.compile(r"^READY name=(\S+) url=(http://127\.0\.0\.1:\d+)$")
 def start_replica(*args: str, timeout: float = 90.0) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "testbed.live.replica_server", *args],
+        [sys.executable, "-m", "testbed.live.replica.server", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True,
     )
     deadline = time.monotonic() + timeout
@@ -299,7 +299,7 @@ def test_server_still_serves_after_the_abuse(client):
 
 
 def test_cli_bad_model_is_one_clear_line_and_exit_2():
-    proc = subprocess.run([sys.executable, "-m", "testbed.live.replica_server", "--model", "/no/such/dir"],
+    proc = subprocess.run([sys.executable, "-m", "testbed.live.replica.server", "--model", "/no/such/dir"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "model '/no/such/dir'" in proc.stderr and "Traceback" not in proc.stderr

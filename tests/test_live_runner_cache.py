@@ -17,10 +17,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from testbed.live.engine import Engine, PrefillInfo  # noqa: E402
-from testbed.live.models import ensure_model  # noqa: E402
-from testbed.live.prefix_cache import KVPrefixCache, block_bytes  # noqa: E402
-from testbed.live.runner import ModelRunner  # noqa: E402
+from testbed.live.replica.engine import Engine, PrefillInfo  # noqa: E402
+from testbed.live.replica.models import ensure_model  # noqa: E402
+from testbed.live.replica.prefix_cache import KVPrefixCache, block_bytes  # noqa: E402
+from testbed.live.replica.runner import ModelRunner  # noqa: E402
 
 BLOCK = 16
 TEXT = "the server request timed out and the replica retried on another region GPU batch queue "

@@ -16,9 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from testbed.live.models import ensure_model  # noqa: E402
-from testbed.live.quality import held_out_ids, quality_cost  # noqa: E402
-from testbed.live.runner import ModelRunner  # noqa: E402
+from testbed.live.replica.models import ensure_model  # noqa: E402
+from testbed.live.replica.quality import held_out_ids, quality_cost  # noqa: E402
+from testbed.live.replica.runner import ModelRunner  # noqa: E402
 
 PROMPTS = ["the server request timed out and the replica", "hello world", "GPU CPU batch queue retry"]
 

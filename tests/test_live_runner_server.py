@@ -18,7 +18,7 @@ pytest.importorskip("torch")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from testbed.live.models import ensure_model  # noqa: E402
+from testbed.live.replica.models import ensure_model  # noqa: E402
 from tests.test_live_replica import start_replica  # noqa: E402
 
 pytestmark = pytest.mark.live
@@ -109,7 +109,7 @@ def test_a_restarted_replica_process_starts_cold(replica):
 
 
 def test_a_bad_cache_setting_is_one_clear_line_and_exit_2():
-    done = subprocess.run([sys.executable, "-m", "testbed.live.replica_server", "--model", "tiny", "--block-size", "0"],
+    done = subprocess.run([sys.executable, "-m", "testbed.live.replica.server", "--model", "tiny", "--block-size", "0"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip() == "replica_server: block_size: expected a number of tokens >= 1, got 0"

@@ -15,8 +15,8 @@ import urllib.request
 
 import pytest
 
+from testbed.live.replica.vllm import START_TIMEOUT, missing_reason, vllm_command
 from testbed.live.supervisor import Supervisor, group_members
-from testbed.live.vllm_replica import START_TIMEOUT, missing_reason, vllm_command
 
 pytestmark = [pytest.mark.live, pytest.mark.vllm]
 
@@ -36,7 +36,7 @@ def replica(tmp_path_factory):
         if os.environ.get("TESTBED_REQUIRE_VLLM") == "1":
             pytest.fail(f"TESTBED_REQUIRE_VLLM=1 but vLLM cannot run: {reason}")
         pytest.skip(reason)
-    from testbed.live.models import ensure_model
+    from testbed.live.replica.models import ensure_model
 
     port = _free_port()
     argv, env = vllm_command(ensure_model("tiny"), port, "v0")

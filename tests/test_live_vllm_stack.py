@@ -13,9 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from testbed.live.replica.vllm import START_TIMEOUT, missing_reason
 from testbed.live.stack import LiveStack, ReplicaPlan, StackThread
 from testbed.live.supervisor import group_members
-from testbed.live.vllm_replica import START_TIMEOUT, missing_reason
 from testbed.spec import ServingSpec
 
 pytestmark = [pytest.mark.live, pytest.mark.vllm]

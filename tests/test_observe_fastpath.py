@@ -27,7 +27,7 @@ from testbed.observe.metrics import (  # noqa: E402
     window_metrics,
 )
 from testbed.observe.pipeline import observe  # noqa: E402
-from testbed.observe.records import latency_columns  # noqa: E402
+from testbed.records.schema import latency_columns  # noqa: E402
 from testbed.observe.rootcause import (  # noqa: E402
     ABSOLUTE_FLOOR,
     CLIENT_EVIDENCE,

@@ -60,6 +60,18 @@ def test_scorecard_counts_detections_false_alerts_and_root_cause_ranks():
     assert summary.top1 == 0.5 and summary.top3 == 1.0
 
 
+def test_a_windowed_alert_stamped_at_the_fault_start_saw_none_of_it_but_a_probe_did():
+    # A silent-replica alert at t=100 sums the window ending at 100, before the outage began: it
+    # is a false alert, not a detection in 0 s (the explorer showed "detect outage 0.0 ms").
+    early = _alerts([(100.0, "silent_replica", ["aws/us-east-1"]), (110.0, "silent_replica", ["aws/us-east-1"])])
+    card, summary = score(early, FAULTS, grace=60.0, span=(0.0, 3600.0))
+    assert card["time_to_detect"].tolist()[0] == 10.0
+    assert summary.false_alerts == 1
+    probe = _alerts([(100.0, "health_check", ["aws/us-east-1"])])
+    card, summary = score(probe, FAULTS, grace=60.0, span=(0.0, 3600.0))
+    assert card["time_to_detect"].tolist()[0] == 0.0 and summary.false_alerts == 0
+
+
 def test_a_missed_fault_fails_its_detect_objective_and_counts_against_recall():
     card, summary = score(_alerts([(120.0, "cusum", ["aws/us-east-1"])]), FAULTS, grace=0.0, span=(0.0, 3600.0))
     assert card["detected"].tolist() == [True, False]

@@ -16,8 +16,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from testbed.observe.metrics import Placement, window_metrics  # noqa: E402
 from testbed.observe.prometheus import exposition, parse_histogram_count  # noqa: E402
-from testbed.observe.records import empty_requests  # noqa: E402
 from testbed.observe.traces import emit_spans, sampled, traced_requests  # noqa: E402
+from testbed.records.schema import empty_requests  # noqa: E402
+from testbed.report import write_run  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
 from testbed.spec import Scenario  # noqa: E402
 
@@ -131,7 +132,7 @@ def test_trace_sampling_is_deterministic_by_request_id():
 
 def test_run_outputs_include_alerts_metrics_prometheus_and_otlp_json_traces(tmp_path):
     result = errors_run()
-    result.write(tmp_path)
+    write_run(result, tmp_path)
     alerts = pd.read_parquet(tmp_path / "alerts.parquet")
     assert not alerts.empty and {"time", "detector", "severity", "target", "root_cause"} <= set(alerts.columns)
     assert not pd.read_parquet(tmp_path / "metrics.parquet").empty

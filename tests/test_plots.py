@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from testbed import plots
-from testbed.html_report import html_report
-from testbed.observe.records import latency_columns
-from testbed.report import availability_by
+from testbed.records.schema import latency_columns
+from testbed.report import plots
+from testbed.report.html import html_report
+from testbed.report.markdown import availability_by
+from testbed.report.write import write_run
 from testbed.sim import simulate
 from testbed.sla import fault_windows
 from testbed.spec import Scenario, TopologySpec, load_spec
@@ -100,7 +101,7 @@ def test_html_report_is_self_contained_and_shows_the_verdicts(outage, tmp_path):
     rows = re.findall(r'<tr class="(pass|fail)">(.*?)</tr>', page)
     assert [(cls, "FAIL" in row) for cls, row in rows] == [(v.passed and "pass" or "fail", not v.passed) for v in outage.sla]
     assert "p99 ttft (during faults)" in page and "FAIL" in page
-    written = outage.write(tmp_path)
+    written = write_run(outage, tmp_path)
     assert tmp_path / "report.html" in written
     assert (tmp_path / "report.html").read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
 
@@ -110,6 +111,6 @@ def test_without_plotly_the_run_still_writes_its_other_outputs(outage, tmp_path,
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "plotly" else real(name, *a))
-    written = outage.write(tmp_path)
+    written = write_run(outage, tmp_path)
     assert not (tmp_path / "report.html").exists() and tmp_path / "report.html" not in written
     assert (tmp_path / "report.md").exists()

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from testbed.observe.records import REQUEST_COLUMNS
+from testbed.records.schema import REQUEST_COLUMNS
 from testbed.sim import ConservationError, simulate
 from testbed.sim.replica import SimReplica
 from testbed.spec import Scenario

@@ -9,8 +9,8 @@ import math
 from typing import TYPE_CHECKING
 
 from testbed.campaign.matrix import short_key
-from testbed.campaign.run import metric_units
-from testbed.report import format_value
+from testbed.campaign.metrics import metric_units
+from testbed.report.markdown import format_value
 
 if TYPE_CHECKING:
     from testbed.campaign.driver import CampaignResult

@@ -19,13 +19,11 @@ import numpy as np
 import pandas as pd
 
 from testbed.campaign.spec import SteadyState
-from testbed.observe.records import latency_columns
-from testbed.result import Result
-from testbed.sla import UNITS, evaluate
+from testbed.records.result import Result
+from testbed.records.schema import latency_columns
+from testbed.report import write_run
+from testbed.sla import evaluate
 from testbed.spec import Objective, Scenario
-
-STANDARD_METRICS = ("availability", "error_rate", "shed_rate", "ttft_p50", "ttft_p99", "tpot_p99", "e2e_p99")
-
 
 @dataclass(frozen=True)
 class RunTask:
@@ -50,18 +48,6 @@ class RunTask:
 def run_key(cell: str, seed: int) -> str:
     """The journal key of a run: its cell and seed."""
     return f"{cell}/{seed}"
-
-
-def metric_names(scenario: Scenario) -> list[str]:
-    """The metrics a row reports: the standard ones and each SLA objective's observed value."""
-    return list(metric_units(scenario))
-
-
-def metric_units(scenario: Scenario) -> dict[str, str]:
-    """Each reported metric and its unit (as :data:`testbed.sla.UNITS` names them)."""
-    units = {name: "share" if name.endswith("rate") or name == "availability" else "s" for name in STANDARD_METRICS}
-    units.update({f"sla: {o.label}": UNITS[o.metric] for o in scenario.sla})
-    return units
 
 
 def run_task(task: RunTask) -> dict[str, Any]:
@@ -109,7 +95,7 @@ def _execute(task: RunTask) -> Result:
 
         result = simulate(task.scenario, seed=task.seed)
     if out_dir is not None and task.plane != "live":
-        result.write(out_dir)
+        write_run(result, out_dir)
     return result
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, PositiveInt, field_validator
 
 from testbed.campaign.matrix import Cell, PathError, cells, labelled_values, set_path
+from testbed.campaign.metrics import metric_names
 from testbed.spec import Duration, FaultSpec, Objective, Scenario, SpecError, Strict, load_spec, validate_spec
 
 LIVE_MAX_REPLICAS = 4
@@ -199,8 +200,6 @@ def _check_live(scenarios: dict[str, Scenario], grid: list[Cell], source: str) -
 
 def _check_compare(spec: CampaignSpec, scenarios: dict[str, Scenario], source: str) -> None:
     """``compare`` must name metrics that every run reports."""
-    from testbed.campaign.run import metric_names
-
     if spec.compare is None:
         return
     known = metric_names(next(iter(scenarios.values())))

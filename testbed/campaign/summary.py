@@ -19,7 +19,7 @@ import pandas as pd
 from scipy import stats
 
 from testbed.campaign.matrix import Cell, differs_in_one, short_key
-from testbed.campaign.run import metric_names
+from testbed.campaign.metrics import metric_names
 from testbed.campaign.spec import Campaign
 
 

@@ -2,7 +2,7 @@
 
 The live gateway opens a row when a request arrives and closes it when the gateway policy
 finishes it; :meth:`LiveRecorder.frame` turns the rows into the same DataFrame
-:data:`~testbed.observe.records.REQUEST_COLUMNS` describes, so verdicts, reports and the
+:data:`~testbed.records.schema.REQUEST_COLUMNS` describes, so verdicts, reports and the
 sim-vs-live comparison read live and simulated runs alike. Times are seconds from the stack's
 start. A row still open when the frame is taken keeps status ``pending``: a live request that
 was never answered shows up as exactly that, rather than vanishing.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from testbed.observe.records import REQUEST_COLUMNS, STATUSES
+from testbed.records.schema import REQUEST_COLUMNS, STATUSES
 
 
 @dataclass(slots=True)

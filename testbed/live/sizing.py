@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from testbed.live.models import RECIPES
+from testbed.live.replica.models import RECIPES
 from testbed.spec import Scenario, SpecError, validate_spec
 from testbed.topology import Topology
 

@@ -185,7 +185,7 @@ class LiveStack:
         # with --engine vllm the primaries are vLLM and the fallback stays on the built-in int8 engine.
         if self.engine == "vllm" and plan.tier != "fallback":
             return self._start_vllm(plan, env)
-        argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--host", self.host,
+        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--host", self.host,
                 "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
         if plan.tier == "fallback":
             argv += ["--quantize", "int8"]
@@ -200,8 +200,8 @@ class LiveStack:
         return managed.url
 
     def _start_vllm(self, plan: ReplicaPlan, env: dict[str, str]) -> str:
-        from testbed.live.models import ensure_model
-        from testbed.live.vllm_replica import missing_reason, vllm_command
+        from testbed.live.replica.models import ensure_model
+        from testbed.live.replica.vllm import missing_reason, vllm_command
 
         reason = missing_reason()
         if reason is not None:

@@ -1,6 +1,6 @@
 """Step timers for calibration: the built-in engine's runner call by call, or a server over HTTP.
 
-A timer answers the two questions of :class:`testbed.calibrate.StepTimer` by running the real
+A timer answers the two questions of :class:`testbed.live.calibrate.StepTimer` by running the real
 model. Prompts are random token ids from a seeded stream (the text does not change the compute,
 and special tokens are avoided so that nothing ends early); they are built before the clock
 starts so that only the model's work is timed.
@@ -14,11 +14,11 @@ import statistics
 import time
 from pathlib import Path
 
-from testbed.live.runner import ModelRunner
+from testbed.live.replica.runner import ModelRunner
 
 
 class TorchTimer:
-    """Times :class:`~testbed.live.runner.ModelRunner` prefill and decode calls."""
+    """Times :class:`~testbed.live.replica.runner.ModelRunner` prefill and decode calls."""
 
     def __init__(self, model_dir: str | Path, quantize: str | None = None, threads: int | None = 1, seed: int = 0) -> None:
         self.runner = ModelRunner(model_dir, quantize=quantize, threads=threads)
@@ -102,8 +102,8 @@ class VllmTimer(HttpTimer):
     def __init__(self, model_dir: str | Path) -> None:
         import socket
 
+        from testbed.live.replica.vllm import missing_reason, served_name, vllm_command
         from testbed.live.supervisor import Supervisor
-        from testbed.live.vllm_replica import missing_reason, served_name, vllm_command
 
         reason = missing_reason()
         if reason is not None:
@@ -135,7 +135,7 @@ class ServerTimer:
     """
 
     def __init__(self, model: str, quantize: str | None = None) -> None:
-        from testbed.live.models import RECIPES
+        from testbed.live.replica.models import RECIPES
         from testbed.live.supervisor import Supervisor
 
         self.model = model
@@ -150,7 +150,7 @@ class ServerTimer:
             import sys
 
             name = f"calibrate-b{batch}"
-            argv = [sys.executable, "-m", "testbed.live.replica_server", "--model", self.model, "--port", "0",
+            argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--port", "0",
                     "--name", name, "--threads", "1", "--max-batch-size", str(batch), "--max-delay", "60"]
             if self.quantize:
                 argv += ["--quantize", self.quantize]

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from testbed.observe.metrics import BAD_DIRECTION, window_end
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.spec import ChangePointSpec, DetectorsSpec, Objective
 from testbed.topology import Topology
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.topology import Topology
 
 METRIC_COLUMNS = ("time", "scope", "target", "metric", "value")

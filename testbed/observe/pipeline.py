@@ -1,6 +1,6 @@
 """Observation of a run, end to end: records → metrics → alerts → root causes → scorecard.
 
-Both planes call :func:`observe` on their :class:`~testbed.result.Result` (the simulator does it
+Both planes call :func:`observe` on their :class:`~testbed.records.result.Result` (the simulator does it
 at the end of :func:`~testbed.sim.simulate`; the live driver on its live records), so detectors
 are validated on the same records whichever plane produced them. :func:`write_observation`
 writes what an operator's tools would read: ``metrics.parquet``, ``alerts.parquet``,
@@ -25,7 +25,7 @@ from testbed.spec import Scenario
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
-    from testbed.result import Result
+    from testbed.records.result import Result
 
 
 @dataclass

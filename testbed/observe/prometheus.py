@@ -18,11 +18,11 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from testbed.observe.records import latency_columns
+from testbed.records.schema import latency_columns
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
-    from testbed.result import Result
+    from testbed.records.result import Result
 
 # vLLM's bucket boundaries (vllm/engine/metrics.py), so its dashboards' quantiles line up.
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0)

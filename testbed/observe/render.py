@@ -9,7 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from testbed.result import Result
+    from testbed.records.result import Result
 
 MAX_ROWS = 20
 

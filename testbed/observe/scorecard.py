@@ -45,12 +45,24 @@ class Summary:
         return asdict(self)
 
 
+# An alert stands for the evidence its detector had at its time: a health probe's answer at that
+# instant, every other detector's over the window that ends then. A windowed alert stamped at the
+# very instant a fault starts saw none of the fault (its window closed as the fault began): it
+# belongs to the fault only strictly after the start, or the scorecard would report a chance
+# pre-fault alert as a detection in 0 s. A probe at that instant did see the fault.
+INSTANT_DETECTORS = frozenset({"health_check"})
+
+
 def alert_faults(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float) -> list[list[int]]:
     """For each alert, the fault_ids it belongs to (active, or repaired at most ``grace`` before)."""
     if faults.empty:
         return [[] for _ in range(len(alerts))]
     starts, ends, ids = faults["start"].to_numpy(), faults["end"].to_numpy() + grace, faults["fault_id"].to_numpy()
-    return [ids[(starts <= t) & (t <= ends)].tolist() for t in alerts["time"].tolist()]
+    owners = []
+    for t, detector in zip(alerts["time"].tolist(), alerts["detector"].tolist()):
+        begun = starts <= t if detector in INSTANT_DETECTORS else starts < t
+        owners.append(ids[begun & (t <= ends)].tolist())
+    return owners
 
 
 def score(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float, span: tuple[float, float]) -> tuple[pd.DataFrame, Summary]:
@@ -63,7 +75,7 @@ def score(alerts: pd.DataFrame, faults: pd.DataFrame, grace: float, span: tuple[
     owners = alert_faults(alerts, faults, grace)
     rows = []
     for fault in faults.to_dict("records"):
-        mine = [i for i, owned in enumerate(owners) if fault["fault_id"] in owned and alerts["time"].iloc[i] >= fault["start"]]
+        mine = [i for i, owned in enumerate(owners) if fault["fault_id"] in owned]
         row = {k: fault[k] for k in ("fault_id", "kind", "target", "start", "end")}
         if mine:
             first = alerts.iloc[mine[0]]

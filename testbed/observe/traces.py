@@ -34,7 +34,7 @@ from testbed.observe.prometheus import model_name
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
-    from testbed.result import Result
+    from testbed.records.result import Result
 
 NS = 1_000_000_000
 OTLP_KIND = {SpanKind.INTERNAL: 1, SpanKind.SERVER: 2, SpanKind.CLIENT: 3, SpanKind.PRODUCER: 4, SpanKind.CONSUMER: 5}

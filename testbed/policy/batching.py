@@ -244,15 +244,17 @@ class ContinuousBatcher:
         admitted: list[Sequence] = []
         budget = self.max_num_batched_tokens
         kv_used = self.kv_used
+        caching = self.cache is not None
         while self._waiting and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             need = seq.context
-            compute = self._to_compute(seq)
+            compute = self._to_compute(seq) if caching else need
             over_budget = compute > budget and admitted  # the first prompt may exceed the budget alone
             if over_budget or kv_used + need + len(admitted) + 1 + room_for_decode > self.kv_capacity:
                 break
             self._waiting.popleft()
-            self._acquire(seq)
+            if caching:
+                self._acquire(seq)
             budget -= compute
             kv_used += need
             self._start(seq)
@@ -325,7 +327,8 @@ class ContinuousBatcher:
         del self._running[seq.key]
         seq.generated = seq.output_tokens - (seq.finish_at - self._clock)
         self._kv_base -= seq.context - self._clock
-        self._release(seq)
+        if seq.held:
+            self._release(seq)
 
     def _first_finish(self) -> int:
         """Clock value at which the next running sequence completes (dropping stale heap entries)."""

@@ -214,10 +214,10 @@ class SessionAffinity(Generic[R]):
         return pick
 
 
-def make_cache_router(
-    spec: RoutingSpec, replicas: Sequence[R], rng: random.Random, belief_tokens: dict[int, int] | None = None
-) -> Router[R]:
-    """The cache-aware router ``spec.policy`` names (one of :data:`CACHE_POLICIES`)."""
+def make_cache_router(spec: RoutingSpec, replicas: Sequence[R], rng: random.Random) -> Router[R]:
+    """The cache-aware router ``spec.policy`` names (one of :data:`CACHE_POLICIES`); the scorer's
+    belief of each replica is bounded by the view's ``kv_tokens`` where it has one."""
+    belief_tokens = {r.index: getattr(r, "kv_tokens", 0) for r in replicas}
     if spec.policy == "prefix_affinity":
         return PrefixAffinity(replicas, rng, spec.prefix_blocks, spec.load_factor)
     if spec.policy == "cache_aware":

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from testbed.policy.admission import AdmissionController
 from testbed.policy.breaker import CircuitBreaker, OutlierDetector
+from testbed.policy.cache_routing import CACHE_POLICIES, make_cache_router
 from testbed.policy.gateway_queue import GatewayQueue
 from testbed.policy.health import HealthChecker
 from testbed.policy.hedging import HedgePolicy
@@ -154,14 +155,17 @@ class Gateway:
         for pool in dict.fromkeys(r.pool for r in self.replicas):
             in_pool = [r for r in usable if r.pool == pool]
             if spec.failover.enabled:
-                shared = make_router(spec.routing, in_pool, rtt, self.rng)
+                shared = self._make_router(spec, in_pool, rtt)
                 routers.update({(region, pool): shared for region in client_regions})
             else:
                 for region in client_regions:
-                    routers[(region, pool)] = make_router(
-                        spec.routing, [r for r in in_pool if r.region == region], rtt, self.rng
-                    )
+                    routers[(region, pool)] = self._make_router(spec, [r for r in in_pool if r.region == region], rtt)
         return routers
+
+    def _make_router(self, spec: ServingSpec, replicas: list[ReplicaState], rtt: Callable[[str, str], float]) -> Router:
+        if spec.routing.policy in CACHE_POLICIES:
+            return make_cache_router(spec.routing, replicas, self.rng)
+        return make_router(spec.routing, replicas, rtt, self.rng)
 
     # ------------------------------------------------------------------ events
 

@@ -218,9 +218,4 @@ def make_router(
         return PowerOfTwo(replicas, rng)
     if spec.policy == "region_affine":
         return RegionAffine(replicas, rtt, rng, spec.spill_threshold)
-    from testbed.policy.cache_routing import CACHE_POLICIES, make_cache_router  # it builds on this module
-
-    if spec.policy in CACHE_POLICIES:
-        beliefs = {r.index: getattr(r, "kv_tokens", 0) for r in replicas}
-        return make_cache_router(spec, replicas, rng, beliefs)
     raise ValueError(f"unknown routing policy {spec.policy!r}")

@@ -22,16 +22,16 @@ import simpy
 
 from testbed import workload
 from testbed.faults import Fault, build_schedule, faults_frame
-from testbed.observe.attempts import AttemptLog, health_frame
 from testbed.observe.pipeline import observe_into
-from testbed.observe.records import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.perf import PerfModel, kv_capacity_tokens, perf_model_for
 from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, ContinuousBatcher, DelayController, MicroBatcher, Sequence
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.prefix_cache import Prefix, PrefixCache
 from testbed.prefixes import PrefixColumns
-from testbed.result import Result
+from testbed.records.attempts import AttemptLog, health_frame
+from testbed.records.result import Result
+from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.rng import RandomStreams
 from testbed.sim.fleet import FleetSampler
 from testbed.sim.injector import FaultInjector

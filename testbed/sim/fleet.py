@@ -83,8 +83,8 @@ class FleetSampler:
         self._last_time, self._busy, self._completed, self._tokens = now, busy, completed, tokens
         if self.caching:
             caches = [getattr(r.batcher, "cache", None) for r in replicas]
-            lookups = np.array([c.lookup_tokens if c else 0 for c in caches], dtype=np.int64)
-            hits = np.array([c.hit_tokens if c else 0 for c in caches], dtype=np.int64)
+            lookups = np.array([c.lookup_tokens if c is not None else 0 for c in caches], dtype=np.int64)
+            hits = np.array([c.hit_tokens if c is not None else 0 for c in caches], dtype=np.int64)
             looked, hit = lookups - self._lookups, hits - self._hits
             with np.errstate(invalid="ignore", divide="ignore"):
                 rate = np.where(looked > 0, hit / np.maximum(looked, 1), np.nan)

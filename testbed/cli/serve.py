@@ -1,0 +1,77 @@
+"""``testbed serve``: the live stack for people — start it, print where it is, stop it on Ctrl-C."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from testbed.cli.output import console, fail
+from testbed.spec import Scenario, ServingSpec, SpecError
+
+if TYPE_CHECKING:
+    from testbed.live.stack import LiveStack
+
+
+def serve(
+    replicas: Annotated[int, typer.Option(min=1, help="primary replicas")] = 2,
+    regions: Annotated[int, typer.Option(min=1, help="regions the primaries are spread over")] = 1,
+    engine: Annotated[str, typer.Option(help="torch or vllm")] = "torch",
+    fallback: Annotated[bool, typer.Option(help="add an int8 CPU replica in a fallback-tier region")] = False,
+    model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF directory")] = "tiny",
+    port: Annotated[int, typer.Option(help="gateway port on 127.0.0.1 (0 picks a free one)")] = 8000,
+    scenario: Annotated[Optional[Path], typer.Option(help="take the serving policies from this scenario YAML")] = None,
+    trace_file: Annotated[Optional[Path], typer.Option(help="write OpenTelemetry spans here as JSON lines")] = None,
+) -> None:
+    """Start replicas, a chaos proxy each and the gateway; print the endpoints; Ctrl-C stops it all."""
+    raise typer.Exit(run_serve(replicas, regions, engine, fallback, model, port, scenario, trace_file, console, fail))
+
+
+def run_serve(
+    replicas: int,
+    regions: int,
+    engine: str,
+    fallback: bool,
+    model: str,
+    port: int,
+    scenario: Path | None,
+    trace_file: Path | None,
+    console: Console,
+    fail: Callable[[str], typer.Exit],
+) -> int:
+    """Serve until stopped; returns the exit code (bad options raise ``fail``'s exit 2)."""
+    # The live plane needs the live extra (fastapi, torch): imported here so the other commands run without it.
+    from testbed.live.gateway import JsonLinesSpanExporter
+    from testbed.live.stack import LiveStack, plan_replicas, run_until_stopped
+    from testbed.live.supervisor import ReplicaStartError
+
+    try:
+        spec = Scenario.from_yaml(scenario).serving if scenario is not None else ServingSpec()
+        plans = plan_replicas(replicas, regions, fallback)
+        exporter = JsonLinesSpanExporter(trace_file) if trace_file is not None else None
+        stack = LiveStack(spec, plans, model=model, engine=engine, gateway_port=port, span_exporter=exporter)
+    except (SpecError, ValueError) as exc:
+        raise fail(str(exc)) from None
+    try:
+        run_until_stopped(stack, lambda s: _announce(s, console))
+    except (ReplicaStartError, RuntimeError, OSError) as exc:
+        raise fail(f"the stack did not start: {exc}") from None
+    console.print("stopped: gateway, proxies and every replica process are gone")
+    return 0
+
+
+def _announce(stack: LiveStack, console: Console) -> None:
+    url = stack.gateway_url
+    console.print(f"gateway  {url}/v1  (OpenAI API; /metrics, /health)", highlight=False, soft_wrap=True)
+    pids = stack.pids()
+    for plan in stack.plans:
+        console.print(
+            f"replica  {plan.name}  region={plan.region} tier={plan.tier} url={stack.replica_urls[plan.name]} "
+            f"proxy={stack.proxy_urls[plan.name]} pid={pids[plan.name]}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    console.print("ready; Ctrl-C stops everything", highlight=False, soft_wrap=True)

@@ -1,0 +1,135 @@
+"""Run reports: a short Markdown summary for terminals and pull requests.
+
+It reads only the run's records (requests, fleet series, verdicts), so a simulated and a live
+run of the same scenario produce comparable reports.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from testbed.records.result import Result
+from testbed.records.schema import latency_columns
+from testbed.units import format_duration
+
+
+def latency_summary(requests: pd.DataFrame, percentiles: tuple[float, ...] = (50, 90, 99)) -> pd.DataFrame:
+    """TTFT / TPOT / e2e percentiles (seconds) of successful requests, one row per SLA class."""
+    ok = requests[requests["status"] == "ok"]
+    latencies = latency_columns(ok)
+    latencies["request_class"] = ok["request_class"].astype(str)
+    rows = []
+    for name, group in [("all", latencies), *latencies.groupby("request_class", observed=True)]:
+        row: dict[str, object] = {"class": name, "requests": len(group)}
+        for metric in ("ttft", "tpot", "e2e"):
+            for p in percentiles:
+                row[f"{metric}_p{p:g}"] = group[metric].quantile(p / 100) if len(group) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def outcome_counts(requests: pd.DataFrame) -> dict[str, int]:
+    """How every request ended: the conservation ledger."""
+    counts = requests["status"].value_counts()
+    return {status: int(counts.get(status, 0)) for status in ("ok", "failed", "timeout", "shed")}
+
+
+def availability_by(requests: pd.DataFrame, column: str) -> pd.Series:
+    """Share of requests ending ok, grouped by ``column`` (e.g. region)."""
+    return (requests["status"] == "ok").groupby(requests[column], observed=True).mean()
+
+
+def format_value(value: float, unit: str) -> str:
+    """A metric value for people: milliseconds or seconds, percentages, or a number and its unit."""
+    if isinstance(value, float) and math.isnan(value):
+        return "n/a"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if abs(value) < 1 else f"{value:.2f} s"
+    if unit == "share":
+        return f"{value * 100:.3f}%"
+    return f"{value:,.2f} {unit}"
+
+
+def fault_lines(result: Result) -> list[str]:
+    """The fault timeline: what was injected, when health checks noticed, when the SLA recovered."""
+    faults = result.faults
+    if faults.empty:
+        return []
+    lines = ["", f"## Faults ({len(faults):,})", "", "| kind | target | start | end | detected after | SLA recovered after |", "|---|---|---|---|---|---|"]
+    for row in faults.head(50).to_dict("records"):
+        detected = row["detected_at"] - row["start"]
+        recovered = row.get("recovered_at", math.nan) - row["start"]
+        end = "never" if math.isinf(row["end"]) else f"{row['end']:.1f} s"
+        held = recovered == 0
+        recovered_text = "held throughout" if held else format_value(recovered, "s")
+        lines.append(
+            f"| {row['kind']} | {row['target']} | {row['start']:.1f} s | {end} | {format_value(detected, 's')} | {recovered_text} |"
+        )
+    if len(faults) > 50:
+        lines.append(f"| … {len(faults) - 50:,} more in faults.parquet | | | | | |")
+    return lines
+
+
+def markdown_report(result: Result) -> str:
+    """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load."""
+    scenario, requests = result.scenario, result.requests
+    counts = outcome_counts(requests)
+    lines = [
+        f"# {scenario.name}",
+        "",
+        scenario.description.strip(),
+        "",
+        f"- seed: {result.seed}; duration: {format_duration(scenario.duration)}; "
+        f"topology: {scenario.topology.name}; batching: {scenario.serving.batching.policy}; "
+        f"routing: {scenario.serving.routing.policy}",
+        f"- requests: {len(requests):,} — " + ", ".join(f"{k} {v:,}" for k, v in counts.items()),
+        f"- overall: **{'PASS' if result.passed else 'FAIL'}**",
+        "",
+        "## SLA verdicts",
+        "",
+        "| objective | limit | observed | margin | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for v in result.sla:
+        op = "≤" if v.bound == "max" else "≥"
+        lines.append(
+            f"| {v.objective} | {op} {format_value(v.limit, v.unit)} | {format_value(v.observed, v.unit)} | "
+            f"{format_value(v.margin, v.unit)} | {'pass' if v.passed else '**FAIL**'} |"
+        )
+    if not result.sla:
+        lines.append("| (no objectives) | | | | |")
+    lines += ["", "## Latency of successful requests", "", "| class | requests | ttft p50 | ttft p99 | tpot p50 | tpot p99 | e2e p50 | e2e p99 |", "|---|---|---|---|---|---|---|---|"]
+    for r in latency_summary(requests).to_dict("records"):
+        cells = [format_value(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
+        lines.append(f"| {r['class']} | {r['requests']:,} | " + " | ".join(cells) + " |")
+    lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]
+    for region, share in availability_by(requests, "client_region").items():
+        lines.append(f"| {region} | {format_value(share, 'share')} |")
+    providers = requests["client_region"].astype(str).str.split("/").str[0]
+    by_provider = (requests["status"] == "ok").groupby(providers).mean()
+    lines += ["", "| client provider | availability |", "|---|---|"]
+    lines += [f"| {provider} | {format_value(share, 'share')} |" for provider, share in by_provider.items()]
+    served = requests[requests["status"] == "ok"]
+    if len(served):
+        lines += ["", "## Where requests were served", "", "| region | requests | failed over | fallback tier | retried | hedged |", "|---|---|---|---|---|---|"]
+        for region, group in served.groupby("region", observed=True):
+            lines.append(
+                f"| {region} | {len(group):,} | {int(group['failed_over'].sum()):,} | {int(group['fallback'].sum()):,} | "
+                f"{int((group['retries'] > 0).sum()):,} | {int(group['hedged'].sum()):,} |"
+            )
+    lines += fault_lines(result)
+    from testbed.observe.render import scorecard_markdown
+
+    lines += scorecard_markdown(result)
+    if not result.timeseries.empty:
+        load = result.timeseries.groupby("region", observed=True).agg(
+            utilisation=("utilisation", "mean"), queue_depth=("queue_depth", "mean"), running=("running", "mean")
+        )
+        lines += ["", "## Fleet load by region (means over samples)", "", "| region | utilisation | queue depth | running batch |", "|---|---|---|---|"]
+        for region, row in load.iterrows():
+            lines.append(f"| {region} | {row.utilisation:.1%} | {row.queue_depth:.2f} | {row.running:.2f} |")
+    if result.stats:
+        lines += ["", f"_simulated {result.stats.get('requests', 0):,} requests in {result.stats.get('wall_s', 0):.2f} s wall time_"]
+    return "\n".join(lines) + "\n"

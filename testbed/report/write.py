@@ -1,0 +1,52 @@
+"""``write_run``: everything a run leaves on disk, in one place, so a Result need not know its writers.
+
+Records (requests/timeseries/faults parquet, verdicts.json), the observation's files, and the
+reports built from those records (report.md always, report.html when plotly is installed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from testbed.records.result import Result
+from testbed.report.html import write_html_report
+from testbed.report.markdown import markdown_report
+
+
+def write_run(result: Result, out_dir: str | Path) -> list[Path]:
+    """Write requests/timeseries/faults parquet, verdicts.json, report.md and report.html into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "requests": out / "requests.parquet",
+        "timeseries": out / "timeseries.parquet",
+        "faults": out / "faults.parquet",
+        "verdicts": out / "verdicts.json",
+        "report": out / "report.md",
+        "html_report": out / "report.html",
+    }
+    result.requests.to_parquet(paths["requests"], index=False)
+    result.timeseries.to_parquet(paths["timeseries"], index=False)
+    result.faults.to_parquet(paths["faults"], index=False)
+    verdicts = {
+        "scenario": result.scenario.name,
+        "seed": result.seed,
+        "passed": result.passed,
+        "verdicts": [v.as_dict() for v in result.sla],
+    }
+    paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
+    paths["report"].write_text(markdown_report(result))
+    if result.observation is not None:
+        from testbed.observe.pipeline import write_observation
+
+        paths |= write_observation(result, out)
+    if not write_html_report(result, paths["html_report"]):
+        del paths["html_report"]  # plotly (the explore extra) is not installed
+    return list(paths.values())
+
+
+def _json_number(value: Any) -> Any:
+    """numpy scalars to plain numbers; NaN stays NaN (json writes it as NaN)."""
+    return value.item() if hasattr(value, "item") else str(value)

@@ -1,0 +1,127 @@
+"""A scenario: topology + workload + serving + faults + SLA + duration + seed, one runnable experiment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationInfo, field_validator, model_validator
+
+from testbed.spec.base import Duration, Strict
+from testbed.spec.faults import FaultSpec
+from testbed.spec.loading import load_spec
+from testbed.spec.observability import ObservabilitySpec
+from testbed.spec.serving import ContinuousBatching, ServingSpec
+from testbed.spec.sla import Objective, TURN_METRICS
+from testbed.spec.topology import TopologySpec
+from testbed.spec.workload import TraceArrivals, WorkloadSpec
+
+
+class Scenario(Strict):
+    """Topology + workload + serving + faults + SLA + duration + seed: one runnable experiment."""
+
+    name: str
+    description: str = ""
+    topology: TopologySpec
+    workload: WorkloadSpec
+    serving: ServingSpec = ServingSpec()
+    faults: list[FaultSpec] = Field(default_factory=list, description="scripted faults and failure processes")
+    sla: list[Objective] = Field(default_factory=list)
+    duration: Duration
+    warmup: Duration = Field(0.0, description="requests arriving before this are left out of verdicts")
+    drain: Duration = Field(
+        600.0, description="after duration, arrivals stop and in-flight requests get this long to finish"
+    )
+    seed: int = 0
+    timeseries_interval: Duration = 10.0
+    observability: ObservabilitySpec = ObservabilitySpec()
+
+    @field_validator("topology", mode="before")
+    @classmethod
+    def _load_topology_file(cls, value: Any, info: ValidationInfo) -> Any:
+        """A string is a topology file relative to the scenario file; its own errors name it."""
+        if isinstance(value, str):
+            base = Path((info.context or {}).get("base_dir", "."))
+            return load_spec(base / value, TopologySpec)
+        return value
+
+    @field_validator("duration")
+    @classmethod
+    def _positive_duration(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("expected a positive duration")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_references(self) -> Scenario:
+        regions = self.topology.region_paths()
+        for region in self.workload.client_regions:
+            if region not in regions:
+                raise ValueError(f"workload.client_regions names unknown region {region!r}; expected one of {regions}")
+        classes = {c.name for c in self.workload.classes}
+        for objective in self.sla:
+            if objective.request_class is not None and objective.request_class not in classes:
+                raise ValueError(
+                    f"sla objective {objective.label} names unknown class {objective.request_class!r}; "
+                    f"expected one of {sorted(classes)}"
+                )
+        self._check_agent_references()
+        self._check_prefix_blocks()
+        if self.warmup >= self.duration:
+            raise ValueError("warmup must be shorter than duration")
+        if self.faults:
+            # Imported here: importing testbed.faults first loads this package on the way (it reads spec.faults).
+            from testbed.faults import validate_targets
+            from testbed.topology import Topology
+
+            validate_targets(self.faults, Topology.from_spec(self.topology))
+        return self
+
+    def _check_prefix_blocks(self) -> None:
+        """The prefix cache holds whole chain blocks: their size must be a multiple of its block size."""
+        batching = self.serving.batching
+        if not isinstance(batching, ContinuousBatching) or not batching.prefix_caching:
+            return
+        arrival, prefix = self.workload.arrival, self.workload.prefix
+        if isinstance(arrival, TraceArrivals) and arrival.format == "mooncake":
+            block_tokens, source = 512, "the mooncake trace's hash_ids cover 512 tokens each"
+        elif prefix is not None:
+            block_tokens, source = prefix.block_tokens, f"workload.prefix.block_tokens is {prefix.block_tokens}"
+        else:
+            return
+        if block_tokens % batching.block_size:
+            raise ValueError(
+                f"serving.batching.block_size ({batching.block_size}) must divide the workload's block size: {source}"
+            )
+
+    def _check_agent_references(self) -> None:
+        """Stages must name pools the topology has; stage objectives must name stages."""
+        agents = self.workload.agents
+        stages = [s.name for s in agents.stages] if agents else []
+        pools = self.topology.pools()
+        if "default" not in pools:
+            raise ValueError(f"topology has pools {pools} but no 'default' pool: single requests are served by 'default'")
+        for stage in agents.stages if agents else []:
+            for field_name in ("pool", "downgrade_pool"):
+                pool = getattr(stage, field_name)
+                if pool is not None and pool not in pools:
+                    raise ValueError(
+                        f"workload.agents stage {stage.name!r} {field_name} {pool!r} is not a pool of the topology; "
+                        f"expected one of {pools}"
+                    )
+        for objective in self.sla:
+            if objective.stage is not None and objective.stage not in stages:
+                raise ValueError(
+                    f"sla objective {objective.label} names unknown stage {objective.stage!r}; expected one of {stages}"
+                )
+            if objective.metric in TURN_METRICS and agents is None:
+                raise ValueError(f"sla objective {objective.label} needs workload.agents: there are no turns to judge")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Scenario:
+        return load_spec(path, cls)
+
+    def to_yaml(self) -> str:
+        """The scenario as a self-contained YAML document (topology inlined)."""
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True, exclude_defaults=True), sort_keys=False)
