@@ -222,6 +222,16 @@ def test_health_probes_are_staggered_across_the_period() -> None:
     assert checker.probe_due(4.0) == [3, 0]
 
 
+def test_a_late_driver_probes_each_replica_once_and_keeps_the_stagger() -> None:
+    """The live gateway starts seconds after the clock's zero: a catch-up burst of one probe per
+    missed period timed out on a busy host and marked both healthy replicas down."""
+    checker = HealthChecker(n=2, period=1.0, timeout=1.0, unhealthy_threshold=2, healthy_threshold=1)
+    assert checker.probe_due(30.2) == [0, 1]
+    assert checker.probe_due(30.2) == []
+    assert checker.next_due() == 30.5  # replica 1's slot: k + 1/2
+    assert checker.probe_due(31.0) == [1, 0]
+
+
 # --------------------------------------------------------------------------- admission
 
 

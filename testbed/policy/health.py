@@ -16,6 +16,7 @@ flap it. A replica that fails between probes is therefore detected within
 from __future__ import annotations
 
 import heapq
+import math
 
 from testbed.spec import HealthCheckSpec
 
@@ -61,11 +62,18 @@ class HealthChecker:
         return self._due[0][0] if self._due else None
 
     def probe_due(self, now: float) -> list[int]:
-        """Replicas whose probe is due at ``now``; each is rescheduled one period later."""
+        """Replicas whose probe is due at ``now``; each is rescheduled to its next slot after ``now``.
+
+        A driver that asks late (the live gateway starts after its replicas, seconds after the
+        clock's zero) gets each replica once, not once per missed period: a burst of catch-up
+        probes would time out on a busy host and mark healthy replicas down. Skipping the
+        missed slots keeps each replica's place in the stagger.
+        """
         due: list[int] = []
         while self._due and self._due[0][0] <= now:
             at, replica = self._due[0]
-            heapq.heapreplace(self._due, (at + self.period, replica))
+            missed = math.floor((now - at) / self.period)
+            heapq.heapreplace(self._due, (at + (missed + 1) * self.period, replica))
             due.append(replica)
         return due
 
