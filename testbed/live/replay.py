@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from testbed import workload
 from testbed.draw import Draw, draw
 from testbed.faults import Fault
 from testbed.finish import finish_run
+from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.progress import Counters, EventCallback, LoadWatch, ReportingTarget, report_every
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
@@ -89,11 +91,48 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     """The simulation's draw of the scenario, the prompts' token ids, and the fault actions."""
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
+    refuse_cache_fields(scenario)
+    check_elastic_supported(scenario)
     drawn = draw(scenario, seed)
     rng = random.Random(drawn.streams.python("live.prompts").random())
     # Token ids above the special tokens (the built-in tokenizers put them first).
     prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in drawn.arrivals.prompt_tokens.tolist()]
     return ReplayPlan(drawn, plan(drawn.schedule, drawn.topology), prompts)
+
+
+def refuse_cache_fields(scenario: Scenario) -> None:
+    """Cache-related fields the live stack cannot carry out yet: refused, never silently dropped.
+
+    The simulation plane honours all of them (docs/caching.md). Each check names what the live
+    plane lacks; lift one when the live side lands (the live prefix-cache work, issue 14).
+    """
+    batching, serving, workload = scenario.serving.batching, scenario.serving, scenario.workload
+    arrival = workload.arrival
+    if isinstance(batching, ContinuousBatching) and batching.chunked_prefill:
+        raise SpecError(
+            f"{scenario.name}: serving.batching.chunked_prefill: the live replicas' prefill chunking is not "
+            "configured by the testbed yet; set chunked_prefill: false to replay live"
+        )
+    if isinstance(batching, ContinuousBatching) and batching.prefix_caching:
+        raise SpecError(
+            f"{scenario.name}: serving.batching.prefix_caching: live replicas do not report cached tokens to "
+            "the records yet; set prefix_caching: false to replay live"
+        )
+    if workload.prefix is not None or (getattr(arrival, "format", "csv") == "mooncake"):
+        raise SpecError(
+            f"{scenario.name}: workload.prefix / mooncake hash_ids: live replay draws independent prompts, so "
+            "shared prefixes are not reproduced yet; drop workload.prefix (or use a trace without hash_ids)"
+        )
+    if serving.routing.policy in ("prefix_affinity", "cache_aware", "session_affinity"):
+        raise SpecError(
+            f"{scenario.name}: serving.routing.policy {serving.routing.policy!r}: the live gateway does not pass "
+            "requests' prefixes to its router yet; use a cache-blind policy to replay live"
+        )
+    if serving.queue.enabled:
+        raise SpecError(
+            f"{scenario.name}: serving.queue: the live gateway does not hold requests in a central queue yet; "
+            "set queue.enabled: false to replay live"
+        )
 
 
 def run_live(
@@ -192,12 +231,17 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback, o
         seed=replay.seed,
         rtt=replay.topology.rtt,
     ) as stack:
+        fleet = LiveFleet(stack, replay.topology, scenario) if scenario.elastic is not None else None
+        if fleet is not None:
+            await fleet.park()  # spare slots stop before the clock starts
         started = time.monotonic() + LEAD
         offset = started - stack.start  # stack clock -> replay clock
         progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
         names = [r.name for r in replay.topology.replicas]
         target = ReportingTarget(_StackTarget(stack, replay.topology), replay.schedule, names, started, on_event)
         injector = Injector(target, replay.actions, started)
+        if fleet is not None:
+            fleet.begin(offset)
         faults_task = asyncio.create_task(injector.run())
         counters, load = Counters(), LoadWatch()
         reporter = asyncio.create_task(report_every(counters, load, started, on_event))
@@ -207,9 +251,14 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback, o
             reporter.cancel()
             injector.stop()  # the run is over; an action under way (a restart) completes first
             await faults_task
+            if fleet is not None:
+                await fleet.close()
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
-    return _result(replay, requests, health, offset, injector, unreached, load.stats())
+    result = _result(replay, requests, health, offset, injector, unreached, load.stats())
+    if fleet is not None:
+        result = dataclasses.replace(result, stats=result.stats | fleet.stats(result.requests), fleet=fleet.frame())
+    return result
 
 
 async def _send_all(replay: ReplayPlan, url: str, model: str, started: float, counters: Counters) -> list[tuple[int, float]]:
@@ -335,6 +384,7 @@ def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[
         "finish": np.array([t for _, t in unreached]),
         "prompt_tokens": arrivals.prompt_tokens[index],
         "output_tokens": arrivals.output_tokens[index],
+        "cached_tokens": np.zeros(len(index), dtype=np.int32),
         "status": ["failed"] * len(index),
         "replica": np.full(len(index), -1),
         "region": [None] * len(index),
