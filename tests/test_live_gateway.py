@@ -224,9 +224,13 @@ def test_serve_prints_endpoints_replica_deaths_and_restarts_and_ctrl_c_leaves_no
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:  # a failed assertion: SIGTERM first, so serve still stops its replicas
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
     rest = proc.stdout.read()
     assert "stopped" in rest and "died" not in rest  # the teardown is not reported as deaths
     assert group_members(pid) == []  # the restarted replica's whole process group is gone
