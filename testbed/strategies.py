@@ -222,7 +222,8 @@ def _parameters(kind: str) -> st.SearchStrategy[dict[str, Any]]:
     if kind == "error_injection":
         return st.fixed_dictionaries({"rate": _steps(20, 0.05, 0.05), "status": st.sampled_from([500, 503, 429])})
     if kind == "latency":
-        return st.fixed_dictionaries({"delay": _steps(40, 0.05, 0.05)})
+        # With its unit: a bare number over a second is refused as an implausible latency.
+        return st.fixed_dictionaries({"delay": _steps(40, 0.05, 0.05).map(lambda seconds: f"{seconds:g}s")})
     if kind == "packet_loss":
         return st.fixed_dictionaries({"loss": _steps(20, 0.05, 0.05)})
     if kind == "bandwidth":

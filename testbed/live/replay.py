@@ -47,6 +47,7 @@ from testbed.finish import finish_run
 from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.progress import Counters, EventCallback, LoadWatch, ReportingTarget, report_every
+from testbed.live.serving import check_cache_serving
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
 from testbed.records.attempts import attempts_frame
 from testbed.records.result import Result
@@ -106,32 +107,16 @@ def refuse_cache_fields(scenario: Scenario) -> None:
     The simulation plane honours all of them (docs/caching.md). Each check names what the live
     plane lacks; lift one when the live side lands (the live prefix-cache work, issue 14).
     """
-    batching, serving, workload = scenario.serving.batching, scenario.serving, scenario.workload
+    try:
+        check_cache_serving(scenario.serving)
+    except SpecError as exc:
+        raise SpecError(f"{scenario.name}: {exc}") from None
+    workload = scenario.workload
     arrival = workload.arrival
-    if isinstance(batching, ContinuousBatching) and batching.chunked_prefill:
-        raise SpecError(
-            f"{scenario.name}: serving.batching.chunked_prefill: the live replicas' prefill chunking is not "
-            "configured by the testbed yet; set chunked_prefill: false to replay live"
-        )
-    if isinstance(batching, ContinuousBatching) and batching.prefix_caching:
-        raise SpecError(
-            f"{scenario.name}: serving.batching.prefix_caching: live replicas do not report cached tokens to "
-            "the records yet; set prefix_caching: false to replay live"
-        )
     if workload.prefix is not None or (getattr(arrival, "format", "csv") == "mooncake"):
         raise SpecError(
             f"{scenario.name}: workload.prefix / mooncake hash_ids: live replay draws independent prompts, so "
             "shared prefixes are not reproduced yet; drop workload.prefix (or use a trace without hash_ids)"
-        )
-    if serving.routing.policy in ("prefix_affinity", "cache_aware", "session_affinity"):
-        raise SpecError(
-            f"{scenario.name}: serving.routing.policy {serving.routing.policy!r}: the live gateway does not pass "
-            "requests' prefixes to its router yet; use a cache-blind policy to replay live"
-        )
-    if serving.queue.enabled:
-        raise SpecError(
-            f"{scenario.name}: serving.queue: the live gateway does not hold requests in a central queue yet; "
-            "set queue.enabled: false to replay live"
         )
 
 

