@@ -30,7 +30,7 @@ def _requests(rows: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame([{**{c: None for c in base.columns}, **row} for row in rows])
     defaults = {"session_id": -1, "turn": -1, "stage": "", "request_class": "default", "priority": 0, "client_region": "p/r",
                 "prompt_tokens": 10, "output_tokens": 11, "retries": 0, "hedged": False, "failed_over": False,
-                "fallback": False, "degraded": False, "fault_overlap": False, "region": "p/r"}
+                "fallback": False, "degraded": False, "fault_overlap": False, "region": "p/r", "cached_tokens": 0}
     for column, value in defaults.items():
         frame[column] = frame[column].fillna(value) if column in frame else value
     return frame.astype({c: t for c, t in zip(base.columns, base.dtypes) if c not in ("status", "region", "client_region", "stage", "request_class")})
