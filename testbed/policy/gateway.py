@@ -122,6 +122,7 @@ class RequestState:
     live: dict[int, int] = field(default_factory=dict)  # attempt -> replica
     tried: list[int] = field(default_factory=list)  # replicas tried so far
     failed_over: bool = False
+    home_refused: bool = False  # a home-region replica's breaker refused this request
     prefix: object = None  # its block chain (a prefix_cache.Prefix), for cache-aware routers
     request_class: int = 0  # for the gateway queue's per-class turns
     placing: bool = False  # the gateway queue is dispatching it now
@@ -342,7 +343,9 @@ class Gateway:
             if reason is not None:
                 actions.append(self._finish(state, Status.SHED))
                 return
-        if replica.region != state.client_region and (state.tried or not self._region_available(state.client_region)):
+        if replica.region != state.client_region and (
+            state.tried or state.home_refused or not self._region_available(state.client_region)
+        ):
             state.failed_over = True
         attempt = self._next_attempt
         self._next_attempt += 1
@@ -376,6 +379,10 @@ class Gateway:
             if replica is None or self._breaker_allows(replica.index, now):
                 break
             refused.append(replica.index)
+            if replica.region == state.client_region:
+                # A home replica whose breaker refuses has failed this region's traffic: going
+                # elsewhere now is failover, though the region still counts as available.
+                state.home_refused = True
         if state.placing and replica is not None and replica.outstanding >= self._slots_of(replica):
             replica = self._free_replica(state)  # the gateway queue binds only to a free slot
         return replica
