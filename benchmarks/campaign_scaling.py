@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from page import provenance, table, write_block
 from testbed.campaign.driver import run_campaign
 from testbed.campaign.spec import SeedRange, load_campaign, resolve
 
@@ -29,7 +30,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--campaign", type=Path, default=DEFAULT, help="campaign file to run")
     parser.add_argument("--seeds", type=int, default=None, help="override the number of seeds")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     os.environ["OMP_NUM_THREADS"] = "1"
     campaign = load_campaign(args.campaign)
     if args.seeds is not None:
@@ -46,6 +49,11 @@ def main() -> None:
     identical = frames[1].equals(frames[2])
     speedup = walls[1] / walls[2]
     print(f"speedup with 2 workers: {speedup:.2f}x (target >= 1.8x on 2 cores); results identical: {identical}")
+    if args.markdown:
+        rows = [[f"`{args.campaign.name}`", campaign.runs, f"{walls[1]:.0f} s", f"{walls[2]:.0f} s", f"**{speedup:.2f}x**",
+                 "yes" if identical else "**no**"]]
+        write_block(args.markdown, "campaign_scaling", table(
+            ["campaign", "runs", "1 worker", "2 workers", "speed-up", "results identical"], rows) + "\n\n" + provenance(load_before))
     print(f"runs={campaign.runs} wall_1_s={walls[1]:.2f} wall_2_s={walls[2]:.2f} speedup={speedup:.3f} identical={identical}")
 
 

@@ -14,10 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import threading
 import time
+from pathlib import Path
 
+from page import provenance, table, write_block
 from testbed.live.chaos_proxy import ProxyFleet
 
 
@@ -81,7 +84,9 @@ def main() -> None:
     parser.add_argument("--pings", type=int, default=2000)
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
 
     port = _upstream()
     with ProxyFleet() as fleet:
@@ -101,6 +106,13 @@ def main() -> None:
         f"rtt_ratio={rtt_us['proxied'] / rtt_us['direct']:.2f} mb_s_direct={mb_s['direct']:.1f} "
         f"mb_s_proxied={mb_s['proxied']:.1f} throughput_ratio={mb_s['proxied'] / mb_s['direct']:.2f}"
     )
+    if args.markdown:
+        rows = [[f"round trip (median of {args.pings})", f"{rtt_us['direct']:.0f} µs", f"{rtt_us['proxied']:.0f} µs",
+                 f"{rtt_us['proxied'] / rtt_us['direct']:.2f}x"],
+                [f"bulk {args.megabytes} MB downstream", f"{mb_s['direct']:.0f} MB/s", f"{mb_s['proxied']:.0f} MB/s",
+                 f"{mb_s['proxied'] / mb_s['direct']:.2f}x"]]
+        write_block(args.markdown, "chaos_proxy", table(["measure", "direct", "proxied", "ratio"], rows)
+                    + "\n\n" + provenance(load_before))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ and prints one row per run: end-to-end, TTFT and TPOT percentiles, their relativ
 (sim / live - 1), availability, verdict agreement, and when health checks noticed the fault.
 
     python benchmarks/fidelity.py                                   # faults/live-replica-crash.yaml
-    python benchmarks/fidelity.py --loads 0.3,0.6 --duration 30s --markdown
+    python benchmarks/fidelity.py --loads 0.3,0.6 --duration 30s --markdown docs/fidelity.md
 
 Each run takes its duration plus start-up and drain in wall time (about a minute at 40 s).
 Figures depend on what else the machine is doing: the live replicas share its cores.
@@ -24,6 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from page import provenance, table, write_block  # noqa: E402
 from testbed.capacity import fleet_capacity  # noqa: E402
 from testbed.live.fidelity import compare  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
@@ -61,8 +62,10 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=None, help="shrink the scenario first (testbed live --scale)")
     parser.add_argument("--faults", default="both", choices=["both", "none", "only"], help="runs without/with the scenario's faults")
     parser.add_argument("--repeat", action="store_true", help="replay each run twice: live-vs-live differences are the noise floor")
-    parser.add_argument("--markdown", action="store_true", help="print a Markdown table (for the README)")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the table into this docs page (docs/fidelity.md)")
+    parser.add_argument("--block", default="fidelity", help="the page's block to replace (e.g. fidelity-quiet for a rerun of some rows)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     base = Scenario.from_yaml(args.scenario)
     if args.scale is not None:
         base = scale(base, args.scale)
@@ -77,6 +80,7 @@ def main() -> int:
           f"load average {os.getloadavg()[0]:.1f}", file=sys.stderr)
     header = ["load", "faults", "req/s", "requests", "e2e p50 sim/live ms", "err", "e2e p99 sim/live ms", "err",
               "ttft p50 err", "tpot p50 err", "avail sim/live", "verdicts agree", "detected sim/live s"]
+    header += ["live restart"]
     if args.repeat:
         header += ["live rerun e2e p50/p99 diff"]
     rows = []
@@ -100,23 +104,22 @@ def main() -> int:
                 f"{m.loc['availability', 'sim']:.1%} / {m.loc['availability', 'live']:.1%}",
                 "yes" if c.verdicts_agree else "no", detected,
             ])
+            restarts = live.stats.get("live_restart_s") or []
+            rows[-1].append(", ".join(f"{t:.1f} s" for t in restarts) or "—")
             if args.repeat:
                 again = compare(run_live(scenario, engine=args.engine), live)
                 rows[-1].append(f"{pct(again.error('e2e p50'))} / {pct(again.error('e2e p99'))}")
-            restarts = live.stats.get("live_restart_s") or []
             print(f"  {rows[-1][0]} {rows[-1][1]}: done in {time.perf_counter() - started:.0f} s "
                   f"(load average {os.getloadavg()[0]:.1f})"
                   + (f"; live restart took {', '.join(f'{t:.1f}' for t in restarts)} s" if restarts else ""), file=sys.stderr)
     if args.markdown:
-        print("| " + " | ".join(header) + " |")
-        print("|" + "---|" * len(header))
-        for row in rows:
-            print("| " + " | ".join(row) + " |")
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-        print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-        for row in rows:
-            print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+        intro = (f"`{base.name}`: {replicas} replicas on {cores} cores, Poisson load at a share of the profile's capacity "
+                 f"({capacity:.1f} req/s), {args.duration}, errors `sim / live - 1`, latencies in ms.")
+        write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    for row in rows:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
     return 0
 
 

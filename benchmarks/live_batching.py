@@ -24,11 +24,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from page import provenance, table, write_block
 from testbed.live.replica.engine import Engine
 from testbed.live.replica.models import resolve_model
 
@@ -121,7 +124,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: on a shared machine, more threads than free cores stall)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
 
     model_dir = resolve_model(args.model)
     from transformers import AutoConfig
@@ -145,6 +150,15 @@ def main() -> None:
     print(f"micro-batching at concurrency {c}: {batching_gain:.2f}x throughput, p99 latency {p99_ratio:.2f}x lower "
           f"(Triton reports 3.3x throughput)")
     print(f"int8 vs fp32: {int8_gain:.2f}x throughput batched, {int8_gain_b1:.2f}x at batch 1")
+    if args.markdown:
+        rows = [[out.label, f"{out.tokens_per_s:.1f}", f"{out.p(out.latencies, 0.5):.1f} s", f"{out.p(out.latencies, 0.99):.1f} s"]
+                for out in outcomes]
+        summary = (f"Model `{args.model}`, {c} concurrent clients, {args.requests} requests per configuration, "
+                   f"{args.prompt_tokens[0]}–{args.prompt_tokens[1]} prompt tokens, {args.max_tokens} new tokens. "
+                   f"Micro-batching: **{batching_gain:.2f}x throughput, {p99_ratio:.2f}x lower p99**; int8 against fp32: "
+                   f"**{int8_gain:.2f}x batched, {int8_gain_b1:.2f}x at batch size 1**.")
+        write_block(args.markdown, "live_batching", table(["config", "tokens/s", "p50 latency", "p99 latency"], rows)
+                    + "\n\n" + summary + "\n\n" + provenance(load_before))
     print(f"batching_gain={batching_gain:.3f} p99_ratio={p99_ratio:.3f} int8_gain={int8_gain:.3f} "
           f"int8_gain_b1={int8_gain_b1:.3f}")
 

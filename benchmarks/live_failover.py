@@ -20,12 +20,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import openai  # noqa: E402
+from page import provenance, table, write_block  # noqa: E402
 
 from testbed.live.stack import LiveStack, ReplicaPlan, StackThread  # noqa: E402
 from testbed.spec import ServingSpec  # noqa: E402
@@ -168,7 +170,9 @@ def main() -> None:
     parser.add_argument("--overhead-requests", type=int, default=40)
     parser.add_argument("--records", help="write the request records (parquet) here, to study the tail")
     parser.add_argument("--no-hedging", action="store_true", help="turn hedging off, to see what it saves under a pause")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
     phase = args.phase
 
     spec = SPEC.model_copy(update={"hedging": SPEC.hedging.model_copy(update={"enabled": False})}) if args.no_hedging else SPEC
@@ -222,9 +226,18 @@ def main() -> None:
           f"failed over {int(rows['failed_over'].sum())}")
     print(f"SLA: p99 e2e <= {sla:.2f}s (twice the baseline p99 of {np.percentile(base_e2e, 99):.2f}s)")
     bounds = [at for _, at, _ in marks[1:]] + [end]
+    recovered = []
     for (label, at, repair_s), until in zip(marks, bounds):
-        print(f"  {label:<20} {recovery(label, rows, at, until, sla).line()} "
-              f"(fault held {phase / 2:.0f}s; its repair took {repair_s:.1f}s)")
+        recovered.append([label, recovery(label, rows, at, until, sla).line(), f"{repair_s:.1f} s"])
+        print(f"  {label:<20} {recovered[-1][1]} (fault held {phase / 2:.0f}s; its repair took {repair_s:.1f}s)")
+    if args.markdown:
+        summary = (f"Gateway overhead: p50 {via * 1000:.0f} ms through the gateway against {direct * 1000:.0f} ms direct "
+                   f"(ratio {via / direct:.2f}, +{(via - direct) * 1000:.0f} ms). Under the faults, "
+                   f"{'with' if not args.no_hedging else 'without'} hedging: **{len(outcomes)} sent, {outcomes.count('ok')} ok, "
+                   f"{outcomes.count('failed')} failed with a clear error, {lost} lost**. Recovery is the time until p99 "
+                   f"e2e over 1 s windows is back within {sla:.2f} s (twice the baseline p99); each fault held {phase / 2:.0f} s.")
+        write_block(args.markdown, "live_failover", summary + "\n\n"
+                    + table(["fault", "back within the SLA", "repair took"], recovered) + "\n\n" + provenance(load_before))
     if lost:
         raise SystemExit(f"{lost} requests were lost")
 

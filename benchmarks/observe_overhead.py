@@ -23,6 +23,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from page import provenance, table, write_block  # noqa: E402
 from testbed.observe.pipeline import observe, write_observation  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
 from testbed.spec import Scenario  # noqa: E402
@@ -31,7 +32,7 @@ FAULTS = Path(__file__).resolve().parents[1] / "faults"
 DEFAULT = [FAULTS / "provider-outage-fallback.yaml", FAULTS / "baseline.yaml"]
 
 
-def measure(path: Path, repeat: int) -> str:
+def measure(path: Path, repeat: int) -> dict[str, float | int | str]:
     scenario = Scenario.from_yaml(path)
     blind = scenario.model_copy(update={"observability": scenario.observability.model_copy(update={"enabled": False})})
     simulated = observed = written = float("inf")
@@ -49,20 +50,34 @@ def measure(path: Path, repeat: int) -> str:
             write_observation(result, Path(out))
             written = min(written, time.perf_counter() - started)
             traces = sum(1 for _ in open(Path(out) / "traces.jsonl"))
-    return (
-        f"scenario={scenario.name} requests={len(result.requests)} traces={traces} alerts={len(observation.alerts)} "
-        f"simulate_s={simulated:.3f} observe_s={observed:.3f} write_s={written:.3f} "
-        f"observed_ratio={(simulated + observed) / simulated:.3f} written_ratio={(simulated + observed + written) / simulated:.3f}"
-    )
+    return {
+        "scenario": scenario.name, "requests": len(result.requests), "traces": traces, "alerts": len(observation.alerts),
+        "simulate_s": simulated, "observe_s": observed, "write_s": written,
+        "observed_ratio": (simulated + observed) / simulated, "written_ratio": (simulated + observed + written) / simulated,
+    }
+
+
+def line(m: dict[str, float | int | str]) -> str:
+    """One machine-readable line: key=value pairs."""
+    return " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenarios", nargs="*", type=Path, default=DEFAULT)
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario; the fastest of each phase is printed")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    rows = []
     for path in args.scenarios:
-        print(measure(path, max(1, args.repeat)), flush=True)
+        m = measure(path, max(1, args.repeat))
+        print(line(m), flush=True)
+        rows.append([f"`{m['scenario']}`", f"{m['requests']:,}", f"{m['simulate_s']:.2f} s", f"{m['observe_s']:.2f} s",
+                     f"{m['observed_ratio']:.2f}", f"{m['written_ratio']:.2f}"])
+    if args.markdown:
+        header = ["scenario", "requests", "simulate", "observe", "observed / simulated", "+ files"]
+        write_block(args.markdown, "observe_overhead", table(header, rows) + "\n\n" + provenance(load_before))
 
 
 if __name__ == "__main__":

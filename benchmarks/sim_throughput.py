@@ -14,9 +14,11 @@ Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures]
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 from pathlib import Path
 
+from page import provenance, table, write_block
 from testbed.capacity import fleet_capacity
 from testbed.sim import simulate
 from testbed.spec import Scenario
@@ -60,7 +62,10 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a share of fleet capacity")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--failures", action="store_true", help="also run with a node-crash process and compare")
+    parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
+    load_before = os.getloadavg()[0]
+    ratio = "not measured (no --failures)"
     scenario = fleet_scenario(args.requests, args.load, args.seed)
     result = simulate(scenario)
     if args.failures:
@@ -68,6 +73,7 @@ def main() -> None:
         n_faulty = len(faulty.requests)
         rate_plain = len(result.requests) / result.stats["wall_s"]
         rate_faulty = n_faulty / faulty.stats["wall_s"]
+        ratio = f"{rate_faulty / rate_plain:.2f} × ({faulty.stats['faults']} node crashes)"
         print(
             f"with failures: {faulty.stats['faults']} node crashes, outcomes "
             f"{faulty.requests['status'].value_counts().to_dict()}; {rate_faulty:.0f} req/s vs {rate_plain:.0f} "
@@ -80,6 +86,10 @@ def main() -> None:
           f"for {scenario.duration:,.1f} simulated s; outcomes {counts}; preemptions {result.stats['preemptions']}")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"requests={n} wall_s={wall:.3f} requests_per_s={n / wall:.0f} peak_rss_mb={peak_rss_mb:.1f}")
+    if args.markdown:
+        rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", ratio, f"{peak_rss_mb:.0f} MB"]]
+        write_block(args.markdown, "sim_throughput", table(
+            ["requests", "simulated requests/s", "with failures", "peak RSS"], rows) + "\n\n" + provenance(load_before))
 
 
 if __name__ == "__main__":

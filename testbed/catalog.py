@@ -55,6 +55,18 @@ class ModelKind(BaseModel):
 #   H100 SXM5 80GB: 989 TFLOP/s bf16 dense, 3.35 TB/s HBM3, NVLink 900 GB/s (NVIDIA H100 datasheet).
 #   A100 SXM4 80GB: 312 TFLOP/s bf16 dense, 2.039 TB/s HBM2e, NVLink 600 GB/s (NVIDIA A100 datasheet).
 #   L4 24GB:        121 TFLOP/s bf16 dense, 300 GB/s GDDR6, PCIe Gen4 x16 ~32 GB/s (NVIDIA L4 datasheet).
+#   H200 SXM 141GB: 989 TFLOP/s bf16 dense (1,979 is with sparsity), 4.8 TB/s HBM3e, NVLink 900 GB/s
+#                   (NVIDIA H200 Tensor Core GPU datasheet): the H100's compute with more and faster memory.
+#   B200 180GB:     2.25 PFLOP/s bf16 dense (4.5 with sparsity), 8 TB/s HBM3e, NVLink 5 1.8 TB/s (NVIDIA
+#                   HGX B200 spec sheet; the DGX B200 datasheet's 1,440 GB and 64 TB/s over 8 GPUs agree).
+#   MI300X 192GB:   1,307.4 TFLOP/s bf16 dense (2,614.9 with sparsity), 5.3 TB/s HBM3, 7 Infinity Fabric
+#                   links of 128 GB/s = 896 GB/s peer-to-peer (AMD Instinct MI300X data sheet).
+#   L40S 48GB:      362 TFLOP/s bf16 dense (733 with sparsity), 864 GB/s GDDR6, PCIe Gen4 x16 64 GB/s both
+#                   ways (NVIDIA L40S datasheet).
+# Like H100's 900 GB/s NVLink entered as 450e9, interconnects are entered one way (half the quoted
+# bidirectional figure), which is what a ring all-reduce step moves per device. The efficiency
+# defaults below were fitted to published A100 and H100 figures only: for B200, MI300X and L40S they
+# are an assumption (the software stacks differ), so calibrate before trusting fine differences.
 # CPU hosts: a 2-socket server with 16 DDR5-4800 channels has ~614 GB/s peak (38.4 GB/s a channel);
 # AMX-capable Xeons reach a few hundred TFLOP/s int8/bf16 in theory, far less in practice, so the
 # CPU entries use conservative achievable figures and a larger per-step overhead.
@@ -78,6 +90,18 @@ DEVICES: dict[str, DeviceKind] = {
     ),
     "L4": DeviceKind(
         peak_flops=121e12, memory_bandwidth=300e9, memory_bytes=24e9, interconnect_bandwidth=32e9
+    ),
+    "H200": DeviceKind(
+        peak_flops=989e12, memory_bandwidth=4.8e12, memory_bytes=141e9, interconnect_bandwidth=450e9
+    ),
+    "B200": DeviceKind(
+        peak_flops=2.25e15, memory_bandwidth=8e12, memory_bytes=180e9, interconnect_bandwidth=900e9
+    ),
+    "MI300X": DeviceKind(
+        peak_flops=1307.4e12, memory_bandwidth=5.3e12, memory_bytes=192e9, interconnect_bandwidth=448e9
+    ),
+    "L40S": DeviceKind(
+        peak_flops=362e12, memory_bandwidth=864e9, memory_bytes=48e9, interconnect_bandwidth=32e9
     ),
     "cpu-fp32": DeviceKind(
         peak_flops=4e12,

@@ -2,14 +2,19 @@
 
 What a suite gets:
 
-* options ``--testbed-seed N`` (override every scenario's seed) and ``--testbed-plane sim|live``;
+* options ``--testbed-seed N`` (override every scenario's seed), ``--testbed-plane sim|live`` and
+  ``--testbed-artifacts DIR`` (where the files that outlive a test go, default ``.testbed/``);
 * fixtures ``scenario_loader`` (load a scenario file, failing the test with the spec's own
   message), ``run_scenario`` (run one, with the seed option, the plane option and the ``chaos``
   marker's faults applied) and ``live_stack`` (a real stack started once per session);
 * the ``chaos`` marker: ``@pytest.mark.chaos(faults=[{...}])`` or ``@pytest.mark.chaos(file=...)``
   attaches a fault schedule to every scenario the test runs through ``run_scenario``;
 * :func:`assert_sla`, whose failure lists each violated objective with observed value, limit
-  and margin, and the ``testbed`` command that reproduces the run;
+  and margin, and the ``testbed`` command that reproduces the run; :func:`assert_sla_fails` for
+  a run that is meant to break an objective;
+* artifacts that outlive pytest's temporary directories: the scenario file each reproduce line
+  names, and, for a failing test, the ``report.html`` (or ``report.md`` without plotly) of every
+  run it made, under ``--testbed-artifacts``, one folder per test, listed in the failure report;
 * the Hypothesis strategies (``fault_schedules``, ``faults``, ``scenario_perturbations``),
   re-exported lazily so ``@given(schedule=fault_schedules(topology))`` reads naturally.
 
@@ -34,7 +39,9 @@ if TYPE_CHECKING:
 PLANES = ("sim", "live")
 STRATEGIES = ("fault_schedules", "faults", "scenario_perturbations")
 SOURCE_KEY = "scenario_file"  # Result.stats key: the file that reproduces the run
-__all__ = ["assert_sla", *STRATEGIES]
+ARTIFACTS_KEY = "testbed_artifacts"  # Result.stats key: the test's artifact folder
+RUNS = pytest.StashKey[list]()  # the results a test made through run_scenario, for its failure report
+__all__ = ["assert_sla", "assert_sla_fails", *STRATEGIES]
 
 
 def __getattr__(name: str) -> Any:
@@ -54,6 +61,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         choices=PLANES,
         default="sim",
         help="run scenarios in simulation (default) or replay them on the live stack",
+    )
+    group.addoption(
+        "--testbed-artifacts",
+        default=".testbed",
+        metavar="DIR",
+        help="folder (relative to the rootdir) for reproduce files and failing tests' reports (default .testbed)",
     )
 
 
@@ -75,6 +88,20 @@ def testbed_seed(request: pytest.FixtureRequest) -> int | None:
 def testbed_plane(request: pytest.FixtureRequest) -> str:
     """``sim`` or ``live``, from --testbed-plane."""
     return request.config.getoption("--testbed-plane")
+
+
+@pytest.fixture
+def testbed_artifacts(request: pytest.FixtureRequest) -> Path:
+    """This test's folder under --testbed-artifacts: kept after the run, unlike pytest's tmp_path.
+
+    Created on first use; named after the test id, so a rerun of the test replaces its files.
+    """
+    root = Path(request.config.getoption("--testbed-artifacts"))
+    if not root.is_absolute():
+        root = Path(request.config.rootpath) / root
+    folder = root / _safe_name(request.node.nodeid)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -110,22 +137,27 @@ def run_scenario(
     chaos_faults: list[FaultSpec],
     testbed_seed: int | None,
     testbed_plane: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    testbed_artifacts: Path,
+    request: pytest.FixtureRequest,
 ) -> Callable[..., Result]:
     """``run(scenario_or_path, *, faults=(), seed=None, duration=None) -> Result``.
 
     The seed is ``seed``, else --testbed-seed, else the scenario's own. Faults from the ``chaos``
-    marker and then ``faults`` are added to the scenario's own. The plane is --testbed-plane. The
-    result remembers a file that reproduces the run, for :func:`assert_sla`'s message.
+    marker and then ``faults`` are added to the scenario's own. ``duration`` is seconds or a
+    string as in a spec (``"4min"``). The plane is --testbed-plane. The result remembers a file
+    that reproduces the run (the scenario's own, or one written under --testbed-artifacts), for
+    :func:`assert_sla`'s message; a failing test keeps each run's report there too.
     """
+    runs = request.node.stash.setdefault(RUNS, [])
 
     def run(
         scenario: Scenario | str | os.PathLike[str],
         *,
         faults: Sequence[FaultSpec | dict[str, Any]] = (),
         seed: int | None = None,
-        duration: float | None = None,
+        duration: float | str | None = None,
     ) -> Result:
+        duration = _duration(duration)
         source: Path | None = None
         if isinstance(scenario, (str, os.PathLike)):
             source = Path(scenario)
@@ -139,12 +171,14 @@ def run_scenario(
         if source is None:
             from testbed.explain import scenario_yaml
 
-            source = tmp_path_factory.mktemp("testbed-scenario") / f"{scenario.name}.yaml"
+            source = testbed_artifacts / f"{scenario.name}-seed{run_seed}.yaml"
             source.write_text(scenario_yaml(scenario, seed=run_seed))
         result.stats[SOURCE_KEY] = str(source)
+        result.stats[ARTIFACTS_KEY] = str(testbed_artifacts)
         result.stats["plane"] = testbed_plane
         if duration is not None:
             result.stats["duration_override"] = duration
+        runs.append(result)
         return result
 
     return run
@@ -190,6 +224,30 @@ def assert_sla(result: Result, *, only: Sequence[str] | None = None, ignore: Seq
         raise AssertionError(failure_message(result, violated, len(chosen)))
 
 
+def assert_sla_fails(result: Result, objective: str | None = None) -> list[Any]:
+    """Fail unless ``result`` violates ``objective`` (a label such as "p99 ttft" or a metric such
+    as "availability"; None: any objective). Returns the violated verdicts it matched.
+
+    For a scenario that is meant to break an SLA — the "without failover" half of an A/B, a
+    known limit — so the test says what must fail instead of matching assert_sla's message.
+    """
+    __tracebackhide__ = True
+    chosen = [v for v in result.sla if objective is None or objective in {v.objective, v.metric}]
+    if not chosen:
+        known = ", ".join(sorted({v.objective for v in result.sla} | {v.metric for v in result.sla})) or "none"
+        raise AssertionError(f"assert_sla_fails: objective={objective!r} matches no objective; objectives: {known}")
+    violated = [v for v in chosen if not v.passed]
+    if not violated:
+        from testbed.explain import describe_verdict
+
+        held = "\n".join(f"  {describe_verdict(v)}" for v in chosen)
+        raise AssertionError(
+            f"expected {objective or 'an objective'} to fail, but it held: scenario {result.scenario.name!r}, "
+            f"seed {result.seed}\n{held}"
+        )
+    return violated
+
+
 def failure_message(result: Result, violated: Sequence[Any], judged: int) -> str:
     """What :func:`assert_sla` says: the scenario and seed, each violation, how to reproduce."""
     from testbed.explain import describe_verdict, reproduce_command
@@ -203,6 +261,55 @@ def failure_message(result: Result, violated: Sequence[Any], judged: int) -> str
     plane = result.stats.get("plane", "sim")
     lines.append(f"reproduce: {reproduce_command(source, result.seed, plane, result.stats.get('duration_override'))}")
     return "\n".join(lines)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test keeps the report of every run it made, and says where in its failure report."""
+    outcome = yield
+    report = outcome.get_result()
+    runs = item.stash.get(RUNS, [])
+    if report.when != "call" or not report.failed or not runs:
+        return
+    written = [_keep_report(result) for result in runs]
+    report.sections.append(("testbed artifacts", "\n".join(f"report: {path}" for path in written if path)))
+
+
+def _keep_report(result: Result) -> str | None:
+    """The run's report.html (report.md without plotly) in its test's artifact folder."""
+    folder = Path(result.stats[ARTIFACTS_KEY])
+    stem = f"{result.scenario.name}-seed{result.seed}"
+    try:
+        from testbed.report.html import write_html_report
+
+        path = folder / f"{stem}.report.html"
+        if write_html_report(result, path):
+            return str(path)
+    except ImportError:
+        pass
+    from testbed.report.markdown import markdown_report
+
+    path = folder / f"{stem}.report.md"
+    path.write_text(markdown_report(result))
+    return str(path)
+
+
+def _duration(value: float | str | None) -> float | None:
+    """``duration=`` as the marker and the CLI take it: seconds, or a string such as "4min"."""
+    if value is None:
+        return None
+    from testbed.units import parse_duration
+
+    try:
+        return parse_duration(value)
+    except (TypeError, ValueError) as exc:
+        problem = f"run_scenario(duration={value!r}): {exc}"
+    pytest.fail(problem, pytrace=False)
+
+
+def _safe_name(nodeid: str) -> str:
+    """A test id as one folder name: ``tests/test_x.py::test_y[a-1]`` -> ``tests_test_x.py__test_y_a-1_``."""
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in nodeid)[:200]
 
 
 def _picked(verdict: Any, only: Sequence[str] | None, ignore: Sequence[str]) -> bool:

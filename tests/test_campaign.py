@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import math
 import os
@@ -215,3 +217,25 @@ def test_journal_rows_are_json_lines_with_the_run_key(baseline) -> None:
     rows = [json.loads(line) for line in lines]
     assert {r["key"] for r in rows} == {f"{c.id}/{s}" for c in baseline.campaign.cells for s in (1, 2)}
     assert all(r["digest"] == baseline.campaign.digests[r["cell"]] for r in rows)
+
+
+def test_reports_name_cells_by_their_settings_and_link_to_their_scenarios_and_runs(tmp_path: Path) -> None:
+    from testbed.campaign.html import comparison_figures
+
+    kept = run_campaign(write(tmp_path, {**TINY, "keep_records": True}), out_dir=tmp_path / "out")
+    html = (kept.out_dir / "report.html").read_text()
+    md = (kept.out_dir / "report.md").read_text()
+    for cell in kept.campaign.cells:
+        assert f"href='cells/{cell.id}.yaml'" in html and f"(cells/{cell.id}.yaml)" in md
+        for seed in (1, 2):
+            assert (kept.out_dir / "runs" / f"{cell.id}-s{seed}" / "report.html").exists()
+            assert f"href='runs/{cell.id}-s{seed}/report.html'" in html and f"(runs/{cell.id}-s{seed}/report.md)" in md
+        # metrics rows are named by settings; the hash is only the file name it links to
+        assert f"| {cell.label} |" in md and f"<td>{cell.label}</td>" in html
+    assert not re.search(r"<td>c[0-9a-f]{8,9}</td>", html) and not re.search(r"^\| c[0-9a-f]{8,9} \|", md, re.M)  # no bare hash as a name
+    figures = {f.layout.title.text.split(":")[0]: f for f in comparison_figures(kept)}
+    assert figures["availability"].layout.xaxis.title.text == "b - a (percentage points)"
+    assert figures["ttft_p99"].layout.xaxis.title.text == "b - a (seconds)"
+    for figure in figures.values():
+        effects = np.abs(np.asarray(figure.data[0].x, dtype=float))
+        assert list(effects) == sorted(effects, reverse=True) and figure.layout.yaxis.autorange == "reversed"

@@ -333,3 +333,49 @@ def test_perf_model_for_rejects_a_mismatched_profile(tmp_path: Path, model: str,
     table_model().to_json(tmp_path / "cpu.json")
     with pytest.raises(SpecError, match=message):
         perf_model_for(topology({device: "cpu.json"}, model=model, base_dir=tmp_path), device, tp)
+
+
+# --------------------------------------------------------------------------- newer devices
+# H200, B200, MI300X and L40S carry datasheet constants (testbed/catalog.py). No published serving
+# figure pins them here, so these hold the roofline to what the datasheets imply: decode at batch 1
+# scales with memory bandwidth, long prefills with compute, and memory decides what fits.
+
+
+def test_h200_decodes_faster_than_h100_by_its_bandwidth_and_prefills_alike():
+    h100, h200 = Roofline(LLAMA_3_8B, H100), Roofline(LLAMA_3_8B, DEVICES["H200"])
+    speedup = h100.iteration_time(0, 1, 1024) / h200.iteration_time(0, 1, 1024)
+    assert 1.25 < speedup < 4.8 / 3.35  # the step overhead keeps it under the bandwidth ratio
+    assert h200.iteration_time(4096, 0, 0) == pytest.approx(h100.iteration_time(4096, 0, 0), rel=0.01)
+
+
+def test_newer_devices_rank_by_their_datasheets():
+    def decode(name: str) -> float:
+        return Roofline(LLAMA_3_8B, DEVICES[name]).iteration_time(0, 1, 1024)
+
+    def prefill(name: str) -> float:
+        return Roofline(LLAMA_3_8B, DEVICES[name]).iteration_time(4096, 0, 0)
+
+    assert decode("B200") < decode("MI300X") < decode("H200") < decode("H100")
+    assert decode("A100") < decode("L40S") < decode("L4")
+    assert prefill("B200") < prefill("MI300X") < prefill("H100")
+    assert prefill("L40S") < prefill("A100")  # 362 against 312 TFLOP/s
+
+
+def test_large_memory_devices_hold_a_70b_model_on_one_device():
+    llama_70b = MODELS["llama-3-70b"]  # 141.2 GB of bf16 weights
+    for name in ("MI300X", "B200"):
+        assert kv_capacity_tokens(llama_70b, DEVICES[name], 1, 0.9) > 100_000, name
+    for name in ("H200", "L40S"):  # 141 GB and 48 GB: the weights alone do not fit
+        with pytest.raises(ValueError, match="do not fit"):
+            kv_capacity_tokens(llama_70b, DEVICES[name], 1, 0.9)
+
+
+def test_a_topology_names_the_newer_devices():
+    topology = TopologySpec.model_validate({
+        "name": "new-gpus", "model": "llama-3-8b",
+        "providers": [{"name": "p", "regions": [{"name": "r", "zones": [{"name": "z", "racks": [
+            {"name": f"rack-{kind.lower()}", "nodes": 1, "device": kind, "devices_per_node": 8}
+            for kind in ("H200", "B200", "MI300X", "L40S")]}]}]}],
+    })
+    for kind in ("H200", "B200", "MI300X", "L40S"):
+        assert isinstance(perf_model_for(topology, kind, 1), Roofline)

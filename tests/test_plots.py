@@ -114,3 +114,65 @@ def test_without_plotly_the_run_still_writes_its_other_outputs(outage, tmp_path,
     written = write_run(outage, tmp_path)
     assert not (tmp_path / "report.html").exists() and tmp_path / "report.html" not in written
     assert (tmp_path / "report.md").exists()
+
+
+def test_fleet_over_time_shows_throughput_queues_utilisation_and_replicas_up_per_region(outage):
+    fig = plots.fleet_over_time(outage.timeseries, outage.health, outage.faults)
+    regions = sorted(outage.timeseries["region"].astype(str).unique())
+    panels = {axis: [t for t in fig.data if t.yaxis == axis] for axis in ("y", "y2", "y3", "y4")}
+    assert all(sorted(t.name for t in traces) == regions for traces in panels.values())
+    ts = outage.timeseries
+    fallback = ts[ts["region"] == "onprem/cpu-fallback"]
+    at = float(fallback["time"].iloc[len(fallback) // 2])
+    interval = at - float(np.max(ts["time"].unique()[ts["time"].unique() < at]))
+    throughput = next(t for t in panels["y"] if t.name == "onprem/cpu-fallback")
+    expected = fallback.loc[fallback["time"] == at, "completed"].sum() / interval
+    assert throughput.y[list(throughput.x).index(at)] == pytest.approx(expected)
+    queue = next(t for t in panels["y2"] if t.name == "aws/us-east-1")
+    assert queue.y[list(queue.x).index(at)] == ts.loc[(ts["time"] == at) & (ts["region"] == "aws/us-east-1"), "queue_depth"].sum()
+    # Replicas up, as the gateway's health checks saw them: all of aws/us-east-1's at first, none
+    # within seconds of the outage (probes notice, one replica at a time), all again at the end.
+    up = next(t for t in panels["y4"] if t.name == "aws/us-east-1")
+    total = ts.loc[ts["region"] == "aws/us-east-1", "replica"].nunique()
+    changes = outage.health[outage.health["region"].astype(str) == "aws/us-east-1"]
+    assert up.y[0] == total and min(up.y) == 0 and up.y[-1] == total
+    dark = up.x[list(up.y).index(0)]
+    assert 180 < dark <= changes.loc[changes["change"] == "unhealthy", "time"].max() < 200
+    assert sorted({(shape.x0, shape.x1) for shape in fig.layout.shapes}) == [(180.0, 420.0)]
+
+
+def test_availability_over_time_has_a_line_per_client_region(outage):
+    fig = plots.availability_over_time(outage.requests, outage.faults, target=0.98, bin_s=30)
+    requests = outage.requests
+    assert sorted(t.name for t in fig.data) == sorted(requests["client_region"].astype(str).unique())
+    trace = fig.data[0]
+    mine = requests[(requests["client_region"].astype(str) == trace.name) & (requests["arrival"] >= 180) & (requests["arrival"] < 210)]
+    assert trace.y[list(trace.x).index(195.0)] == pytest.approx((mine["status"] == "ok").mean())
+
+
+@pytest.mark.parametrize("name", ["multi-cloud", "fleet-1k"])
+def test_link_rtt_labels_do_not_overlap(name):
+    topology = Topology.from_spec(load_spec(ROOT / f"topologies/{name}.yaml", TopologySpec))
+    labels = [(a.x, a.y) for a in plots.topology_graph(topology).layout.annotations if a.text.endswith(" ms")]
+    assert len(labels) == len(topology.spec.links) >= 3
+    xs = [t for trace in plots.topology_graph(topology).data for t in trace.x if t is not None]
+    width = max(plots.LABEL_WIDTH, plots.LABEL_SHARE * (max(xs) - min(xs)))
+    for i, (x1, y1) in enumerate(labels):
+        for x2, y2 in labels[i + 1:]:
+            assert abs(x1 - x2) >= width or abs(y1 - y2) >= plots.LANE_HEIGHT - 1e-9, (labels, width)
+
+
+def test_html_report_has_contents_the_served_table_and_no_raw_frames(outage):
+    page = html_report(outage)
+    anchors = re.findall(r"<h2 id='([^']+)'>", page)
+    toc = re.findall(r"<li><a href='#([^']+)'>", page)
+    assert toc == anchors and len(anchors) >= 10
+    for section in ("where-requests-were-served", "availability", "fleet-load-by-region", "observability-scorecard"):
+        assert section in anchors
+    served = page.split("id='where-requests-were-served'")[1].split("<h2")[0]
+    ok = outage.requests[outage.requests["status"] == "ok"]
+    fallback = ok[ok["region"] == "onprem/cpu-fallback"]
+    assert f"<td class=\"\">onprem/cpu-fallback</td><td class=\"\">{len(fallback):,}</td>" in served
+    for raw in ("root_causes", "fault_id", "time_to_detect", "false_alerts_per_hour", "fault_free_hours", "root_cause_rank"):
+        assert raw not in page.split("<script")[0] and f"<th>{raw}</th>" not in page, raw
+    assert "fleet by region over time" in page and "availability by client region over time" in page

@@ -230,4 +230,77 @@ def test_the_examples_suite_passes_as_shipped():
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "examples"], cwd=root, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 passed" in proc.stdout
+    assert "6 passed" in proc.stdout
+
+
+def test_run_scenario_takes_durations_as_strings_like_the_marker_and_the_cli(suite):
+    suite.makepyfile(
+        """
+        def test_string_duration(run_scenario):
+            result = run_scenario("scenario.yaml", duration="10s")
+            assert result.requests["arrival"].max() < 10 and result.stats["duration_override"] == 10
+
+        def test_bad_duration(run_scenario):
+            run_scenario("scenario.yaml", duration="soon")
+        """
+    )
+    outcome = suite.runpytest("-p", "no:cacheprovider")
+    outcome.assert_outcomes(passed=1, failed=1)
+    text = outcome.stdout.str()
+    assert "run_scenario(duration='soon'): expected a duration" in text
+    assert "TypeError" not in text and "Traceback" not in text
+
+
+def test_assert_sla_fails_names_what_must_break_and_says_when_it_held(suite):
+    suite.makepyfile(
+        f"""
+        import pytest
+        from testbed.pytest_plugin import assert_sla_fails
+
+        @pytest.mark.chaos(faults={BOTH_NODES})
+        def test_both_nodes_down_breaks_availability(run_scenario):
+            [verdict] = assert_sla_fails(run_scenario("scenario.yaml"), objective="availability")
+            assert verdict.observed < 0.97
+
+        def test_steady_state_does_not_break_it(run_scenario):
+            assert_sla_fails(run_scenario("scenario.yaml"), objective="availability")
+
+        def test_an_unknown_objective_is_named(run_scenario):
+            assert_sla_fails(run_scenario("scenario.yaml"), objective="availabilty")
+        """
+    )
+    outcome = suite.runpytest("-p", "no:cacheprovider")
+    outcome.assert_outcomes(passed=1, failed=2)
+    text = outcome.stdout.str()
+    assert "expected availability to fail, but it held: scenario 'two-node', seed 1" in text
+    assert re.search(r"availability: observed 100\.000%, limit ≥ 97\.000%, margin \+?3\.000%", text), text
+    assert "objective='availabilty' matches no objective; objectives: availability, p99 ttft, ttft" in text
+
+
+def test_a_failing_test_keeps_its_reproduce_file_and_report_outside_pytest_tmp(suite, tmp_path):
+    artifacts = tmp_path / "kept"
+    suite.makepyfile(
+        f"""
+        import pytest
+        from testbed.pytest_plugin import assert_sla
+
+        @pytest.mark.chaos(faults={BOTH_NODES})
+        def test_both_nodes_down(run_scenario):
+            assert_sla(run_scenario("scenario.yaml"))
+
+        @pytest.mark.chaos(faults={BOTH_NODES})
+        def test_passing_keeps_no_report(run_scenario):
+            assert_sla(run_scenario("scenario.yaml"), ignore=["availability"])
+        """
+    )
+    outcome = suite.runpytest("-p", "no:cacheprovider", "--testbed-artifacts", str(artifacts))
+    outcome.assert_outcomes(passed=1, failed=1)
+    text = outcome.stdout.str()
+    reproduce = re.search(r"reproduce: testbed run (\S+\.yaml) --seed 1", text)
+    assert reproduce is not None and Path(reproduce.group(1)).is_relative_to(artifacts), text
+    report = re.search(r"report: (\S+\.report\.html)", text)
+    assert report is not None, text
+    page = Path(report.group(1))
+    assert page.is_relative_to(artifacts) and "two-node" in page.read_text()
+    assert not list(artifacts.glob("*passing_keeps_no_report*/*.report.*"))  # a passing test keeps no report
+    assert not simulate(Scenario.from_yaml(reproduce.group(1))).passed

@@ -6,6 +6,7 @@ Plain Markdown tables, so the report reads in a terminal and renders in a pull r
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from testbed.campaign.matrix import short_key
@@ -35,12 +36,14 @@ def markdown_report(result: CampaignResult) -> str:
         "",
     ]
     keys = list(spec.matrix)
-    header = ["cell", *(short_key(k) for k in keys), "runs", "passed", f"pass rate ({level} CI)", "errored", "verdict"]
+    header = [*(short_key(k) for k in keys), "runs", "passed", f"pass rate ({level} CI)", "errored", "verdict", "scenario", "runs' reports"]
     lines += [_row(header), _row(["---"] * len(header))]
     for cell in result.cells.to_dict("records"):
         rate = "n/a" if math.isnan(cell["pass_rate"]) else f"{cell['pass_rate']:.0%} [{cell['pass_ci_low']:.0%}, {cell['pass_ci_high']:.0%}]"
         verdict = {"pass": "pass", "fail": "**FAIL**", "error": "**error**"}[cell["verdict"]]
-        lines.append(_row([cell["cell"], *(cell[k] for k in keys), cell["runs"], cell["passed"], rate, cell["errored"], verdict]))
+        scenario = f"[{cell['cell']}.yaml](cells/{cell['cell']}.yaml)"
+        lines.append(_row([*(cell[k] for k in keys), cell["runs"], cell["passed"], rate, cell["errored"], verdict, scenario,
+                           _run_links(result, cell["cell"])]))
     lines += _metric_lines(result, units, level)
     lines += _comparison_lines(result, units, level)
     lines += _error_lines(result)
@@ -53,10 +56,10 @@ def _metric_lines(result: CampaignResult, units: dict[str, str], level: str) -> 
         return []
     names = list(dict.fromkeys(metrics["metric"]))
     lines = ["", f"## Metrics: mean [{level} CI] across seeds", "", _row(["cell", *names]), _row(["---"] * (len(names) + 1))]
-    for cell_id, group in metrics.groupby("cell", sort=False):
+    for _, group in metrics.groupby("cell", sort=False):
         by_metric = group.set_index("metric")
         values = [_mean_ci(by_metric.loc[m], units.get(m, "")) for m in names]
-        lines.append(_row([cell_id, *values]))
+        lines.append(_row([group["label"].iloc[0], *values]))
     return lines
 
 
@@ -87,6 +90,16 @@ def _comparison_lines(result: CampaignResult, units: dict[str, str], level: str)
     return lines
 
 
+def _run_links(result: CampaignResult, cell_id: str) -> str:
+    """Links to the reports of a cell's runs that kept their records (``keep_records``)."""
+    links = [
+        f"[seed {seed}](runs/{cell_id}-s{seed}/report.md)"
+        for seed in result.campaign.seeds
+        if (Path(result.out_dir) / "runs" / f"{cell_id}-s{seed}" / "report.md").exists()
+    ]
+    return ", ".join(links) or "—"
+
+
 def _error_lines(result: CampaignResult) -> list[str]:
     frame = result.results
     if not len(frame):
@@ -97,7 +110,7 @@ def _error_lines(result: CampaignResult) -> list[str]:
     lines = ["", "## Errored runs (tracebacks in journal.jsonl)", ""]
     for row in errored.to_dict("records"):
         first = str(row["error"]).splitlines()[0]
-        lines.append(f"- {row['cell']} ({row['label']}), seed {row['seed']}: {first}")
+        lines.append(f"- {row['label']} (cells/{row['cell']}.yaml), seed {row['seed']}: {first}")
     return lines
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from testbed.records.result import Result
-from testbed.report.markdown import format_value, latency_summary, outcome_counts
+from testbed.report.markdown import fleet_load, format_value, latency_summary, outcome_counts, served_by_region
 from testbed.sla import Verdict
 from testbed.topology import Topology
 from testbed.units import format_duration
@@ -34,6 +34,9 @@ tr.fail td.verdict { color: #b3261e; font-weight: 700; }
 .badge.pass { background: #137333; } .badge.fail { background: #b3261e; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 .scroll { max-height: 28rem; overflow: auto; }
+nav.toc { background: #f8f8f8; border: 1px solid #e4e4e4; border-radius: 0.4rem; padding: 0.4rem 1.2rem; }
+nav.toc ol { columns: 2; margin: 0.3rem 0; } nav.toc a { color: #1a56a8; text-decoration: none; }
+h2 { border-bottom: 1px solid #e4e4e4; padding-bottom: 0.2rem; margin-top: 2rem; }
 """
 
 
@@ -79,6 +82,64 @@ def observation_summary(result: Result) -> dict[str, float] | None:
     return summary.as_dict() if hasattr(summary, "as_dict") else None
 
 
+def _share(value: float) -> str:
+    return "n/a" if value != value else f"{value:.0%}"
+
+
+def summary_table(summary: dict[str, float]) -> pd.DataFrame:
+    """The detection figures as one row for people: counts, shares and rates with their units."""
+    per_hour = summary["false_alerts_per_hour"]
+    return pd.DataFrame([{
+        "faults detected": f"{summary['detected']:,} of {summary['faults']:,}",
+        "alerts": f"{summary['alerts']:,}",
+        "outside faults": f"{summary['false_alerts']:,} ({'n/a' if per_hour != per_hour else f'{per_hour:.1f}'}/h over "
+        f"{summary['fault_free_hours']:.2f} fault-free h)",
+        "precision": _share(summary["precision"]), "recall": _share(summary["recall"]),
+        "root cause top-1": _share(summary["top1"]), "root cause top-3": _share(summary["top3"]),
+    }])
+
+
+def scorecard_rows(scorecard: pd.DataFrame) -> pd.DataFrame:
+    """One row per injected fault: caught or missed, by which detector, how soon, root-cause rank."""
+    rows = [{
+        "fault": row["kind"], "target": row["target"], "start": f"{row['start']:.0f} s",
+        "detected by": row["detector"] if row["detected"] else "missed",
+        "after": format_value(row["time_to_detect"], "s") if row["detected"] else "—",
+        "root-cause rank": "—" if row["root_cause_rank"] != row["root_cause_rank"] else f"#{int(row['root_cause_rank'])}",
+    } for row in scorecard.to_dict("records")]
+    return pd.DataFrame(rows, columns=["fault", "target", "start", "detected by", "after", "root-cause rank"])
+
+
+def alert_rows(alerts: pd.DataFrame) -> pd.DataFrame:
+    """Alerts for people: when, which detector and severity, on what, and the likely root cause."""
+    rows = [{
+        "time": f"{row['time']:.0f} s", "detector": row["detector"], "severity": row["severity"],
+        "target": row["target"], "signal": str(row.get("signal") or "").split("|")[-1] or "—",
+        "likely root cause": row.get("root_cause") or "—",
+    } for row in alerts.to_dict("records")]
+    return pd.DataFrame(rows, columns=["time", "detector", "severity", "target", "signal", "likely root cause"])
+
+
+class _Page:
+    """Sections in order, each with an anchor, so the page opens with a table of contents."""
+
+    def __init__(self) -> None:
+        self.sections: list[tuple[str, str]] = []
+        self.parts: list[str] = []
+
+    def section(self, title: str) -> None:
+        anchor = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
+        self.sections.append((anchor, title))
+        self.parts.append(f"<h2 id='{anchor}'>{html.escape(title)}</h2>")
+
+    def add(self, *parts: str) -> None:
+        self.parts += parts
+
+    def toc(self) -> str:
+        items = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t in self.sections)
+        return f"<nav class='toc'><strong>Contents</strong><ol>{items}</ol></nav>"
+
+
 def _figure(fig: Any, first: bool) -> str:
     """A figure's div; the first one carries plotly.js inline, the rest reuse it."""
     import plotly.io as pio
@@ -121,61 +182,77 @@ def observed_frame(result: Result, name: str) -> pd.DataFrame | None:
 
 
 def html_report(result: Result) -> str:
-    """The report.html of a run: verdicts, outcome ledger, latency table and the figures."""
+    """The report.html of a run: verdicts, outcome ledger, where requests were served, latency,
+    fleet load and availability over time per region, faults, detection and the topology."""
     from testbed.report import plots  # plotly comes with the explore extra; see write_html_report
+
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
     verdicts = pd.DataFrame(verdict_rows(result.sla), columns=["objective", "limit", "observed", "margin", "verdict"])
     badge = '<span class="badge pass">PASS</span>' if result.passed else '<span class="badge fail">FAIL</span>'
-    parts = [
+    head = [
         f"<h1>{html.escape(scenario.name)} {badge}</h1>",
         f"<p>{html.escape(scenario.description.strip())}</p>",
         "<ul>"
         f"<li>seed {result.seed}; duration {format_duration(scenario.duration)}; topology {html.escape(scenario.topology.name)}; "
         f"batching {scenario.serving.batching.policy}; routing {scenario.serving.routing.policy}</li>"
         f"<li>requests: {len(requests):,} — " + ", ".join(f"{k} {v:,}" for k, v in counts.items()) + "</li></ul>",
-        "<h2>SLA verdicts</h2>",
+    ]
+    page = _Page()
+    page.section("SLA verdicts")
+    page.add(
         _table(verdicts, ["pass" if v.passed else "fail" for v in result.sla], {"verdict": "verdict"})
-        if len(verdicts)
-        else "<p>(no objectives)</p>",
-        "<h2>Latency of successful requests</h2>",
-        _table(_latency_table(requests)),
-    ]
-    figures = [
-        plots.percentiles_over_time(requests, result.faults, "ttft"),
-        plots.percentiles_over_time(requests, result.faults, "e2e"),
-    ]
-    grid = [plots.latency_cdf(requests, "ttft"), plots.latency_cdf(requests, "e2e")]
-    parts.append("<h2>Latency over time</h2>")
-    parts += [_figure(fig, first=i == 0) for i, fig in enumerate(figures)]
-    parts.append("<h2>Latency distributions</h2><div class='grid'>")
-    parts += [f"<div>{_figure(fig, first=False)}</div>" for fig in grid]
-    parts.append("</div><h2>Availability</h2>")
-    parts.append(_figure(plots.availability_by_region(requests, target=_availability_target(result)), first=False))
+        if len(verdicts) else "<p>(no objectives)</p>"
+    )
+    served = served_by_region(requests)
+    if len(served):
+        page.section("Where requests were served")
+        page.add(_table(served.assign(**{c: served[c].map("{:,}".format) for c in served.columns[1:]})))
+    page.section("Latency of successful requests")
+    page.add(_table(_latency_table(requests)))
+    page.section("Latency over time")
+    page.add(*(_figure(plots.percentiles_over_time(requests, result.faults, metric), first=i == 0)
+               for i, metric in enumerate(("ttft", "e2e"))))
+    page.section("Latency distributions")
+    page.add("<div class='grid'>", *(f"<div>{_figure(plots.latency_cdf(requests, m), first=False)}</div>" for m in ("ttft", "e2e")), "</div>")
+    target = _availability_target(result)
+    page.section("Availability")
+    page.add(_figure(plots.availability_over_time(requests, result.faults, target=target), first=False),
+             _figure(plots.availability_by_region(requests, target=target), first=False))
+    if not result.timeseries.empty:
+        page.section("Fleet load by region")
+        page.add(_figure(plots.fleet_over_time(result.timeseries, result.health, result.faults), first=False))
+        load = fleet_load(result.timeseries)
+        page.add("<p>Means over the run's samples:</p>", _table(pd.DataFrame({
+            "region": load["region"], "utilisation": load["utilisation"].map("{:.1%}".format),
+            "queue depth": load["queue depth"].map("{:.2f}".format), "running batch": load["running batch"].map("{:.2f}".format),
+        })))
     alerts = observed_frame(result, "alerts")
     if not result.faults.empty or alerts is not None:
-        parts.append("<h2>Faults, detection and recovery</h2>")
-        parts.append(_figure(plots.fault_timeline(result.faults, alerts), first=False))
+        page.section("Faults, detection and recovery")
+        page.add(_figure(plots.fault_timeline(result.faults, alerts), first=False))
         if not result.faults.empty:
-            parts.append(_faults_table(result.faults))
+            page.add(_faults_table(result.faults))
     scorecard, summary = observed_frame(result, "scorecard"), observation_summary(result)
     if scorecard is not None or summary is not None:
-        parts.append("<h2>Observability scorecard</h2>")
+        page.section("Observability scorecard")
     if summary is not None:
-        parts.append(_table(pd.DataFrame([summary])))
+        page.add(_table(summary_table(summary)))
     if scorecard is not None:
-        parts.append(f"<div class='scroll'>{_table(scorecard)}</div>")
+        page.add(f"<div class='scroll'>{_table(scorecard_rows(scorecard))}</div>")
     if alerts is not None:
-        parts += [f"<h2>Alerts ({len(alerts):,})</h2>", f"<div class='scroll'>{_table(alerts.head(500))}</div>"]
-    parts += ["<h2>Topology</h2>", _figure(plots.topology_graph(Topology.from_spec(scenario.topology)), first=False)]
+        shown = alerts.head(500)
+        page.section(f"Alerts ({len(alerts):,})")
+        more = f"<p>… the first {len(shown):,}; all in alerts.parquet</p>" if len(alerts) > len(shown) else ""
+        page.add(f"<div class='scroll'>{_table(alert_rows(shown))}</div>{more}")
+    page.section("Topology")
+    page.add(_figure(plots.topology_graph(Topology.from_spec(scenario.topology)), first=False))
     if result.stats:
-        parts.append(
-            f"<p><em>simulated {result.stats.get('requests', 0):,} requests in {result.stats.get('wall_s', 0):.2f} s wall time</em></p>"
-        )
+        page.add(f"<p><em>simulated {result.stats.get('requests', 0):,} requests in {result.stats.get('wall_s', 0):.2f} s wall time</em></p>")
     return (
         "<!DOCTYPE html><html><head><meta charset='utf-8'>"
         f"<title>{html.escape(scenario.name)} — testbed report</title><style>{STYLE}</style></head><body>"
-        + "\n".join(parts)
+        + "\n".join([*head, page.toc(), *page.parts])
         + "</body></html>\n"
     )
 

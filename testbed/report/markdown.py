@@ -41,6 +41,34 @@ def availability_by(requests: pd.DataFrame, column: str) -> pd.Series:
     return (requests["status"] == "ok").groupby(requests[column], observed=True).mean()
 
 
+def served_by_region(requests: pd.DataFrame) -> pd.DataFrame:
+    """Successful requests per serving region: how many, and how many were failed over, served
+    by the fallback tier, retried or hedged — where a failover's traffic went."""
+    served = requests[requests["status"] == "ok"]
+    rows = [
+        {
+            "region": str(region), "requests": len(group), "failed over": int(group["failed_over"].sum()),
+            "fallback tier": int(group["fallback"].sum()), "retried": int((group["retries"] > 0).sum()),
+            "hedged": int(group["hedged"].sum()),
+        }
+        for region, group in served.groupby("region", observed=True)
+    ]
+    return pd.DataFrame(rows, columns=["region", "requests", "failed over", "fallback tier", "retried", "hedged"])
+
+
+def fleet_load(timeseries: pd.DataFrame) -> pd.DataFrame:
+    """Mean utilisation, queue depth and running batch per region over the run's samples."""
+    if timeseries.empty:
+        return pd.DataFrame(columns=["region", "utilisation", "queue depth", "running batch"])
+    load = timeseries.groupby("region", observed=True).agg(
+        utilisation=("utilisation", "mean"), queue_depth=("queue_depth", "mean"), running=("running", "mean")
+    )
+    return pd.DataFrame(
+        {"region": load.index.astype(str), "utilisation": load["utilisation"].to_numpy(),
+         "queue depth": load["queue_depth"].to_numpy(), "running batch": load["running"].to_numpy()}
+    )
+
+
 def format_value(value: float, unit: str) -> str:
     """A metric value for people: milliseconds or seconds, percentages, or a number and its unit."""
     if isinstance(value, float) and math.isnan(value):
@@ -111,25 +139,18 @@ def markdown_report(result: Result) -> str:
     by_provider = (requests["status"] == "ok").groupby(providers).mean()
     lines += ["", "| client provider | availability |", "|---|---|"]
     lines += [f"| {provider} | {format_value(share, 'share')} |" for provider, share in by_provider.items()]
-    served = requests[requests["status"] == "ok"]
+    served = served_by_region(requests)
     if len(served):
-        lines += ["", "## Where requests were served", "", "| region | requests | failed over | fallback tier | retried | hedged |", "|---|---|---|---|---|---|"]
-        for region, group in served.groupby("region", observed=True):
-            lines.append(
-                f"| {region} | {len(group):,} | {int(group['failed_over'].sum()):,} | {int(group['fallback'].sum()):,} | "
-                f"{int((group['retries'] > 0).sum()):,} | {int(group['hedged'].sum()):,} |"
-            )
+        lines += ["", "## Where requests were served", "", "| " + " | ".join(served.columns) + " |", "|---|---|---|---|---|---|"]
+        lines += ["| " + " | ".join(f"{v:,}" if not isinstance(v, str) else v for v in row) + " |" for row in served.itertuples(index=False)]
     lines += fault_lines(result)
     from testbed.observe.render import scorecard_markdown
 
     lines += scorecard_markdown(result)
     if not result.timeseries.empty:
-        load = result.timeseries.groupby("region", observed=True).agg(
-            utilisation=("utilisation", "mean"), queue_depth=("queue_depth", "mean"), running=("running", "mean")
-        )
         lines += ["", "## Fleet load by region (means over samples)", "", "| region | utilisation | queue depth | running batch |", "|---|---|---|---|"]
-        for region, row in load.iterrows():
-            lines.append(f"| {region} | {row.utilisation:.1%} | {row.queue_depth:.2f} | {row.running:.2f} |")
+        for region, utilisation, queue, running in fleet_load(result.timeseries).itertuples(index=False):
+            lines.append(f"| {region} | {utilisation:.1%} | {queue:.2f} | {running:.2f} |")
     if result.stats:
         lines += ["", f"_simulated {result.stats.get('requests', 0):,} requests in {result.stats.get('wall_s', 0):.2f} s wall time_"]
     return "\n".join(lines) + "\n"

@@ -152,8 +152,12 @@ def compare_over_time(
 def shade_faults(fig: go.Figure, faults: pd.DataFrame | None, end: float | None = None, **where: int) -> go.Figure:
     """Shade the union of fault windows (a fault never repaired is shaded to ``end``)."""
     for start, stop in fault_windows(faults):
-        if math.isinf(stop):
-            stop = end if end is not None else start
+        if end is not None:
+            stop = min(stop, end)  # a fault still active (or never repaired) at the end of the run
+        elif math.isinf(stop):
+            stop = start
+        if stop <= start:
+            continue
         fig.add_vrect(x0=start, x1=stop, fillcolor=FAULT_FILL, line_width=0, layer="below", **where)
     return fig
 
@@ -305,6 +309,113 @@ def availability_by_region(
     return fig
 
 
+def _interval_lengths(times: np.ndarray) -> dict[float, float]:
+    """Sample time -> the length of the interval it closes (samples are taken at interval ends)."""
+    ordered = np.unique(times)
+    return dict(zip(ordered.tolist(), np.diff(np.concatenate([[0.0], ordered])).tolist()))
+
+
+def replicas_up(timeseries: pd.DataFrame, health: pd.DataFrame | None, by: str = "region") -> pd.DataFrame:
+    """Replicas the gateway's health checks believe up, per ``by`` group, as a step series.
+
+    Rows ``(time, group, up)``: one at 0 with every replica of the group, then one per health
+    change. It is the gateway's view, which both planes record, so it lags a fault by the
+    detection time — as a real dashboard does.
+    """
+    total = timeseries.groupby(timeseries[by].astype(str), observed=True)["replica"].nunique()
+    rows = [(0.0, group, int(n)) for group, n in total.items()]
+    if health is not None and not health.empty:
+        down: dict[str, set[int]] = {group: set() for group in total.index}
+        for time, replica, group, change in health[["time", "replica", by, "change"]].itertuples(index=False):
+            group = str(group)
+            down.setdefault(group, set())
+            (down[group].add if change == "unhealthy" else down[group].discard)(int(replica))
+            rows.append((float(time), group, int(total.get(group, 0)) - len(down[group])))
+    return pd.DataFrame(rows, columns=["time", "group", "up"])
+
+
+def fleet_over_time(
+    timeseries: pd.DataFrame,
+    health: pd.DataFrame | None = None,
+    faults: pd.DataFrame | None = None,
+    by: str = "region",
+) -> go.Figure:
+    """Throughput, queue depth, utilisation and replicas up over time, one line per region.
+
+    These are the panels that show a surviving region saturating during a failover: its
+    throughput levels off at capacity while its queue grows and its utilisation pins at 100%.
+    Faults are shaded as in the latency figures.
+    """
+    fig = make_subplots(
+        rows=4, cols=1, shared_xaxes=True, vertical_spacing=0.05,
+        subplot_titles=("throughput (completed requests/s)", "queue depth (requests waiting)",
+                        "utilisation (mean over replicas)", "replicas up (as health checks see them)"),
+    )
+    if timeseries.empty:
+        fig.update_layout(title="no fleet samples in this run")
+        return fig
+    frame = timeseries.assign(group=timeseries[by].astype(str))
+    lengths = _interval_lengths(frame["time"].to_numpy())
+    per_sample = frame.groupby(["group", "time"], observed=True).agg(
+        completed=("completed", "sum"), queue_depth=("queue_depth", "sum"), utilisation=("utilisation", "mean")
+    ).reset_index()
+    per_sample["throughput"] = per_sample["completed"] / per_sample["time"].map(lengths).clip(lower=1e-9)
+    up = replicas_up(timeseries, health, by=by)
+    end = float(frame["time"].max())
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#d62728"]
+    for i, (group, rows) in enumerate(per_sample.groupby("group", observed=True)):
+        colour = palette[i % len(palette)]
+        for row, column in enumerate(("throughput", "queue_depth", "utilisation"), start=1):
+            fig.add_trace(
+                go.Scatter(x=rows["time"], y=rows[column], mode="lines", name=group, legendgroup=group,
+                           showlegend=row == 1, line={"color": colour}),
+                row=row, col=1,
+            )
+        steps = up[up["group"] == group].sort_values("time", kind="stable")
+        fig.add_trace(
+            go.Scatter(x=[*steps["time"], end], y=[*steps["up"], steps["up"].iloc[-1]], mode="lines", name=group,
+                       legendgroup=group, showlegend=False, line={"color": colour, "shape": "hv"}),
+            row=4, col=1,
+        )
+    shade_faults(fig, faults, end=end, row="all", col=1)
+    fig.update_yaxes(rangemode="tozero")
+    fig.update_yaxes(tickformat=".0%", range=[0, 1.05], row=3, col=1)
+    fig.update_xaxes(title_text="time (s)", row=4, col=1)
+    fig.update_layout(
+        title=f"fleet by {by.replace('_', ' ')} over time (faults shaded)",
+        height=760, legend={"orientation": "h", "y": -0.08},
+        margin={"t": 70, "b": 40, "l": 60, "r": 20},
+    )
+    return fig
+
+
+def availability_over_time(
+    requests: pd.DataFrame, faults: pd.DataFrame | None = None, by: str = "client_region",
+    target: float | None = None, bin_s: float | None = None,
+) -> go.Figure:
+    """Share of requests ending ``ok`` per arrival-time bin, one line per ``by`` group (client
+    region by default: availability as each region's users saw it), faults shaded."""
+    fig = go.Figure()
+    horizon = float(requests["arrival"].max()) if len(requests) else 1.0
+    width = bin_s or _time_bin(horizon)
+    bins = (requests["arrival"] // width * width + width / 2).rename("bin")
+    share = (requests["status"] == "ok").groupby([requests[by].astype(str), bins], observed=True).mean()
+    for group, series in share.groupby(level=0):
+        fig.add_trace(go.Scatter(x=series.index.get_level_values(1), y=series.to_numpy(), mode="lines", name=group))
+    if target is not None:
+        fig.add_hline(y=target, line={"color": "#d62728", "dash": "dash"}, annotation_text=f"target {target:.2%}")
+    end = float(requests["finish"].max()) if len(requests) else horizon
+    shade_faults(fig, faults, end=end)
+    fig.update_layout(
+        title=f"availability by {by.replace('_', ' ')} over time (faults shaded)",
+        xaxis={"title": f"arrival time (s), bins of {width:g} s"},
+        yaxis={"title": "share ok", "tickformat": ".0%", "range": [0, 1.05]},
+        legend={"orientation": "h", "y": -0.25},
+        margin={"t": 50, "b": 40, "l": 60, "r": 20},
+    )
+    return fig
+
+
 def _tree_layout(topology: Topology, levels: Sequence[str]) -> dict[str, tuple[float, float]]:
     """Leaves spread evenly along x in spec order, parents centred over their children; y is depth."""
     graph, depth = topology.graph, {level: i for i, level in enumerate(levels)}
@@ -326,6 +437,34 @@ def _tree_layout(topology: Topology, levels: Sequence[str]) -> dict[str, tuple[f
     return positions
 
 
+LABEL_WIDTH = 1.2  # x units (leaf spacings) an RTT label needs at least, so that two labels do not touch
+LABEL_SHARE = 0.07  # ... and at least this share of the drawing's width, for wide trees
+LANE_HEIGHT = 0.3  # y units between stacked RTT labels (levels are 1 apart)
+
+
+def link_lifts(topology: Topology, positions: Mapping[str, tuple[float, float]]) -> list[float]:
+    """How high above the regions each link's arc peaks, so that no two RTT labels overlap.
+
+    A label sits at its arc's apex, over the midpoint of its two regions. Links are placed
+    shortest first in the lowest lane whose labels are at least a label's width away, so a
+    short hop stays low and the long links that span it arc over it.
+    """
+    links = topology.spec.links
+    xs = [x for x, _ in positions.values()]
+    width = max(LABEL_WIDTH, LABEL_SHARE * (max(xs) - min(xs))) if xs else LABEL_WIDTH
+    mids = [(positions[l.between[0]][0] + positions[l.between[1]][0]) / 2 for l in links]
+    spans = [abs(positions[l.between[0]][0] - positions[l.between[1]][0]) for l in links]
+    lanes: list[list[float]] = []
+    lifts = [0.0] * len(links)
+    for i in sorted(range(len(links)), key=lambda i: (spans[i], mids[i])):
+        lane = next((k for k, taken in enumerate(lanes) if all(abs(mids[i] - m) >= width for m in taken)), len(lanes))
+        if lane == len(lanes):
+            lanes.append([])
+        lanes[lane].append(mids[i])
+        lifts[i] = 0.35 + LANE_HEIGHT * lane
+    return lifts
+
+
 def topology_graph(topology: Topology, max_nodes: int = 64) -> go.Figure:
     """The containment tree (providers, regions, zones, racks, and nodes when there are at most
     ``max_nodes``) with each failure domain's replica count, and the inter-region links' RTTs."""
@@ -342,9 +481,9 @@ def topology_graph(topology: Topology, max_nodes: int = 64) -> go.Figure:
             edge_y += [positions[parent][1], positions[child][1], None]
     fig.add_trace(go.Scatter(x=edge_x, y=edge_y, mode="lines", line={"color": "#bbbbbb", "width": 1}, hoverinfo="skip", showlegend=False))
     region_y = -levels.index("region")
-    for link in topology.spec.links:
+    for link, lift in zip(topology.spec.links, link_lifts(topology, positions)):
         a, b = (positions[end] for end in link.between)
-        mid, lift = (a[0] + b[0]) / 2, 0.35 + 0.05 * abs(a[0] - b[0])
+        mid = (a[0] + b[0]) / 2
         xs = np.linspace(0, 1, 21)
         fig.add_trace(
             go.Scatter(
@@ -352,7 +491,10 @@ def topology_graph(topology: Topology, max_nodes: int = 64) -> go.Figure:
                 line={"color": "#17becf", "dash": "dot"}, hoverinfo="skip", showlegend=False,
             )
         )
-        fig.add_annotation(x=mid, y=region_y + lift, text=f"{link.rtt * 1000:g} ms", showarrow=False, font={"color": "#17becf", "size": 10})
+        fig.add_annotation(
+            x=mid, y=region_y + lift, text=f"{link.rtt * 1000:g} ms", showarrow=False, font={"color": "#0e7c86", "size": 11},
+            bgcolor="rgba(255, 255, 255, 0.9)", bordercolor="#17becf", borderpad=2,
+        )
     for level in levels:
         nodes = [n for n, data in topology.graph.nodes(data=True) if data["level"] == level]
         hover = []
@@ -367,7 +509,8 @@ def topology_graph(topology: Topology, max_nodes: int = 64) -> go.Figure:
                 y=[positions[n][1] for n in nodes],
                 mode="markers+text" if show_text else "markers",
                 text=[n.rsplit("/", 1)[-1] + ("" if level in ("fleet", "provider") else f" ({len(topology.domain_replicas(n))})") for n in nodes],
-                textposition="top center",
+                # Regions are labelled below their marker: above it is where the links' RTT labels go.
+                textposition="bottom center" if level == "region" else "top center",
                 hovertext=hover,
                 hoverinfo="text",
                 name=level,
@@ -385,6 +528,6 @@ def topology_graph(topology: Topology, max_nodes: int = 64) -> go.Figure:
         yaxis={"visible": False},
         legend={"orientation": "h", "y": -0.05},
         margin={"t": 50, "b": 20, "l": 20, "r": 20},
-        height=420,
+        height=480,
     )
     return fig

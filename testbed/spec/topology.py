@@ -17,7 +17,7 @@ class RackSpec(Strict):
     name: PartName
     count: PositiveInt = Field(1, description="identical racks named NAME-0, NAME-1, ...")
     nodes: PositiveInt = Field(1, description="nodes per rack")
-    device: str = Field(description="device kind: a built-in one (H100, A100, L4, cpu-fp32, cpu-int8) or one under devices:")
+    device: str = Field(description="device kind: a built-in one (H100, H200, B200, A100, MI300X, L40S, L4, cpu-fp32, cpu-int8) or one under devices:")
     devices_per_node: PositiveInt = 8
     tensor_parallel: PositiveInt = Field(1, description="devices per replica; must divide devices_per_node")
     pool: PartName = Field(
