@@ -126,9 +126,13 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     ratio = "not measured (no --failures)"
-    bare = mmc_customers_per_second(args.customers)
+    # The yardstick is run before and after the simulator, so a change of load during the run
+    # shows as a spread between the two instead of silently skewing the ratio.
+    bare_before = mmc_customers_per_second(args.customers)
     scenario = fleet_scenario(args.requests, args.load, args.seed)
     result = simulate(scenario)
+    bare_after = mmc_customers_per_second(args.customers)
+    bare = (bare_before + bare_after) / 2
     if args.failures:
         faulty = simulate(fleet_scenario(args.requests, args.load, args.seed, failures=True))
         n_faulty = len(faulty.requests)
@@ -146,7 +150,8 @@ def main() -> None:
     print(f"fleet: {scenario.topology.name}, offered {scenario.workload.arrival.rate:,.0f} req/s "
           f"for {scenario.duration:,.1f} simulated s; outcomes {counts}; preemptions {result.stats['preemptions']}")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"bare SimPy M/M/4 (rho 0.9, {args.customers:,} customers): {bare:,.0f} customers/s; "
+    print(f"bare SimPy M/M/4 (rho 0.9, {args.customers:,} customers): {bare:,.0f} customers/s "
+          f"(before {bare_before:,.0f}, after {bare_after:,.0f}); "
           f"simulator / bare queue = {n / wall / bare:.3f}")
     print(f"requests={n} wall_s={wall:.3f} requests_per_s={n / wall:.0f} bare_queue_per_s={bare:.0f} "
           f"ratio={n / wall / bare:.4f} peak_rss_mb={peak_rss_mb:.1f}")
