@@ -8,7 +8,7 @@ to something measured in the same process:
   (``bare_queue.py``: 100,000 customers, rho 0.9), the yardstick of issue #17;
 * with ``--failures``, the same requests without and with a stochastic node-crash process on
   the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of crashes);
-* with ``--fleet-sizes``, marginal cost per request (µs) on generated fleets of 2 to 2,304 replicas at
+* with ``--fleet-sizes``, marginal CPU µs per request on generated fleets of 2 to 2,304 replicas at
   the same load, which is flat when nothing per request is O(replicas);
 * with ``--policies``, the same table once per routing policy in the router registry.
 
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import time
 from pathlib import Path
 
 from bare_queue import mmc_customers_per_second
@@ -90,21 +91,25 @@ def fleet_scenario(
 
 
 def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str) -> float:
-    """Marginal wall-clock µs per request on a generated fleet of ``replicas``: the extra time
-    ``2 * requests`` take over ``requests``, so building the fleet (O(replicas) once) cancels out."""
-    walls, counts = [], []
+    """Marginal CPU µs per request on a generated fleet of ``replicas``: the extra CPU time
+    ``2 * requests`` take over ``requests``, so building the fleet (O(replicas) once) cancels
+    out. CPU time rather than wall time, because on a loaded machine the wall clock mostly
+    measures the other processes."""
+    cpu, counts = [], []
     for n in (requests, 2 * requests):
-        result = simulate(fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing))
-        walls.append(result.stats["wall_s"])
+        scenario = fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing)
+        started = time.process_time()
+        result = simulate(scenario)
+        cpu.append(time.process_time() - started)
         counts.append(len(result.requests))
-    return (walls[1] - walls[0]) / (counts[1] - counts[0]) * 1e6
+    return (cpu[1] - cpu[0]) / (counts[1] - counts[0]) * 1e6
 
 
 def size_table(requests: int, load: float, seed: int, policies: list[str]) -> tuple[list[str], list[list[str]]]:
     """Cost per request (µs) per fleet size (rows) and routing policy (columns), and each
     policy's largest fleet against its smallest: near 1 when cost does not grow with the fleet."""
     costs = {p: [cost_per_request_us(requests, load, seed, n, p) for n in FLEET_SIZES] for p in policies}
-    header = ["replicas", *(f"{p} µs/request" for p in policies)]
+    header = ["replicas", *(f"{p} CPU µs/request" for p in policies)]
     rows = [[f"{n:,}", *(f"{costs[p][i]:.1f}" for p in policies)] for i, n in enumerate(FLEET_SIZES)]
     rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *(f"{costs[p][-1] / costs[p][0]:.2f}×" for p in policies)])
     for line in table(header, rows).splitlines():
