@@ -45,7 +45,7 @@ CRASH_KINDS = frozenset({"accelerator_failure", "node_crash", "outage", "capacit
 HOST_DOWN_KINDS = frozenset({"node_crash", "outage", "capacity_loss"})
 HANG_KINDS = frozenset({"node_hang"})
 REGION_LEVELS = frozenset({"fleet", "provider", "region"})
-REQUIRED_LEVEL = {"accelerator_failure": "device", "node_crash": "node", "node_hang": "node"}
+REQUIRED_LEVEL = {"accelerator_failure": "device", "node_crash": "node", "node_hang": "node", "stockout": "region"}
 PARAMETERS = ("share", "speed", "kv_fraction", "rate", "status", "delay", "jitter", "loss", "limit")
 
 
@@ -114,6 +114,8 @@ def _scripted(index: int, spec: FaultSpec, topology: Topology, streams: RandomSt
     if spec.kind in NETWORK_KINDS:
         a, b = spec.between
         return Fault(spec.kind, f"{a}<->{b}", spec.at, end, (), params, endpoints=(a, b))
+    if spec.kind == "stockout":  # takes nothing down: only new grants are refused (testbed/policy/capacity.py)
+        return Fault(spec.kind, spec.target, spec.at, end, (), params)
     replicas = topology.domain_replicas(spec.target)
     if spec.kind == "capacity_loss":
         rng = streams.numpy(f"faults.capacity_loss.{index}")

@@ -51,6 +51,7 @@ UNITS = {
     "token_throughput": "tok/s",
     "turn_latency": "s",
     "turn_availability": "share",
+    "degraded_share": "share",
 }
 
 
@@ -198,6 +199,9 @@ def _observe(objective: Objective, requests: pd.DataFrame, span: float) -> tuple
         return (float(ok.sum() / served.sum()) if served.any() else math.nan), int(served.sum())
     if metric == "error_rate":
         return float(status.isin(("failed", "timeout")).mean()), total
+    if metric == "degraded_share":  # of the answers given, how many a degradation step changed
+        answered = int(ok.sum())
+        return (float(requests["degraded"].to_numpy()[ok].mean()) if answered else math.nan), answered
     assert metric == "goodput" and objective.ttft is not None and objective.tpot is not None
     latency = latency_columns(requests)
     within = (latency["ttft"] <= objective.ttft) & ~(latency["tpot"] > objective.tpot)  # NaN tpot: one token

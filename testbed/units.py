@@ -1,7 +1,9 @@
 """Quantities written the way people write them: "90s", "30min", "250/s", "10Gbps".
 
 Specs are read by people first, so every duration, rate and size accepts a short string with a
-unit as well as a bare number in base units (seconds, per second, bytes per second). Each parser
+unit as well as a bare number in base units (seconds, per second, bytes per second), written as
+a number or a string alike. Network latencies are the exception where a bare number is
+suspicious (``rtt: 140`` is nearly always milliseconds meant): above one second they need a unit. Each parser
 raises ``ValueError`` with the accepted forms, which pydantic turns into a field error.
 """
 
@@ -34,12 +36,40 @@ RATE_FORMS = "a number per second or a string like '250/s', '1200/min', '40000/h
 BANDWIDTH_FORMS = "a number of bytes per second or a string like '10Gbps', '400Mbps'"
 
 
+_BARE = re.compile(rf"^\s*{_NUMBER}\s*$")
+
+
 def _plain_number(value: object) -> float | None:
+    """A bare number in base units: 140, 0.5, or the same written as a string ('140'), so that
+    quoting a value never changes whether it is accepted."""
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)):
         return float(value)
+    if isinstance(value, str) and _BARE.match(value):
+        return float(value)
     return None
+
+
+def is_bare_number(value: object) -> bool:
+    """True for a number without a unit (140, '140'): base units are implied."""
+    return _plain_number(value) is not None
+
+
+PLAUSIBLE_LATENCY = 1.0
+"""Seconds: a network latency (RTT, added delay) written as a bare number above this is refused,
+since ``rtt: 140`` is far more often 140 ms meant than 140 s."""
+
+
+def parse_latency(value: object) -> float:
+    """Seconds, like :func:`parse_duration`, but a bare number over :data:`PLAUSIBLE_LATENCY` needs its unit."""
+    seconds = parse_duration(value)
+    if seconds > PLAUSIBLE_LATENCY and is_bare_number(value):
+        raise ValueError(
+            f"a bare number is seconds, and {seconds:g} s is implausible for a network latency (over "
+            f"{PLAUSIBLE_LATENCY:g} s): write '{seconds:g}ms' for milliseconds, or '{seconds:g}s' if you do mean seconds"
+        )
+    return seconds
 
 
 def _parse(value: object, pattern: re.Pattern[str], units: dict[str, float], per: bool, forms: str) -> float:

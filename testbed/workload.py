@@ -14,14 +14,15 @@ arrivals of a shorter run instead of reshuffling them.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
+from testbed import prefixes, traces
 from testbed.agents import SESSIONS, AgentPlan, plan_sessions
 from testbed.lengths import categorical, sample_lengths
+from testbed.prefixes import PrefixColumns
 from testbed.rng import RandomStreams
 from testbed.spec import (
     ArrivalSpec,
@@ -37,10 +38,7 @@ from testbed.spec import (
 # Gaps are drawn this many at a time; fixed (not sized to the duration) so that the draws, and
 # hence the arrivals, of a short run are a prefix of those of a longer one.
 _BLOCK = 1 << 16
-_INT32_MAX = int(np.iinfo(np.int32).max)
-
-TRACE_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
-OPTIONAL_TRACE_COLUMNS = ("class", "client_region")
+PREFIX = "workload.prefix"  # the stream of prefix draws: which system prompt, which conversation
 
 
 @dataclass(eq=False)
@@ -56,24 +54,11 @@ class Arrivals:
     class_names: list[str]
     region_names: list[str]
     agents: AgentPlan | None = None  # sessions started by a share of the arrivals (then not in the columns above)
+    prefix: PrefixColumns | None = None  # block chains of the requests above, when the workload shares prefixes
+    call_prefix: PrefixColumns | None = None  # block chains of the agent plan's calls (prefix.agent_context)
 
     def __len__(self) -> int:
         return len(self.time)
-
-
-@dataclass(eq=False)
-class Trace:
-    """The columns a request source fixes; -1 in a label column means "draw it by share"."""
-
-    time: np.ndarray  # float64, sorted
-    prompt_tokens: np.ndarray  # int32
-    output_tokens: np.ndarray  # int32
-    request_class: np.ndarray  # int16 index into the class names, or -1
-    client_region: np.ndarray  # int16 index into the region names, or -1
-
-    def take(self, rows: slice | np.ndarray) -> Trace:
-        """The requests at ``rows``: an ordering, or a prefix cut at the run's duration."""
-        return Trace(*(getattr(self, column.name)[rows] for column in fields(self)))
 
 
 # --------------------------------------------------------------------------- generate
@@ -95,7 +80,7 @@ def generate(
     class_names = [c.name for c in spec.classes]
     region_names, region_shares = _client_regions(spec, regions)
     if isinstance(spec.arrival, TraceArrivals):
-        source = _replay(spec.arrival, duration, Path(base_dir), class_names, region_names)
+        source = traces.replay(spec.arrival, duration, Path(base_dir) / spec.arrival.path, class_names, region_names)
     else:
         source = _synthesise(spec, duration, streams)
     n = len(source.time)
@@ -112,8 +97,42 @@ def generate(
         client_region=np.where(source.client_region >= 0, source.client_region, drawn_region).astype(np.int16),
         class_names=class_names,
         region_names=region_names,
+        prefix=source.prefix,
     )
+    if spec.prefix is not None:
+        arrivals = _with_prefixes(spec, arrivals, streams)
     return _split_sessions(spec, arrivals, streams) if spec.agents is not None else arrivals
+
+
+def _with_prefixes(spec: WorkloadSpec, arrivals: Arrivals, streams: RandomStreams) -> Arrivals:
+    """Give every request its block chain: its class's system prompt, then its conversation.
+
+    Prompt lengths change accordingly: a system prompt's tokens come before the drawn prompt
+    (the user part), and a chat turn's prompt carries its conversation so far. Draws come from
+    the ``workload.prefix`` stream only, so arrivals and drawn lengths stay where they were.
+    """
+    prefix = spec.prefix
+    assert prefix is not None
+    rng = streams.numpy(PREFIX)
+    n = len(arrivals)
+    block = prefix.block_tokens
+    prompt = arrivals.prompt_tokens.astype(np.int64)
+    runs = []
+    reserved = 0
+    if prefix.system_prompts is not None:
+        runs.append(prefixes.system_prompts(prefix.system_prompts, arrivals.request_class, block, rng))
+        reserved = prefix.system_prompts.tokens
+    session = np.full(n, -1, dtype=np.int64)
+    if prefix.chat is not None:
+        turns = sample_lengths(prefix.chat.turns, max(n, 1), rng)
+        session, context = prefixes.chat_conversations(
+            prefix.chat, prompt, arrivals.output_tokens.astype(np.int64), turns, rng, reserved
+        )
+        prompt = prompt + context
+        runs.append(prefixes.conversation_runs(session, prompt // block))
+    prompt = np.minimum(prompt + reserved, np.iinfo(np.int32).max)
+    columns = prefixes.from_runs(runs, session, block)
+    return replace(arrivals, prompt_tokens=prompt.astype(np.int32), prefix=columns)
 
 
 def _split_sessions(spec: WorkloadSpec, arrivals: Arrivals, streams: RandomStreams) -> Arrivals:
@@ -130,7 +149,36 @@ def _split_sessions(spec: WorkloadSpec, arrivals: Arrivals, streams: RandomStrea
         streams,
     )
     columns = ("time", "prompt_tokens", "output_tokens", "request_class", "priority", "client_region")
-    return replace(arrivals, **{name: getattr(arrivals, name)[single] for name in columns}, agents=plan)
+    prefix = arrivals.prefix.take(single) if arrivals.prefix is not None else None
+    call_prefix = None
+    if spec.prefix is not None and spec.prefix.agent_context:
+        plan, call_prefix = _agent_context(plan, spec.prefix.block_tokens)
+    elif prefix is not None:
+        call_prefix = PrefixColumns.none(plan.calls, prefix.block_tokens)
+    return replace(
+        arrivals,
+        **{name: getattr(arrivals, name)[single] for name in columns},
+        agents=plan,
+        prefix=prefix,
+        call_prefix=call_prefix,
+    )
+
+
+def _agent_context(plan: AgentPlan, block_tokens: int) -> tuple[AgentPlan, PrefixColumns]:
+    """Every call's prompt extends its session's conversation: all earlier calls' prompts and answers.
+
+    Calls are planned session by session in order, so the context is a running sum restarted at
+    each session. (A call the agent loop later skips still counts: the plan is fixed up front.)
+    """
+    session = plan.call_session()
+    grown = plan.prompt_tokens.astype(np.int64) + plan.output_tokens.astype(np.int64)
+    running = np.cumsum(grown) - grown
+    first_call = np.searchsorted(session, session, side="left")
+    context = running - running[first_call]
+    prompt = np.minimum(plan.prompt_tokens.astype(np.int64) + context, np.iinfo(np.int32).max)
+    first, count = prefixes.agent_runs(session, prompt // block_tokens)
+    columns = prefixes.from_runs([(first, count)], session.astype(np.int64), block_tokens)
+    return replace(plan, prompt_tokens=prompt.astype(np.int32)), columns
 
 
 def mean_rate(spec: ArrivalSpec, duration: float, base_dir: Path | str = ".") -> float:
@@ -145,9 +193,8 @@ def mean_rate(spec: ArrivalSpec, duration: float, base_dir: Path | str = ".") ->
             bounds, rates = _step_segments(spec, duration)
             return float(np.dot(rates, np.diff(bounds))) / duration
         case TraceArrivals():
-            path = Path(base_dir) / spec.path
-            times = _arrival_column(_read_csv(path), path) * spec.time_scale
-            return int(np.count_nonzero(times < duration)) / duration
+            trace = traces.replay(spec, duration, Path(base_dir) / spec.path, [], [], labels=False)
+            return len(trace.time) / duration
     raise TypeError(f"not an arrival spec: {spec!r}")
 
 
@@ -167,12 +214,12 @@ def _client_regions(spec: WorkloadSpec, regions: list[str]) -> tuple[list[str], 
     return list(regions), [1.0] * len(regions)
 
 
-def _synthesise(spec: WorkloadSpec, duration: float, streams: RandomStreams) -> Trace:
+def _synthesise(spec: WorkloadSpec, duration: float, streams: RandomStreams) -> traces.Trace:
     """Generated arrivals and lengths; classes and regions are left to be drawn by share."""
     time = arrival_times(spec.arrival, duration, streams.numpy("workload.arrivals"))
     n = len(time)
     unset = np.full(n, -1, dtype=np.int16)
-    return Trace(
+    return traces.Trace(
         time=time,
         prompt_tokens=sample_lengths(spec.prompt_tokens, n, streams.numpy("workload.prompt_tokens")),
         output_tokens=sample_lengths(spec.output_tokens, n, streams.numpy("workload.output_tokens")),
@@ -258,115 +305,3 @@ def _step(spec: StepArrivals, duration: float, rng: np.random.Generator) -> np.n
     # Clamp rounding at segment edges so times stay sorted and inside their segment.
     times = np.clip(times, bounds[segment], bounds[segment + 1])
     return times[times < duration]
-
-
-# --------------------------------------------------------------------------- trace replay
-
-
-def _replay(
-    spec: TraceArrivals, duration: float, base_dir: Path, class_names: list[str], region_names: list[str]
-) -> Trace:
-    """The trace's rows scaled in time and cut at the duration."""
-    trace = read_trace(base_dir / spec.path, class_names, region_names)
-    trace = replace(trace, time=trace.time * spec.time_scale)
-    return trace.take(slice(0, int(np.searchsorted(trace.time, duration))))
-
-
-def read_trace(path: Path | str, class_names: list[str], region_names: list[str]) -> Trace:
-    """Read a request trace from a CSV file with a header line.
-
-    Columns:
-
-    - ``arrival_s`` (required): arrival time in seconds from the start of the run, a number >= 0.
-      Rows need not be sorted. The scenario's ``time_scale`` multiplies these times, and rows
-      that land at or after the run's duration are dropped.
-    - ``prompt_tokens`` (required): prompt length in tokens, an integer >= 1.
-    - ``output_tokens`` (required): tokens to generate, an integer >= 1.
-    - ``class`` (optional): the request's SLA class, one of the workload's ``classes`` names.
-    - ``client_region`` (optional): the region the client is near, a ``provider/region`` path
-      (one of ``workload.client_regions``, or of the topology's primary regions if that is empty).
-
-    A blank ``class`` or ``client_region`` cell, or a missing column, means the value is drawn
-    from the workload's shares, as for generated workloads. Other columns are errors (nearly
-    always typos). Blank lines are skipped. Any problem raises :class:`SpecError` naming the
-    file, the line and column, and what was expected.
-    """
-    path = Path(path)
-    frame = _read_csv(path)
-    trace = Trace(
-        time=_arrival_column(frame, path),
-        prompt_tokens=_token_column(frame, "prompt_tokens", path),
-        output_tokens=_token_column(frame, "output_tokens", path),
-        request_class=_label_column(frame, "class", "a class name", class_names, path),
-        client_region=_label_column(frame, "client_region", "a region path", region_names, path),
-    )
-    return trace.take(np.argsort(trace.time, kind="stable"))
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    """The trace as text cells, blank lines dropped, the index still counting file lines."""
-    expected = f"a header line naming {', '.join(TRACE_COLUMNS)} (optional: {', '.join(OPTIONAL_TRACE_COLUMNS)})"
-    try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skip_blank_lines=False)
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read trace: {exc.strerror or exc}") from None
-    except pd.errors.EmptyDataError:
-        raise SpecError(f"{path}: trace is empty; expected {expected}") from None
-    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise SpecError(f"{path}: not a valid CSV trace: {exc}") from None
-    if not isinstance(frame.index, pd.RangeIndex):
-        # pandas silently takes a first column without a header name as the row index.
-        raise SpecError(f"{path}: not a valid CSV trace: line 2 has more fields than the header line")
-    frame.columns = [str(c).strip() for c in frame.columns]
-    for column in frame.columns:
-        if column not in TRACE_COLUMNS + OPTIONAL_TRACE_COLUMNS:
-            raise SpecError(f"{path}: unknown column {column!r}; expected {expected}")
-    for column in TRACE_COLUMNS:
-        if column not in frame.columns:
-            raise SpecError(f"{path}: missing column {column!r}; expected {expected}")
-    blank = (frame.apply(lambda c: c.str.strip()) == "").all(axis=1)
-    return frame[~blank]
-
-
-def _bad_cell(frame: pd.DataFrame, column: str, bad: np.ndarray, path: Path, expected: str) -> SpecError:
-    """One message for the first bad cell of a column, counting the rest."""
-    first = int(np.flatnonzero(bad)[0])
-    line = int(frame.index[first]) + 2  # 1-based, after the header line
-    more = int(np.count_nonzero(bad)) - 1
-    tail = f" ({more} more bad row{'s' if more > 1 else ''})" if more else ""
-    value = frame[column].iloc[first]
-    return SpecError(f"{path}: line {line}, column {column!r}: expected {expected}, got {value!r}{tail}")
-
-
-def _numbers(frame: pd.DataFrame, column: str) -> np.ndarray:
-    """The column as float64, NaN where a cell is not a number."""
-    return pd.to_numeric(frame[column].str.strip(), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _arrival_column(frame: pd.DataFrame, path: Path) -> np.ndarray:
-    values = _numbers(frame, "arrival_s")
-    bad = ~(np.isfinite(values) & (values >= 0))
-    if bad.any():
-        raise _bad_cell(frame, "arrival_s", bad, path, "a number of seconds >= 0")
-    return values
-
-
-def _token_column(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
-    values = _numbers(frame, column)
-    bad = ~((values >= 1) & (values <= _INT32_MAX) & (values == np.floor(values)))
-    if bad.any():
-        raise _bad_cell(frame, column, bad, path, f"an integer between 1 and {_INT32_MAX}")
-    return values.astype(np.int32)
-
-
-def _label_column(frame: pd.DataFrame, column: str, what: str, names: list[str], path: Path) -> np.ndarray:
-    """Indices into ``names``; -1 where the cell is blank or the column is absent."""
-    if column not in frame.columns:
-        return np.full(len(frame), -1, dtype=np.int16)
-    cells = frame[column].str.strip()
-    codes = cells.map({name: i for i, name in enumerate(names)}).to_numpy(dtype=np.float64, na_value=np.nan)
-    blank = (cells == "").to_numpy()
-    bad = np.isnan(codes) & ~blank
-    if bad.any():
-        raise _bad_cell(frame, column, bad, path, f"{what}, one of {names} (or blank to draw by share)")
-    return np.where(blank, -1, codes).astype(np.int16)

@@ -77,7 +77,7 @@ def test_validate_checks_scenarios_and_topologies(tmp_path):
     broken.write_text("name: x\nproviders: [{name: p, regions: []}]\n")
     proc = run_cli("validate", catalog[0], str(broken))
     assert proc.returncode == 2
-    assert "broken.yaml: providers.0.regions" in proc.stderr
+    assert "broken.yaml: providers.p.regions" in proc.stderr  # a list item with a name is named
 
 
 def test_validate_checks_campaigns_cell_by_cell(tmp_path):

@@ -61,7 +61,7 @@ def test_invalid_settings_show_a_message_naming_the_field_not_a_traceback(app):
     app.text_input(key=key("mtbf:rack")).set_value("often").run()
     assert not app.exception
     message = " ".join(texts(app.error))
-    assert "faults.2.failure_process.mtbf" in message and "expected a duration" in message and "'often'" in message
+    assert "faults.2.mtbf" in message and "expected a duration" in message and "'often'" in message
 
 
 def test_a_fault_added_on_the_timeline_is_simulated(app):
@@ -102,7 +102,7 @@ def test_uploaded_scenario_runs_and_a_broken_upload_is_explained(app):
     app.file_uploader(key="upload").set_value(("broken.yaml", broken.encode(), "application/yaml")).run()
     assert not app.exception
     assert texts(app.error) == [
-        "broken.yaml: workload.arrival.poisson.rate: expected a rate: a number per second or a string like "
+        "broken.yaml: workload.arrival.rate: expected a rate: a number per second or a string like "
         "'250/s', '1200/min', '40000/h' (got 'lots')"
     ]
 

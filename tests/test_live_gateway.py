@@ -195,7 +195,7 @@ def test_records_read_from_another_thread_are_copied_on_the_stacks_loop(stack, c
     assert len(frame) > 0 and frame["status"].iloc[-1] == "ok" and len(faults) == 0
 
 
-def test_serve_prints_endpoints_and_ctrl_c_leaves_no_process_behind(tmp_path):
+def test_serve_prints_endpoints_replica_deaths_and_restarts_and_ctrl_c_leaves_no_process_behind(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     trace_file = tmp_path / "spans.jsonl"
     command = [sys.executable, "-m", "testbed", "serve", "--replicas", "1", "--port", "0", "--trace-file", str(trace_file)]
@@ -211,13 +211,28 @@ def test_serve_prints_endpoints_and_ctrl_c_leaves_no_process_behind(tmp_path):
         pid = int(re.search(r"pid=(\d+)", text).group(1))
         client = openai.OpenAI(base_url=gateway, api_key="unused", max_retries=0, timeout=30)
         assert client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3).choices
+        # A crash nobody asked the supervisor for: serve says so, restarts it, says when it is back.
+        os.killpg(pid, signal.SIGKILL)
+        said = [f"replica r0 died (signal SIGKILL, pid {pid})", "replica r0 restarting", "replica r0 ready again after"]
+        for line in proc.stdout:
+            lines.append(line)
+            if said[-1] in line:
+                break
+        text = "".join(lines)
+        assert all(s in text for s in said), text
+        pid = int(re.search(r"ready again after \d+\.\d s \(pid (\d+)\)", text).group(1))
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert "stopped" in proc.stdout.read()
-    assert group_members(pid) == []  # the replica's whole process group is gone
+        if proc.poll() is None:  # a failed assertion: SIGTERM first, so serve still stops its replicas
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    rest = proc.stdout.read()
+    assert "stopped" in rest and "died" not in rest  # the teardown is not reported as deaths
+    assert group_members(pid) == []  # the restarted replica's whole process group is gone
     spans = [json.loads(line) for line in trace_file.read_text().splitlines()]
     assert {"gateway.request", "gateway.attempt"} <= {s["name"] for s in spans}

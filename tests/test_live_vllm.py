@@ -103,6 +103,27 @@ def test_metrics_are_vllm_prometheus_names(replica, client):
     assert generated and float(generated[0].rsplit(" ", 1)[1]) >= NEW_TOKENS
 
 
+def _metric(url: str, name: str) -> float:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
+        lines = [line for line in response.read().decode().splitlines() if line.startswith(name + "{")]
+    assert lines, f"{name} not in /metrics"
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines)
+
+
+def test_a_repeated_prefix_is_reported_as_cached_tokens(replica, client):
+    """vLLM runs with prefix caching on and reports hits as the built-in replica does."""
+    _, managed = replica
+    hits_before = _metric(managed.url, "vllm:prefix_cache_hits_total")
+    prompt = "you are a careful assistant for the server team, answer about the replica " * 6
+    answers = [client.completions.create(model="tiny", prompt=prompt + question, max_tokens=NEW_TOKENS, temperature=0,
+                                         extra_body={"ignore_eos": True}) for question in ("why?", "why?", "where?")]
+    cached = [a.usage.prompt_tokens_details.cached_tokens or 0 for a in answers]
+    assert cached[0] == 0 and cached[1] > 0 and cached[2] > 0
+    assert cached[1] % 32 == 0 and cached[1] < answers[1].usage.prompt_tokens  # whole blocks, never the last token
+    assert answers[1].choices[0].text == answers[0].choices[0].text
+    assert _metric(managed.url, "vllm:prefix_cache_hits_total") - hits_before >= cached[1] + cached[2]
+
+
 def test_sigkill_of_the_group_leaves_no_process_where_killing_the_server_alone_would(replica):
     supervisor, managed = replica
     members = group_members(managed.pgid)

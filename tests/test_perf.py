@@ -251,7 +251,7 @@ def write_profile(tmp_path: Path, **changes: object) -> Path:
     [
         (
             {"prefill": {"tokens": [16, 128], "seconds": [0.05, -0.2]}},
-            "prefill.seconds.1: Input should be greater than 0",
+            "prefill.seconds.1: expected greater than 0",
         ),
         ({"prefill": {"tokens": [128, 16], "seconds": [0.05, 0.2]}}, "prefill: tokens must be strictly increasing"),
         (
@@ -260,7 +260,7 @@ def write_profile(tmp_path: Path, **changes: object) -> Path:
         ),
         ({"decode": {"batch_sizes": [1, 2], "context_tokens": [1, 2]}}, "decode.seconds: required field is missing"),
         ({"tensor_paralel": 2}, "tensor_paralel: unknown field"),
-        ({"version": 2}, "version: Input should be 1"),
+        ({"version": 2}, "version: expected 1"),
     ],
 )
 def test_bad_profile_names_file_and_field(tmp_path: Path, changes: dict[str, object], message: str):

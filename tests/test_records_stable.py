@@ -3,7 +3,9 @@ their load to stay cheap, must write the very ``requests.parquet`` they wrote be
 
 The hashes were taken after the shared draw, tail and fault state (which left records
 unchanged) and the one outcome vocabulary, router exclusion and staggered probes (which changed
-them on purpose: a ``client_error`` status category, refusals routed elsewhere, probe times). A change that *means* to change records (a new model, a new draw) regenerates
+them on purpose: a ``client_error`` status category, refusals routed elsewhere, probe times),
+then retaken when the records gained the ``cached_tokens`` column (0 with prefix caching off;
+every other column's bytes were checked unchanged by hashing the table without it). A change that *means* to change records (a new model, a new draw) regenerates
 them on purpose — run this file with ``TESTBED_PRINT_HASHES=1`` and paste — and says so in its
 commit; any other change that moves them is a bug.
 """
@@ -22,9 +24,9 @@ from testbed.spec import Scenario
 
 FAULTS = Path(__file__).resolve().parent.parent / "faults"
 EXPECTED = {  # scenario: (duration, sha256 of requests.parquet)
-    "gray-failure": (90.0, "9b6e8b92016be4f1bdcd4f6b652e87a5b6022aa708884d2b5991fd988f00749d"),
-    "region-partition": (150.0, "0f4ba850530b9f971d6663382f682d6b62eec3c46b9d631fd4a99d54173af6b5"),
-    "thermal-throttling": (90.0, "79bb6b1cf44beb8ae5b5eb47fcc05eb44a3cc2ea4635b9159d45eb7cf886773a"),
+    "gray-failure": (90.0, "d935444d976498c21743a7fa9752ea894904b74a7fb53384eba45e9f5ed99956"),
+    "region-partition": (150.0, "3a0c5c449305ae5ed5a91c67d10b0194f2b353eee82197f41d67dbc9b8139909"),
+    "thermal-throttling": (90.0, "286746e4e868178aba52409d762709a4ba2b10a370d257395eb9833866134180"),
 }
 
 

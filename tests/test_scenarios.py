@@ -27,6 +27,15 @@ EXPECTED = {
     "agent-adaptation-gateway.yaml": (False, {"turn_availability", "availability [stage filter]"}),
     "agent-adaptation-agent.yaml": (True, set()),
     "live-replica-crash.yaml": (True, set()),  # simulated here; tests/test_live_replay.py replays it live
+    "prefix-affinity-crash.yaml": (False, {"p99 ttft (during faults)"}),
+    "chunked-prefill-tpot.yaml": (True, set()),
+    "gateway-queue-capacity-loss.yaml": (True, set()),
+    # Elastic fleets; tests/test_elastic_sim.py checks their fleet records and stats too.
+    "elastic-outage-headroom.yaml": (True, set()),
+    "elastic-outage-no-headroom.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-stockout-failover.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
+    "elastic-spot-fleet.yaml": (True, set()),
+    "elastic-rolling-deployment.yaml": (True, set()),
 }
 
 
@@ -73,3 +82,29 @@ def test_deep_health_checks_catch_the_gray_failure():
     assert result.passed, result.verdicts
     detected_after = result.faults["detected_at"].iloc[0] - result.faults["start"].iloc[0]
     assert 0 < detected_after <= 2 * 5 + 1 + 5  # two failed probes, one timeout, up to a period late
+
+
+def test_chunked_prefill_is_what_keeps_the_tpot_objective():
+    data = Scenario.from_yaml(FAULTS / "chunked-prefill-tpot.yaml").model_dump(by_alias=True)
+    data["serving"]["batching"]["chunked_prefill"] = False
+    result = simulate(Scenario.model_validate(data))
+    assert {v.objective for v in result.sla if not v.passed} == {"p99 tpot"}
+
+
+def test_the_gateway_queue_is_what_keeps_availability_through_the_capacity_loss():
+    data = Scenario.from_yaml(FAULTS / "gateway-queue-capacity-loss.yaml").model_dump(by_alias=True)
+    data["serving"]["queue"]["enabled"] = False
+    result = simulate(Scenario.model_validate(data))
+    assert {v.objective for v in result.sla if not v.passed} == {"availability"}
+    assert (result.requests["status"] == "shed").sum() > 500
+
+
+def test_the_prefix_affinity_crash_replays_the_real_trace_with_cache_hits():
+    result = simulate(Scenario.from_yaml(FAULTS / "prefix-affinity-crash.yaml"))
+    requests = result.requests
+    assert requests["cached_tokens"].sum() > 0.05 * requests["prompt_tokens"].sum()
+    crashed = result.faults.iloc[0]
+    replica = 1  # gpu-1 of the one node: replica 1
+    assert crashed["replicas"] == 1
+    after = requests[(requests["replica"] == replica) & (requests["arrival"] > crashed["end"])].sort_values("first_token")
+    assert after.iloc[0]["cached_tokens"] == 0  # back from the repair with a cold cache

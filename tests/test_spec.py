@@ -98,7 +98,7 @@ def test_unknown_key_is_named_as_a_typo(tmp_path):
 def test_bad_value_names_field_value_and_expectation(tmp_path):
     data = scenario_dict()
     data["workload"]["arrival"]["rate"] = "lots"
-    expect_error(tmp_path, data, "workload.arrival.poisson.rate", "'lots'", "expected a rate")
+    expect_error(tmp_path, data, "workload.arrival.rate", "'lots'", "expected a rate")
 
 
 def test_missing_field(tmp_path):

@@ -203,3 +203,36 @@ def test_starting_a_running_name_twice_is_refused(sup):
     sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
     with pytest.raises(ValueError, match="already running"):
         sup.start("r1", [sys.executable, "-c", SERVER], timeout=60)
+
+
+def test_every_state_change_is_an_event_and_an_unasked_death_is_seen_at_once(tmp_path):
+    events = []
+    with Supervisor(tmp_path, on_event=events.append) as sup:
+        managed = sup.start("a", [sys.executable, "-c", SERVER])
+        first = managed.pid
+        os.killpg(first, signal.SIGKILL)  # not through the supervisor: its watcher must notice
+        deadline = time.monotonic() + 10
+        while len(events) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sup.restart("a")
+        sup.kill("a")  # a fault's kill: a death that was asked for
+    kinds = [(e.kind, e.expected) for e in events]
+    assert kinds == [("ready", False), ("died", False), ("restarting", False), ("ready", False), ("died", True)], kinds
+    died = events[1]
+    assert died.pid == first and died.returncode == -signal.SIGKILL
+    assert died.describe() == f"replica a died (signal SIGKILL, pid {first})"
+    assert events[0].down_s is None and events[3].down_s > 0
+    assert events[3].describe().startswith("replica a ready again after ")
+    assert events[3].pid != first
+
+
+def test_a_stop_is_an_event_of_its_own_not_a_death(tmp_path):
+    events = []
+    with Supervisor(tmp_path, on_event=events.append) as sup:
+        sup.start("a", [sys.executable, "-c", SERVER])
+        sup.start("b", [sys.executable, "-c", "import sys, time; print('READY url=none', flush=True); time.sleep(0.3); sys.exit(3)"])
+        sup.stop("a")
+        time.sleep(1)
+    assert ("stopped", "a") in [(e.kind, e.name) for e in events]
+    b = [e for e in events if e.name == "b" and e.kind != "ready"]
+    assert [e.kind for e in b] == ["died"] and b[0].describe().endswith(f"(exit code 3, pid {b[0].pid})")

@@ -70,11 +70,11 @@ def test_the_shipped_targets_validate():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"kill": {"signal": "SIGKILLL", "pid": 3}}, "actions.kill.signal.signal: unknown signal 'SIGKILLL'"),
+        ({"kill": {"signal": "SIGKILLL", "pid": 3}}, "actions.kill.signal: unknown signal 'SIGKILLL'"),
         ({"kill": {"signal": "SIGKILL"}}, "give exactly one of pid, pidfile or pid_command (got none)"),
         ({"kill": {"signal": "SIGKILL", "pid": 3, "pidfile": "p"}}, "give exactly one of pid, pidfile or pid_command (got pid, pidfile)"),
         ({"kill": {"shell": "docker kill x"}}, "actions.kill: expected exactly one of signal, command, http or self_healing"),
-        ({"restart": {"command": ""}}, "actions.restart.command.command: String should have at least 1 character"),
+        ({"restart": {"command": ""}}, "actions.restart.command: expected at least 1 character"),
         ({"hooks": {"http": {"url": "ftp://x"}}}, "expected an http(s) URL"),
         ({"explode": RESTART}, "actions.explode: unknown field"),
     ],
@@ -83,7 +83,7 @@ def test_a_bad_action_is_named_by_file_and_field(tmp_path, change, message):
     path = _target(tmp_path, [_endpoint("a", 9001, **change)])
     with pytest.raises(SpecError) as error:
         load_target(path)
-    assert str(error.value).startswith(f"{path}: regions.local/east.pools.default.0.actions.")
+    assert str(error.value).startswith(f"{path}: regions.local/east.pools.default.a.actions.")  # the endpoint by its name
     assert message in str(error.value)
 
 

@@ -6,18 +6,44 @@ holds, 1 when one is violated, 2 on bad input or usage (with one message, never 
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Annotated
+
 import typer
 
-from testbed.cli import calibrate, campaign, explore, hunt, live, run, schema, serve, validate
+from testbed.cli import calibrate, campaign, compare, explore, hunt, live, report, run, schema, serve, validate
 
 app = typer.Typer(
     help="Chaos and resilience testbed for LLM inference serving.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        try:
+            print(f"testbed {version('testbed')}")
+        except PackageNotFoundError:  # run from a checkout that was never installed
+            print("testbed (not installed)")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Chaos and resilience testbed for LLM inference serving."""
+
+
 app.command("run")(run.run)
 app.command("validate")(validate.validate)
+app.command("compare")(compare.compare)
+app.command("report")(report.report)
 app.command("campaign")(campaign.campaign)
 app.command("hunt")(hunt.hunt_command)
 app.command("calibrate")(calibrate.calibrate)

@@ -33,6 +33,7 @@ def live(
     allow_remote: Annotated[bool, typer.Option(help="with --target: allow addresses outside this machine")] = False,
     journal: Annotated[Optional[Path], typer.Option(help="with --target: the journal file (default <out>/journal.jsonl)")] = None,
     rollback: Annotated[Optional[Path], typer.Option(help="undo what the run that wrote this journal left in force")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="no fault or counter lines while the replay runs")] = False,
 ) -> None:
     """Replay a scenario on real replicas in wall-clock time, with its faults; same records and verdicts as run.
 
@@ -51,7 +52,7 @@ def live(
         raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, compare, console, errors))
     if scenario_file is None:
         raise fail("give a scenario YAML (or --rollback JOURNAL)")
-    raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors))
+    raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors, quiet))
 
 
 def live_command(
@@ -64,9 +65,11 @@ def live_command(
     duration: str | None,
     console: Console,
     errors: Console,
+    quiet: bool = False,
 ) -> int:
     """Replay a scenario live (optionally beside its simulation) and print verdicts and fidelity."""
     from testbed.live.injector import LiveUnsupported
+    from testbed.live.progress import load_hint
     from testbed.live.replay import run_live
 
     try:
@@ -76,6 +79,7 @@ def live_command(
         result = run_live(
             scenario, seed=seed, out_dir=None, engine=engine, scale=scale, duration=override,
             progress=lambda m: errors.print(f"[dim]{m}[/]", highlight=False),
+            on_event=None if quiet else lambda e: errors.print(escape(e.describe()), highlight=False, soft_wrap=True),
         )
     except (SpecError, LiveUnsupported, ValueError) as exc:
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
@@ -84,14 +88,19 @@ def live_command(
     print_verdicts(result)
     for failure in result.stats.get("live_action_failures", []):
         errors.print(f"[yellow]warning:[/] fault action failed: {failure}", highlight=False)
+    simulated_passed = None
     if compare:
         from testbed.live.fidelity import compare as compare_runs
         from testbed.sim import simulate
 
         simulated = simulate(result.scenario, seed=result.seed)
+        simulated_passed = simulated.passed
         comparison = compare_runs(simulated, result)
         path = comparison.write(out_dir)
         console.print(comparison.markdown(), markup=False, highlight=False)
         console.print(f"fidelity report written to [bold]{path}[/]")
+    hint = load_hint(result.stats, result.passed, simulated_passed)
+    if hint is not None:
+        errors.print(f"[yellow]{escape(hint)}[/]", highlight=False, soft_wrap=True)
     console.print(f"records and report written to [bold]{out_dir}[/]")
     return EXIT_PASS if result.passed else EXIT_SLA_VIOLATED

@@ -26,6 +26,12 @@ def print_error(message: str, to: Console | None = None) -> None:
     (to or errors).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
+def print_warnings(source: object, warnings: list[str]) -> None:
+    """``warning:`` lines on stderr: the spec is valid, but these values are probably not meant."""
+    for warning in warnings:
+        errors.print(f"[bold yellow]warning:[/] {escape(f'{source}: {warning}')}", highlight=False, soft_wrap=True)
+
+
 def fail(message: str) -> typer.Exit:
     """Print ``message`` as an error and return the exit (code 2) for the caller to raise."""
     print_error(message)
@@ -45,7 +51,7 @@ def print_verdicts(result: Result, to: Console | None = None) -> None:
     )
     table = Table(title="SLA verdicts", title_justify="left")
     for column in ("objective", "limit", "observed", "margin", "verdict"):
-        table.add_column(column, justify="left" if column == "objective" else "right")
+        table.add_column(column, justify="left" if column == "objective" else "right", overflow="fold")
     for v in result.sla:
         op = "≤" if v.bound == "max" else "≥"
         verdict = "[green]pass[/]" if v.passed else "[bold red]FAIL[/]"

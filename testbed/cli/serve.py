@@ -1,7 +1,14 @@
-"""``testbed serve``: the live stack for people — start it, print where it is, stop it on Ctrl-C."""
+"""``testbed serve``: the live stack for people — start it, print where it is, stop it on Ctrl-C.
+
+While it serves it prints one line per replica state change the supervisor sees (died, with
+its exit code or signal; restarting; ready again after N s), and restarts a replica that died
+without being asked to, as a process manager would: someone who ``kill -9``s a replica sees it
+fail, and sees it come back.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -14,6 +21,7 @@ from testbed.spec import Scenario, SpecError
 
 if TYPE_CHECKING:
     from testbed.live.stack import LiveStack
+    from testbed.live.supervisor import ReplicaEvent
 
 
 def serve(
@@ -64,6 +72,11 @@ def run_serve(
 
 
 def _announce(stack: LiveStack, console: Console) -> None:
+    """Print the endpoints, then watch the replicas (runs on the stack's loop, once it is up)."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    stack.supervisor.on_event = lambda event: _on_replica_event(event, stack, loop, console)
     url = stack.gateway_url
     console.print(f"gateway  {url}/v1  (OpenAI API; /metrics, /health)", highlight=False, soft_wrap=True)
     pids = stack.pids()
@@ -75,3 +88,20 @@ def _announce(stack: LiveStack, console: Console) -> None:
             soft_wrap=True,
         )
     console.print("ready; Ctrl-C stops everything", highlight=False, soft_wrap=True)
+
+
+def _on_replica_event(event: ReplicaEvent, stack: LiveStack, loop, console: Console) -> None:
+    """Say what happened to a replica; restart one that died unasked (called from a supervisor thread)."""
+    import asyncio
+
+    if event.kind == "stopped":
+        return  # Ctrl-C's teardown, already announced by the final line
+    console.print(time.strftime("%H:%M:%S ") + event.describe(), highlight=False, soft_wrap=True)
+    if event.kind == "died" and not event.expected and not loop.is_closed():
+        future = asyncio.run_coroutine_threadsafe(stack.restart(event.name), loop)
+        future.add_done_callback(lambda f: _restart_failed(f, event.name, console))
+
+
+def _restart_failed(future, name: str, console: Console) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        console.print(f"replica {name} could not be restarted: {future.exception()}", highlight=False, soft_wrap=True)

@@ -395,6 +395,7 @@ class LiveGateway:
             usage = winner.usage or {}
             row.prompt_tokens = int(usage.get("prompt_tokens", 0))
             row.output_tokens = int(usage.get("completion_tokens", winner.text_chunks))
+            row.cached_tokens = _cached_tokens(usage)
             self.metrics.e2e.observe(now - row.arrival)
         self.recorder.close(row, action.status, now)
         self.metrics.requests.labels(action.status.value).inc()
@@ -633,6 +634,13 @@ def _ttft(headers: httpx.Headers) -> float | None:
     except ValueError:
         return None
     return value if 0.0 <= value < float("inf") else None
+
+
+def _cached_tokens(usage: dict) -> int:
+    """Prompt tokens the replica served from its prefix cache (OpenAI's and vLLM's usage field)."""
+    details = usage.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return int(cached) if isinstance(cached, int) else 0
 
 
 def _usage(body: bytes) -> dict[str, int] | None:

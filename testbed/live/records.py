@@ -38,6 +38,7 @@ class LiveRow:
     finish: float = math.nan
     prompt_tokens: int = 0
     output_tokens: int = 0
+    cached_tokens: int = 0
     status: str = "pending"
     replica: int = -1
     region: str = ""

@@ -17,6 +17,9 @@ regions, the same fault schedule, the same gateway-policy random stream — then
    files as ``testbed run``. The stack is torn down on the way out, whatever happened —
    Ctrl-C included.
 
+While it runs, ``on_event`` hears of each fault fired and repaired and gets the client's counters
+every few seconds (:mod:`testbed.live.progress`); the host's load goes in the stats.
+
 Times in the records count from the moment the first request could be sent (the stack is up),
 like simulated time counts from zero. Conservation holds as in simulation: every request sent
 leaves exactly one row with a final status; a row still pending after the drain is an error.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -40,7 +44,9 @@ from testbed import workload
 from testbed.draw import Draw, draw
 from testbed.faults import Fault
 from testbed.finish import finish_run
+from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
+from testbed.live.progress import Counters, EventCallback, LoadWatch, ReportingTarget, report_every
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
 from testbed.records.attempts import attempts_frame
 from testbed.records.result import Result
@@ -85,11 +91,48 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     """The simulation's draw of the scenario, the prompts' token ids, and the fault actions."""
     if scenario.workload.agents is not None:
         raise SpecError(f"{scenario.name}: workload.agents: agent sessions are not replayed live; drop workload.agents")
+    refuse_cache_fields(scenario)
+    check_elastic_supported(scenario)
     drawn = draw(scenario, seed)
     rng = random.Random(drawn.streams.python("live.prompts").random())
     # Token ids above the special tokens (the built-in tokenizers put them first).
     prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in drawn.arrivals.prompt_tokens.tolist()]
     return ReplayPlan(drawn, plan(drawn.schedule, drawn.topology), prompts)
+
+
+def refuse_cache_fields(scenario: Scenario) -> None:
+    """Cache-related fields the live stack cannot carry out yet: refused, never silently dropped.
+
+    The simulation plane honours all of them (docs/caching.md). Each check names what the live
+    plane lacks; lift one when the live side lands (the live prefix-cache work, issue 14).
+    """
+    batching, serving, workload = scenario.serving.batching, scenario.serving, scenario.workload
+    arrival = workload.arrival
+    if isinstance(batching, ContinuousBatching) and batching.chunked_prefill:
+        raise SpecError(
+            f"{scenario.name}: serving.batching.chunked_prefill: the live replicas' prefill chunking is not "
+            "configured by the testbed yet; set chunked_prefill: false to replay live"
+        )
+    if isinstance(batching, ContinuousBatching) and batching.prefix_caching:
+        raise SpecError(
+            f"{scenario.name}: serving.batching.prefix_caching: live replicas do not report cached tokens to "
+            "the records yet; set prefix_caching: false to replay live"
+        )
+    if workload.prefix is not None or (getattr(arrival, "format", "csv") == "mooncake"):
+        raise SpecError(
+            f"{scenario.name}: workload.prefix / mooncake hash_ids: live replay draws independent prompts, so "
+            "shared prefixes are not reproduced yet; drop workload.prefix (or use a trace without hash_ids)"
+        )
+    if serving.routing.policy in ("prefix_affinity", "cache_aware", "session_affinity"):
+        raise SpecError(
+            f"{scenario.name}: serving.routing.policy {serving.routing.policy!r}: the live gateway does not pass "
+            "requests' prefixes to its router yet; use a cache-blind policy to replay live"
+        )
+    if serving.queue.enabled:
+        raise SpecError(
+            f"{scenario.name}: serving.queue: the live gateway does not hold requests in a central queue yet; "
+            "set queue.enabled: false to replay live"
+        )
 
 
 def run_live(
@@ -101,6 +144,7 @@ def run_live(
     duration: float | None = None,
     progress: ProgressCallback | None = None,
     machine: Machine | None = None,
+    on_event: EventCallback | None = None,
 ) -> Result:
     """Replay ``scenario`` on the live stack; the same :class:`Result` as a simulation."""
     if scale is not None:
@@ -123,7 +167,7 @@ def run_live(
             "(with max_batch_size and max_queue_delay) to replay it live, or use --engine vllm"
         )
     replay = prepare(scenario, seed)
-    result = asyncio.run(_replay(replay, engine, progress or (lambda _: None)))
+    result = asyncio.run(_replay(replay, engine, progress or (lambda _: None), on_event or (lambda _: None)))
     if out_dir is not None:
         write_run(result, out_dir)
     return result
@@ -173,7 +217,7 @@ def _toxic(params: dict):
     return Bandwidth(rate_kbps=params["limit"] * 8 / 1000)
 
 
-async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -> Result:
+async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback, on_event: EventCallback) -> Result:
     from testbed.live.stack import LiveStack, plans_from_topology
 
     scenario = replay.scenario
@@ -187,22 +231,37 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback) -
         seed=replay.seed,
         rtt=replay.topology.rtt,
     ) as stack:
+        fleet = LiveFleet(stack, replay.topology, scenario) if scenario.elastic is not None else None
+        if fleet is not None:
+            await fleet.park()  # spare slots stop before the clock starts
         started = time.monotonic() + LEAD
         offset = started - stack.start  # stack clock -> replay clock
         progress(f"replaying {len(replay.arrivals):,} requests over {scenario.duration:g} s with {len(replay.actions)} fault actions")
-        injector = Injector(_StackTarget(stack, replay.topology), replay.actions, started)
+        names = [r.name for r in replay.topology.replicas]
+        target = ReportingTarget(_StackTarget(stack, replay.topology), replay.schedule, names, started, on_event)
+        injector = Injector(target, replay.actions, started)
+        if fleet is not None:
+            fleet.begin(offset)
         faults_task = asyncio.create_task(injector.run())
+        counters, load = Counters(), LoadWatch()
+        reporter = asyncio.create_task(report_every(counters, load, started, on_event))
         try:
-            unreached = await _send_all(replay, stack.gateway_url, model, started)
+            unreached = await _send_all(replay, stack.gateway_url, model, started, counters)
         finally:
+            reporter.cancel()
             injector.stop()  # the run is over; an action under way (a restart) completes first
             await faults_task
+            if fleet is not None:
+                await fleet.close()
         requests = stack.records()
         health = list(stack.gateway.health_events) if stack.gateway is not None else []
-    return _result(replay, requests, health, offset, injector, unreached)
+    result = _result(replay, requests, health, offset, injector, unreached, load.stats())
+    if fleet is not None:
+        result = dataclasses.replace(result, stats=result.stats | fleet.stats(result.requests), fleet=fleet.frame())
+    return result
 
 
-async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) -> list[tuple[int, float]]:
+async def _send_all(replay: ReplayPlan, url: str, model: str, started: float, counters: Counters) -> list[tuple[int, float]]:
     """Every request at its arrival time; returns, once each has ended, those that never got an
     answer from the gateway: (request index, seconds after ``started`` when the client gave up)."""
     arrivals = replay.arrivals
@@ -210,14 +269,14 @@ async def _send_all(replay: ReplayPlan, url: str, model: str, started: float) ->
     limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
         tasks = [
-            asyncio.create_task(_send(client, replay, i, model, started + at))
+            asyncio.create_task(_send(client, replay, i, model, started + at, counters))
             for i, at in enumerate(arrivals.time.tolist())
         ]
         answered = await asyncio.gather(*tasks)
     return [(i, gave_up - started) for i, gave_up in enumerate(answered) if gave_up is not None]
 
 
-async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: str, at: float) -> float | None:
+async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: str, at: float, counters: Counters) -> float | None:
     """Send request ``i`` at ``at`` and read its answer; the time it failed if none ever came."""
     arrivals = replay.arrivals
     delay = at - time.monotonic()
@@ -239,17 +298,29 @@ async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: st
     }
     # The gateway records the outcome of what it accepted; the client only has to listen, and
     # to remember the requests the gateway never answered at all (it was too busy to accept them).
-    answered = False
+    answered = ok = False
+    counters.sent += 1
     with contextlib.suppress(httpx.HTTPError):
         async with client.stream("POST", "/v1/completions", json=body, headers=headers) as response:
             answered = True
             async for _ in response.aiter_raw():
                 pass
+            ok = response.status_code == 200
+    if ok:
+        counters.ok += 1
+    else:
+        counters.failed += 1
     return None if answered else time.monotonic()
 
 
 def _result(
-    replay: ReplayPlan, requests: pd.DataFrame, health: list, offset: float, injector: Injector, unreached: list[tuple[int, float]]
+    replay: ReplayPlan,
+    requests: pd.DataFrame,
+    health: list,
+    offset: float,
+    injector: Injector,
+    unreached: list[tuple[int, float]],
+    host: dict | None = None,
 ) -> Result:
     """The live records on the replay clock, finished by the simulation's own tail.
 
@@ -282,6 +353,7 @@ def _result(
         # How long each restart took to serve (process start, model load): the profile's
         # startup_seconds is the simulation's figure for it.
         "live_restart_s": [round(done - a.at, 3) for done, a in injector.done if a.verb == "restart"],
+        **(host or {}),  # the host's load average over the run (testbed.live.progress.LoadWatch)
     }
     # Observability reads health-probe changes as the simulation records them; the live gateway's
     # attempts are in its traces rather than rows, so the attempt table is empty.
@@ -312,6 +384,7 @@ def _unreached_rows(requests: pd.DataFrame, replay: ReplayPlan, unreached: list[
         "finish": np.array([t for _, t in unreached]),
         "prompt_tokens": arrivals.prompt_tokens[index],
         "output_tokens": arrivals.output_tokens[index],
+        "cached_tokens": np.zeros(len(index), dtype=np.int32),
         "status": ["failed"] * len(index),
         "replica": np.full(len(index), -1),
         "region": [None] * len(index),

@@ -181,12 +181,20 @@ class LiveStack:
                 "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
         if plan.tier == "fallback":
             argv += ["--quantize", "int8"]
+        caching, block_size = self._prefix_caching()
+        argv += ["--block-size", str(block_size)] if caching else ["--prefix-cache-bytes", "0"]
         return argv + replica_batching(self._torch_spec(), "torch")
 
     def _torch_spec(self) -> ServingSpec:
         """The spec a built-in replica runs: the stack's, except that under --engine vllm the
         fallback replica (built-in, int8) micro-batches with the defaults."""
         return self.spec if self.engine == "torch" else LIVE_DEFAULTS
+
+    def _prefix_caching(self) -> tuple[bool, int]:
+        """The spec's ``serving.batching.prefix_caching`` and ``block_size``: replicas cache as the
+        simulated ones do (off unless the scenario turns it on)."""
+        batching = self.spec.batching
+        return bool(getattr(batching, "prefix_caching", False)), int(getattr(batching, "block_size", 16))
 
     def _start_replica(self, plan: ReplicaPlan) -> str:
         """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
@@ -208,7 +216,11 @@ class LiveStack:
         if reason is not None:
             raise RuntimeError(f"--engine vllm: {reason}")
         port = _free_port(self.host)
-        argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name)
+        caching, block_size = self._prefix_caching()
+        if caching:
+            argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name, block_size=block_size)
+        else:
+            argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name, prefix_caching=False)
         argv += replica_batching(self.spec, "vllm")
         url = f"http://{self.host}:{port}"
         self.supervisor.start(plan.name, argv, {**env, **vllm_env}, timeout=self.start_timeout, url=url)

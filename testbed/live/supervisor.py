@@ -12,6 +12,11 @@ known in advance, as for vLLM on a chosen port) the supervisor then polls ``GET 
 until it answers 200. A child that exits first raises :class:`ReplicaStartError` with its exit
 code and the tail of its output, so a broken replica explains itself.
 
+Every change of a replica's state is also an event (:class:`ReplicaEvent`) given to ``on_event``:
+``ready`` (with how long it was down, after a restart), ``died`` (its exit code or the signal that
+ended it, seen by a thread that waits on the process, so a death nobody asked for is seen at once),
+``stopped`` (by :meth:`Supervisor.stop`) and ``restarting``. ``testbed serve`` prints them.
+
 The API is synchronous and thread-safe: the gateway and the fault injector live on their own
 event loops and call it from threads. An ``atexit`` hook stops every group still running, so no
 replica outlives a test run that ends in an exception.
@@ -30,12 +35,46 @@ import urllib.error
 import urllib.request
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 TAIL_LINES = 200  # kept per replica for error messages
 HEALTH_POLL = 0.25  # seconds between /health probes while starting
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaEvent:
+    """One change of a replica's state, as the supervisor saw it happen.
+
+    ``kind`` is ``ready``, ``died``, ``stopped`` or ``restarting``. For ``died``, ``returncode``
+    is the exit code, negative for the signal that ended it (as :class:`subprocess.Popen` has
+    it) and ``expected`` says whether the supervisor itself sent the signal (a fault's kill).
+    For ``ready`` after an end, ``down_s`` is how long the replica served nothing.
+    """
+
+    name: str
+    kind: str
+    pid: int
+    at: float  # time.monotonic()
+    returncode: int | None = None
+    expected: bool = False
+    down_s: float | None = None
+
+    def describe(self) -> str:
+        """One line for people: ``r0 died (SIGKILL)``, ``r0 ready again after 3.2 s``."""
+        if self.kind == "died":
+            code = self.returncode
+            how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+            return f"replica {self.name} died ({how}, pid {self.pid})"
+        if self.kind == "ready":
+            again = f" again after {self.down_s:.1f} s" if self.down_s is not None else ""
+            return f"replica {self.name} ready{again} (pid {self.pid})"
+        return f"replica {self.name} {self.kind} (pid {self.pid})"
+
+
+EventCallback = Callable[[ReplicaEvent], None]
 
 
 class ReplicaStartError(RuntimeError):
@@ -61,6 +100,7 @@ class Managed:
     url: str | None = None
     tail: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES), repr=False)
     _state: str = "starting"
+    _ending: str | None = None  # what the supervisor is doing to end it ("stopped", "killed"), if anything
     _ready: threading.Event = field(default_factory=threading.Event, repr=False)
     _drains: list[threading.Thread] = field(default_factory=list, repr=False)
 
@@ -156,10 +196,12 @@ def _healthy(url: str) -> bool:
 class Supervisor:
     """Runs named replica processes; see the module docstring for the why."""
 
-    def __init__(self, log_dir: Path | None = None) -> None:
+    def __init__(self, log_dir: Path | None = None, on_event: EventCallback | None = None) -> None:
         self.log_dir = Path(log_dir) if log_dir is not None else None
+        self.on_event = on_event  # called from the supervisor's threads; may be set after construction
         self._lock = threading.RLock()
         self._managed: dict[str, Managed] = {}
+        self._ended: dict[str, float] = {}  # name -> when its last process ended, for "ready again after"
         _live_supervisors.add(self)
 
     # -- starting ---------------------------------------------------------------------------
@@ -192,7 +234,26 @@ class Supervisor:
         except BaseException:
             self._end(managed, signal.SIGKILL, "killed", grace=0)
             raise
+        now = time.monotonic()
+        ended = self._ended.pop(name, None)
+        self._emit(ReplicaEvent(name, "ready", managed.pid, now, down_s=None if ended is None else now - ended))
+        threading.Thread(target=self._watch, args=(managed,), name=f"supervisor-{name}-watch", daemon=True).start()
         return managed
+
+    def _watch(self, managed: Managed) -> None:
+        """Wait for the process to end, however it ends, and say so."""
+        code = managed.proc.wait()
+        now = time.monotonic()
+        self._ended[managed.name] = now
+        if managed._ending == "stopped":
+            self._emit(ReplicaEvent(managed.name, "stopped", managed.pid, now, code, expected=True))
+        else:
+            self._emit(ReplicaEvent(managed.name, "died", managed.pid, now, code, expected=managed._ending is not None))
+
+    def _emit(self, event: ReplicaEvent) -> None:
+        callback = self.on_event
+        if callback is not None:
+            callback(event)
 
     def _spawn(
         self,
@@ -319,6 +380,7 @@ class Supervisor:
         if sig == signal.SIGKILL:
             self._end(managed, signal.SIGKILL, "killed", grace=0)
         else:
+            managed._ending = managed._ending or "killed"  # its death, if it dies of it, was asked for
             _signal_group(managed.pgid, sig)
 
     def pause(self, name: str) -> None:
@@ -341,6 +403,8 @@ class Supervisor:
 
     def _end(self, managed: Managed, sig: int, state: str, grace: float) -> None:
         already_gone = managed.proc.poll() is not None
+        if not already_gone and managed._ending is None:
+            managed._ending = state
         _signal_group(managed.pgid, sig)
         _signal_group(managed.pgid, signal.SIGCONT)  # a paused group must run to act on SIGTERM
         if not _wait_group_gone(managed.pgid, grace):
@@ -361,6 +425,7 @@ class Supervisor:
         old = self.get(name)
         if old.proc.poll() is None or group_members(old.pgid):
             self.stop(name)
+        self._emit(ReplicaEvent(name, "restarting", old.pid, time.monotonic()))
         return self.start(
             name,
             old.argv,
@@ -384,6 +449,7 @@ class Supervisor:
         with self._lock:
             running = [m for m in self._managed.values() if m.proc.poll() is None or group_members(m.pgid)]
         for managed in running:
+            managed._ending = managed._ending or "stopped"
             _signal_group(managed.pgid, signal.SIGTERM)
             _signal_group(managed.pgid, signal.SIGCONT)
         deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
     from testbed.records.result import Result
 
 MAX_ROWS = 20
+TARGET_WIDTH = 60  # longer targets fold onto a second line
 
 
 def _seconds(value: float) -> str:
@@ -41,9 +42,14 @@ def scorecard_table(result: Result) -> Table | None:
     if result.observation is None:
         return None
     table = Table(title="Observability scorecard", title_justify="left", caption=summary_line(result), caption_justify="left")
+    rows = result.scorecard.head(MAX_ROWS).to_dict("records")
+    # The target is the key information: the other columns wrap first on a narrow (80-column)
+    # terminal, so it stays whole on one line; nothing is ever cut to "…".
+    target_width = min(TARGET_WIDTH, max((len(str(row["target"])) for row in rows), default=6))
     for column in ("fault", "target", "start", "detected by", "after", "root cause rank"):
-        table.add_column(column, justify="left" if column in ("fault", "target", "detected by") else "right")
-    for row in result.scorecard.head(MAX_ROWS).to_dict("records"):
+        table.add_column(column, justify="left" if column in ("fault", "target", "detected by") else "right",
+                         overflow="fold", min_width=target_width if column == "target" else None)
+    for row in rows:
         detector = row["detector"] if row["detected"] else "[bold red]missed[/]"
         table.add_row(escape(row["kind"]), escape(row["target"]), f"{row['start']:.0f} s", detector, _seconds(row["time_to_detect"]), _rank(row["root_cause_rank"]))
     if len(result.scorecard) > MAX_ROWS:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from testbed.policy.prefix_cache import Prefix, PrefixCache
 from testbed.spec import ContinuousBatching, MicroBatching
 
 
@@ -49,6 +50,10 @@ class Sequence:
     arrival: float
     generated: int = 0
     finish_at: int = 0  # batcher-private: the batch clock at which it has all its tokens
+    prefix: Prefix | None = None  # its prompt's block chain, when the replica caches prefixes
+    cached: int = 0  # prompt tokens its latest prefill found in the prefix cache
+    held: int = 0  # batcher-private: prefix-cache blocks it references
+    computed: int = 0  # batcher-private, chunked prefill: context tokens prefilled so far
 
     @property
     def context(self) -> int:
@@ -67,6 +72,11 @@ class Iteration:
     ``prefill`` sequences have their context computed and emit one token; the ``decode_seqs``
     already running emit one token per step. With a prefill the iteration is one step; without
     one it may be a stretch of ``steps`` decode steps over an unchanging batch.
+
+    ``chunks`` are the tokens each prefill computes this iteration (what the perf model charges):
+    a sequence's context less its cached prefix, or with chunked prefill one chunk of it, in which
+    case a sequence whose last chunk is not yet reached computes without being in ``prefill``.
+    Empty means each ``prefill`` sequence computes its whole context.
     """
 
     prefill: list[Sequence]
@@ -74,6 +84,16 @@ class Iteration:
     steps: int
     prefill_tokens: int
     context_tokens: int
+    chunks: list[int] = field(default_factory=list)
+
+    @property
+    def computes(self) -> bool:
+        """Whether the iteration computes prompt tokens (one step) rather than only decoding."""
+        return bool(self.prefill or self.chunks)
+
+    def prefill_lengths(self) -> list[int]:
+        """Tokens computed per prompt, for the perf model's prefill charge."""
+        return self.chunks or [seq.context for seq in self.prefill]
 
 
 @dataclass(slots=True)
@@ -116,6 +136,12 @@ class Batcher(Protocol):
     @property
     def running(self) -> int: ...
 
+    kv_capacity: int  # KV-cache tokens it may hold
+
+    @property
+    def kv_used(self) -> int:
+        """KV-cache tokens held now (an autoscaler's utilisation metric reads it)."""
+
 
 class ContinuousBatcher:
     """vLLM-style scheduler: FCFS admission each iteration, preemption by recompute.
@@ -125,24 +151,47 @@ class ContinuousBatcher:
     sequence: a sequence admitted at clock ``c`` with ``g`` tokens already generated finishes at
     ``c + output - g``, found with a heap. An iteration then costs O(sequences that join or
     leave), not O(batch), which is what lets the simulator run a million requests in seconds.
+
+    With a :class:`~testbed.policy.prefix_cache.PrefixCache`, an admitted sequence references its
+    prompt's cached blocks and its prefill computes only the rest; unreferenced cached blocks are
+    fitted into the KV memory the running sequences leave free. (Admission still counts each
+    running sequence's whole context: blocks two running sequences share are not credited.)
+
+    ``chunked_prefill`` (vLLM's default scheduler, Sarathi-Serve): each iteration has one budget
+    of ``max_num_batched_tokens`` for decode tokens first and then prompt chunks, so a long
+    prompt is spread over several iterations that keep every running sequence decoding instead
+    of stalling them all for its whole prefill. A sequence whose prefill is under way holds its
+    KV memory and a batch slot but emits its first token only with its last chunk.
     """
 
     @classmethod
     def from_spec(cls, spec: ContinuousBatching, kv_capacity_tokens: int) -> ContinuousBatcher:
-        return cls(spec.max_num_seqs, spec.max_num_batched_tokens, kv_capacity_tokens)
+        cache = PrefixCache(kv_capacity_tokens, spec.block_size) if spec.prefix_caching else None
+        return cls(spec.max_num_seqs, spec.max_num_batched_tokens, kv_capacity_tokens, cache, spec.chunked_prefill)
 
-    def __init__(self, max_num_seqs: int, max_num_batched_tokens: int, kv_capacity_tokens: int) -> None:
+    def __init__(
+        self,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        kv_capacity_tokens: int,
+        cache: PrefixCache | None = None,
+        chunked_prefill: bool = False,
+    ) -> None:
         if kv_capacity_tokens < 1:
             raise ValueError("kv_capacity_tokens must be positive")
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
         self.kv_capacity = kv_capacity_tokens
+        self.cache = cache
+        self.chunked = chunked_prefill
         self.preemptions = 0
         self._clock = 0
         self._waiting: deque[Sequence] = deque()
         self._running: dict[int, Sequence] = {}  # key -> sequence, in admission order
         self._finishes: list[tuple[int, int]] = []  # heap of (finish_at, key); stale entries skipped
         self._kv_base = 0  # sum over running of (context at admission - clock at admission)
+        self._prefilling: deque[Sequence] = deque()  # chunked: admitted, prompt partly computed
+        self._kv_prefilling = 0  # the KV memory they hold (their whole context each)
 
     @property
     def queued(self) -> int:
@@ -150,29 +199,59 @@ class ContinuousBatcher:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._prefilling)
+
+    @property
+    def _running_kv(self) -> int:
+        """KV tokens held by decoding sequences: each holds its context, growing a token a step."""
+        return self._kv_base + len(self._running) * self._clock
 
     @property
     def kv_used(self) -> int:
-        """KV tokens held by running sequences: each holds its context, growing a token a step."""
-        return self._kv_base + len(self._running) * self._clock
+        """KV tokens held by the batch: decoding sequences and prefills under way."""
+        return self._running_kv + self._kv_prefilling
 
     def fits(self, seq: Sequence) -> bool:
         return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity
 
     def enqueue(self, seq: Sequence, now: float) -> bool:
         self._waiting.append(seq)
-        return len(self._running) < self.max_num_seqs and self.kv_used + seq.context < self.kv_capacity
+        return self.running < self.max_num_seqs and self.kv_used + seq.context < self.kv_capacity
 
     def next_iteration(self, now: float) -> Iteration | None:
+        if self.cache is not None:
+            self.cache.fit(self.kv_capacity - self.kv_used)
+        if self.chunked:
+            return self._chunked_iteration()
         decode_seqs, context = len(self._running), self.kv_used
         prefill = self._admit(room_for_decode=decode_seqs)
         if prefill:
-            return Iteration(prefill, decode_seqs, 1, sum(s.context for s in prefill), context)
+            if self.cache is None:
+                return Iteration(prefill, decode_seqs, 1, sum(s.context for s in prefill), context)
+            chunks = [s.context - s.cached for s in prefill]
+            return Iteration(prefill, decode_seqs, 1, sum(chunks), context, chunks)
         if not self._running:
             return None
         steps = self._decode_steps()
         return Iteration([], len(self._running), steps, 0, self.kv_used)
+
+    def _acquire(self, seq: Sequence) -> None:
+        """Look the prompt up in the prefix cache and reference its blocks."""
+        if self.cache is not None and seq.prefix is not None:
+            seq.cached, seq.held = self.cache.acquire(seq.prefix, seq.prompt_tokens)
+        else:
+            seq.cached = 0
+
+    def _release(self, seq: Sequence) -> None:
+        if seq.held and self.cache is not None and seq.prefix is not None:
+            self.cache.release(seq.prefix, seq.held)
+        seq.held = 0
+
+    def _to_compute(self, seq: Sequence) -> int:
+        """Prefill tokens ``seq`` would compute if admitted now (its cached prefix skipped)."""
+        if self.cache is None or seq.prefix is None:
+            return seq.context
+        return seq.context - self.cache.match(seq.prefix, seq.prompt_tokens)
 
     def _admit(self, room_for_decode: int) -> list[Sequence]:
         """Admit waiting sequences in order while slots, prefill budget and KV cache allow.
@@ -183,18 +262,78 @@ class ContinuousBatcher:
         admitted: list[Sequence] = []
         budget = self.max_num_batched_tokens
         kv_used = self.kv_used
+        caching = self.cache is not None
         while self._waiting and len(self._running) < self.max_num_seqs:
             seq = self._waiting[0]
             need = seq.context
-            over_budget = need > budget and admitted  # the first prompt may exceed the budget alone
+            # A cached prefix only lowers what a prefill computes: look it up only when it matters.
+            compute = self._to_compute(seq) if caching and need > budget else need
+            over_budget = compute > budget and admitted  # the first prompt may exceed the budget alone
             if over_budget or kv_used + need + len(admitted) + 1 + room_for_decode > self.kv_capacity:
                 break
             self._waiting.popleft()
-            budget -= need
+            if caching:
+                self._acquire(seq)
+            budget -= need - seq.cached
             kv_used += need
             self._start(seq)
             admitted.append(seq)
         return admitted
+
+    def _chunked_iteration(self) -> Iteration | None:
+        """Decode tokens first, then chunks of prefills under way, then new prefills, in one budget."""
+        self._make_room()
+        decode_seqs, context = len(self._running), self._running_kv
+        budget = self.max_num_batched_tokens - decode_seqs
+        prefill: list[Sequence] = []
+        chunks: list[int] = []
+        for seq in list(self._prefilling):
+            if budget <= 0:
+                break
+            budget -= self._chunk(seq, budget, prefill, chunks)
+        kv_used = self.kv_used
+        while budget > 0 and self._waiting and self.running < self.max_num_seqs:
+            seq = self._waiting[0]
+            if kv_used + seq.context + len(prefill) + 1 + decode_seqs > self.kv_capacity:
+                break
+            self._waiting.popleft()
+            self._acquire(seq)
+            seq.computed = seq.cached
+            self._prefilling.append(seq)
+            self._kv_prefilling += seq.context
+            kv_used += seq.context
+            budget -= self._chunk(seq, budget, prefill, chunks)
+        if chunks:
+            return Iteration(prefill, decode_seqs, 1, sum(chunks), context, chunks)
+        if not self._running:
+            return None
+        steps = self._decode_steps()
+        if self._prefilling:
+            steps = 1  # a prefill waits for budget: re-plan after every step
+        return Iteration([], len(self._running), steps, 0, self._running_kv)
+
+    def _chunk(self, seq: Sequence, budget: int, prefill: list[Sequence], chunks: list[int]) -> int:
+        """Compute the next chunk of ``seq``'s prefill; with its last chunk it joins the batch."""
+        chunk = min(budget, seq.context - seq.computed)
+        seq.computed += chunk
+        chunks.append(chunk)
+        if seq.computed >= seq.context:
+            self._prefilling.remove(seq)
+            self._kv_prefilling -= seq.context
+            self._start(seq)
+            prefill.append(seq)
+        return chunk
+
+    def _make_room(self) -> None:
+        """Preempt the newest decoding sequences until each running one has a KV slot for its token."""
+        while self._running and self.kv_capacity - self.kv_used < len(self._running):
+            self._preempt()
+
+    def _preempt(self) -> None:
+        victim = next(reversed(self._running.values()))
+        self._stop(victim)
+        self._waiting.appendleft(victim)
+        self.preemptions += 1
 
     def _start(self, seq: Sequence) -> None:
         seq.finish_at = self._clock + seq.remaining
@@ -207,6 +346,8 @@ class ContinuousBatcher:
         del self._running[seq.key]
         seq.generated = seq.output_tokens - (seq.finish_at - self._clock)
         self._kv_base -= seq.context - self._clock
+        if seq.held:
+            self._release(seq)
 
     def _first_finish(self) -> int:
         """Clock value at which the next running sequence completes (dropping stale heap entries)."""
@@ -228,10 +369,7 @@ class ContinuousBatcher:
             kv_steps = (self.kv_capacity - self.kv_used) // len(self._running)
             if kv_steps >= 1:
                 return min(kv_steps, self._first_finish() - self._clock)
-            victim = next(reversed(self._running.values()))
-            self._stop(victim)
-            self._waiting.appendleft(victim)
-            self.preemptions += 1
+            self._preempt()
 
     def complete(self, iteration: Iteration, steps_done: int, now: float) -> Progress:
         progress = Progress()
@@ -252,18 +390,26 @@ class ContinuousBatcher:
     def cancel(self, seq: Sequence) -> None:
         if seq.key in self._running:
             self._stop(seq)
+        elif seq in self._prefilling:
+            self._prefilling.remove(seq)
+            self._kv_prefilling -= seq.context
+            self._release(seq)
         elif seq in self._waiting:
             self._waiting.remove(seq)
 
     def set_kv_capacity(self, tokens: int) -> None:
         self.kv_capacity = max(1, tokens)
+        if self.cache is not None:
+            self.cache.fit(self.kv_capacity - self.kv_used)
 
     def evict_all(self) -> list[Sequence]:
         running = list(self._running.values())
         for seq in running:
             self._stop(seq)
-        evicted = running + list(self._waiting)
-        self._waiting, self._finishes = deque(), []
+        evicted = running + list(self._prefilling) + list(self._waiting)
+        self._waiting, self._finishes, self._prefilling, self._kv_prefilling = deque(), [], deque(), 0
+        if self.cache is not None:
+            self.cache.clear()  # the process and its KV memory are gone
         return evicted
 
 
@@ -332,6 +478,11 @@ class MicroBatcher:
     @property
     def running(self) -> int:
         return len(self._batch)
+
+    @property
+    def kv_used(self) -> int:
+        """KV tokens the running batch holds: each sequence reserves its prompt and whole output."""
+        return sum(s.prompt_tokens + s.output_tokens for s in self._batch)
 
     def fits(self, seq: Sequence) -> bool:
         return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity

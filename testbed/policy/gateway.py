@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 
 from testbed.policy.admission import AdmissionController
 from testbed.policy.breaker import CircuitBreaker, OutlierDetector
+from testbed.policy import cache_routing  # noqa: F401  (registers the cache-aware routers)
+from testbed.policy.gateway_queue import GatewayQueue
 from testbed.policy.health import HealthChecker
 from testbed.policy.hedging import HedgePolicy
 from testbed.policy.outcomes import REPLICA_SUCCESS, Outcome, Status
@@ -65,6 +67,7 @@ class ReplicaState:
     outstanding: int = 0
     available: bool = True
     pool: str = "default"
+    kv_tokens: int = 0  # its KV memory: the bound of what cache-aware routers believe it caches (0: unknown)
 
 
 @dataclass(slots=True)
@@ -119,6 +122,9 @@ class RequestState:
     live: dict[int, int] = field(default_factory=dict)  # attempt -> replica
     tried: list[int] = field(default_factory=list)  # replicas tried so far
     failed_over: bool = False
+    prefix: object = None  # its block chain (a prefix_cache.Prefix), for cache-aware routers
+    request_class: int = 0  # for the gateway queue's per-class turns
+    placing: bool = False  # the gateway queue is dispatching it now
 
 
 class Gateway:
@@ -151,7 +157,14 @@ class Gateway:
             self._available_in[replica.region] = self._available_in.get(replica.region, 0) + replica.available
         self.refused_for = spec.circuit_breaker.open_for if not spec.health_check.enabled else float("inf")
         self._refused_until: dict[int, float] = {}  # replica -> until when a refused connection keeps it out
+        # Late binding (policy/gateway_queue.py): requests wait here for a free replica slot.
+        self.queue = GatewayQueue.from_spec(spec.queue) if spec.queue.enabled else None
+        self.slots = spec.queue.slots_per_replica
+        self.failover_on, self.fallback_on = spec.failover.enabled, spec.failover.fallback_tier
         self.outstanding = 0
+        # Replicas the control plane has taken out of rotation (not started yet, draining, gone):
+        # an elastic fleet tells the gateway directly, as Kubernetes endpoints do, not via probes.
+        self.out_of_service: set[int] = set()
         self.requests: dict[int, RequestState] = {}
         self._next_attempt = 0
         self._attempt_rid: dict[int, int] = {}
@@ -188,11 +201,25 @@ class Gateway:
                     )
         return routers
 
+
     # ------------------------------------------------------------------ events
 
-    def on_arrival(self, rid: int, priority: int, client_region: str, now: float, pool: str = "default") -> list[Action]:
-        """A request for ``pool`` (the replica pool its model lives in) from ``client_region``."""
-        state = RequestState(rid, priority, client_region, now, pool)
+    def on_arrival(
+        self,
+        rid: int,
+        priority: int,
+        client_region: str,
+        now: float,
+        pool: str = "default",
+        prefix: object = None,
+        request_class: int = 0,
+    ) -> list[Action]:
+        """A request for ``pool`` (the replica pool its model lives in) from ``client_region``.
+
+        ``prefix`` is its block chain, for cache-aware routers; ``request_class`` its class, for
+        the gateway queue's turns.
+        """
+        state = RequestState(rid, priority, client_region, now, pool, prefix=prefix, request_class=request_class)
         self.requests[rid] = state
         self.budget.on_request(now)
         actions: list[Action] = []
@@ -210,9 +237,13 @@ class Gateway:
             return []
         state.first_token = True
         self.hedging.observe(now - state.arrival)
-        return [self._cancel(state, other, now) for other in list(state.live) if other != attempt]
+        return self._drained([self._cancel(state, other, now) for other in list(state.live) if other != attempt], now)
 
     def on_attempt_end(self, attempt: int, outcome: str, now: float, retryable: bool = True) -> list[Action]:
+        """``attempt`` ended with ``outcome`` (one of OUTCOMES); see :meth:`_attempt_ended`."""
+        return self._drained(self._attempt_ended(attempt, outcome, now, retryable), now)
+
+    def _attempt_ended(self, attempt: int, outcome: str, now: float, retryable: bool) -> list[Action]:
         """``attempt`` ended with ``outcome`` (an :class:`Outcome`).
 
         ``retryable=False`` ends the request instead of retrying: a live stream that broke after
@@ -252,6 +283,8 @@ class Gateway:
         elif tag == "hedge" and not state.first_token and state.attempts <= self.hedging.max_hedges:
             state.hedged = True
             self._attempt(state, now, actions, hedge=True)
+        elif tag == "queue" and self.queue is not None and self.queue.remove(rid):
+            actions.append(self._finish(state, Status.SHED))  # waited max_wait in the gateway queue
         return actions
 
     def on_deadline(self, rid: int, now: float) -> list[Action]:
@@ -259,9 +292,11 @@ class Gateway:
         state = self.requests.get(rid)
         if state is None or state.done:
             return []
+        if self.queue is not None:
+            self.queue.remove(rid)
         actions: list[Action] = [self._cancel(state, attempt, now) for attempt in list(state.live)]
         actions.append(self._finish(state, Status.TIMEOUT))
-        return actions
+        return self._drained(actions, now)
 
     def on_probe(self, replica: int, ok: bool, now: float) -> str | None:
         """A health probe's answer; returns "unhealthy"/"healthy" when the belief changes."""
@@ -270,6 +305,34 @@ class Gateway:
             self._refused_until.pop(replica, None)
         self._refresh(replica, now)
         return change
+
+    def on_migrate(self, attempt: int, now: float) -> list[Action]:
+        """``attempt``'s stream broke after tokens reached the client, and the request resumes elsewhere.
+
+        The attempt counts as a failure of its replica; a new attempt is routed at once — no
+        backoff and no retry budget, since nothing is re-done: the driver sends it the prompt plus
+        the tokens delivered so far (:mod:`testbed.policy.migration`). A hedge still running
+        carries the request instead.
+        """
+        rid = self._attempt_rid.pop(attempt, None)
+        if rid is None:
+            return []
+        state = self.requests[rid]
+        replica = state.live.pop(attempt)
+        self._release(replica)
+        self._observe(replica, False, now)
+        actions: list[Action] = []
+        if not state.live:
+            self._attempt(state, now, actions, hedge=False)
+        return actions
+
+    def set_in_service(self, replica: int, serving: bool, now: float) -> None:
+        """The control plane put a replica in rotation (serving) or took it out (starting, draining, gone)."""
+        if serving:
+            self.out_of_service.discard(replica)
+        else:
+            self.out_of_service.add(replica)
+        self._refresh(replica, now)
 
     def on_tick(self, now: float) -> None:
         """Periodic upkeep: ejections and open breakers expire with time."""
@@ -280,6 +343,9 @@ class Gateway:
 
     def _attempt(self, state: RequestState, now: float, actions: list[Action], hedge: bool) -> None:
         """Route one attempt; an attempt that finds no replica counts, so retries stay bounded."""
+        if self.queue is not None and not hedge and not state.placing:
+            self._hold(state, now, actions)
+            return
         state.attempts += 1
         replica = self._choose(state, now)
         if replica is None:
@@ -302,6 +368,10 @@ class Gateway:
         self._moved(replica)
         self.outstanding += 1
         actions.append(Dispatch(state.rid, attempt, replica.index, hedge))
+        if state.prefix is not None:
+            routed = getattr(self.routers[(state.client_region, state.pool)], "routed", None)
+            if routed is not None:
+                routed(replica.index, state.prefix)  # what cache-aware routers learn their belief from
 
     def _choose(self, state: RequestState, now: float) -> ReplicaState | None:
         """The router's pick, excluding the replicas this request tried and refusing breakers.
@@ -315,13 +385,25 @@ class Gateway:
         tried: list[int] | tuple[int, ...] = state.tried or NOWHERE
         refused: list[int] = []
         while True:
-            replica = router.choose(state.client_region, now, [*tried, *refused] if refused else tried)
+            replica = self._route(router, state, now, [*tried, *refused] if refused else tried)
             if replica is None and tried:
                 tried = NOWHERE
                 continue
             if replica is None or self._breaker_allows(replica.index, now):
-                return replica
+                break
             refused.append(replica.index)
+        if state.placing and replica is not None and replica.outstanding >= self._slots_of(replica):
+            replica = self._free_replica(state)  # the gateway queue binds only to a free slot
+        return replica
+
+    @staticmethod
+    def _route(router: Router, state: RequestState, now: float, exclude: Sequence[int]) -> ReplicaState | None:
+        """The router's pick; cache-aware routers (``choose_for``) also see the request's prefix."""
+        if state.prefix is not None:
+            choose_for = getattr(router, "choose_for", None)
+            if choose_for is not None:
+                return choose_for(state.client_region, state.prefix, now, exclude)
+        return router.choose(state.client_region, now, exclude)
 
     def _breaker_allows(self, replica: int, now: float) -> bool:
         """A half-open breaker lets only its trial requests through; this takes one of them."""
@@ -364,7 +446,7 @@ class Gateway:
         self._refresh(replica, now)
 
     def _refresh(self, replica: int, now: float) -> None:
-        available = self.health.healthy(replica)
+        available = self.health.healthy(replica) and replica not in self.out_of_service
         refused_until = self._refused_until.get(replica)
         if refused_until is not None:
             if now < refused_until:
@@ -380,6 +462,64 @@ class Gateway:
             view.available = available
             self._moved(view)
             self._available_in[view.region] += 1 if available else -1
+
+    # ------------------------------------------------------------------ gateway queue (late binding)
+
+    def drain(self, now: float) -> list[Action]:
+        """Dispatch waiting requests to free slots; drivers call it after probes and ticks, which
+        may bring replicas back (attempt ends and deadlines drain on their own)."""
+        return self._drained([], now)
+
+    def _drained(self, actions: list[Action], now: float) -> list[Action]:
+        queue = self.queue
+        while queue is not None and len(queue):
+            rid = queue.pop()
+            assert rid is not None
+            state = self.requests[rid]
+            if self._free_replica(state) is None:
+                queue.push_front(rid, state.priority, state.request_class)
+                break
+            self._place(state, now, actions)
+        return actions
+
+    def _hold(self, state: RequestState, now: float, actions: list[Action]) -> None:
+        """Dispatch at once if a slot is free and nobody waits; else queue, or shed if full."""
+        assert self.queue is not None
+        if not len(self.queue) and self._free_replica(state) is not None:
+            self._place(state, now, actions)
+            return
+        if not self.queue.push(state.rid, state.priority, state.request_class):
+            actions.append(self._finish(state, Status.SHED))
+            return
+        if self.queue.max_wait is not None:
+            actions.append(Wake(state.rid, now + self.queue.max_wait, "queue"))
+
+    def _place(self, state: RequestState, now: float, actions: list[Action]) -> None:
+        state.placing = True
+        try:
+            self._attempt(state, now, actions, hedge=False)
+        finally:
+            state.placing = False
+
+    def _slots_of(self, replica: ReplicaState) -> int:
+        return self.slots or replica.capacity
+
+    def _free_replica(self, state: RequestState) -> ReplicaState | None:
+        """An available replica the request may use with a free slot: primary tier first, then
+        the least loaded, then the lowest index. O(replicas): the queue's cost per dispatch."""
+        best: ReplicaState | None = None
+        best_key: tuple[bool, int, int] | None = None
+        for replica in self.replicas:
+            if not replica.available or replica.pool != state.pool or replica.outstanding >= self._slots_of(replica):
+                continue
+            if not self.failover_on and replica.region != state.client_region:
+                continue
+            if not self.fallback_on and replica.tier != "primary":
+                continue
+            key = (replica.tier != "primary", replica.outstanding, replica.index)
+            if best_key is None or key < best_key:
+                best, best_key = replica, key
+        return best
 
     def _state_of(self, attempt: int) -> RequestState | None:
         rid = self._attempt_rid.get(attempt)

@@ -6,7 +6,7 @@ what comes out, complete, and knows nothing of how it is written.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
@@ -48,6 +48,7 @@ class Result:
     alerts: pd.DataFrame
     scorecard: pd.DataFrame
     observation: Any  # testbed.observe.pipeline.Observation (metrics, summary, graph), None when disabled
+    fleet: pd.DataFrame = field(default_factory=pd.DataFrame)  # elastic fleets: replica lifecycle events
 
     @classmethod
     def of(cls, records: Records, seed: int, sla: list[Verdict], stats: dict[str, Any], observation: Any) -> Result:

@@ -23,6 +23,7 @@ PENDING, OK, FAILED, TIMEOUT, SHED, CLIENT_ERROR = range(len(STATUSES))
 # fault_overlap: the request was in flight while some fault was active. Agent calls carry their
 # session_id, turn (within the session) and stage; single requests have -1, -1 and "".
 # degraded: an agent loop sent this call to its stage's downgrade pool to save the turn's budget.
+# cached_tokens: prompt tokens the serving replica found in its prefix cache (0 with caching off).
 REQUEST_COLUMNS: dict[str, str] = {
     "request_id": "int64",
     "session_id": "int64",
@@ -36,6 +37,7 @@ REQUEST_COLUMNS: dict[str, str] = {
     "finish": "float64",
     "prompt_tokens": "int32",
     "output_tokens": "int32",
+    "cached_tokens": "int32",
     "status": "category",
     "replica": "int32",
     "region": "category",
@@ -57,6 +59,7 @@ class RequestLog:
         self.status = np.zeros(n, dtype=np.int8)  # PENDING
         self.replica = np.full(n, -1, dtype=np.int32)
         self.retries = np.zeros(n, dtype=np.int16)
+        self.cached_tokens = np.zeros(n, dtype=np.int32)
 
     def pending(self) -> int:
         """How many requests have not ended: must be 0 when a run finishes (conservation)."""

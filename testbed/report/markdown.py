@@ -100,6 +100,23 @@ def fault_lines(result: Result) -> list[str]:
     return lines
 
 
+def _elastic_lines(stats: dict) -> list[str]:
+    """Cost next to the verdicts, for elastic fleets: what the SLA above was bought for."""
+    if "cost_usd" not in stats:
+        return []
+    return [
+        "",
+        "## Fleet cost and elasticity",
+        "",
+        "| device-hours | cost | goodput requests | goodput per $ | cold starts | spot preemptions | migrations (checker) | degraded |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| {stats['device_hours']:.2f} | ${stats['cost_usd']:,.2f} | {stats['goodput_requests']:,} | "
+        f"{stats['goodput_per_dollar']:,.0f} | {stats['cold_starts']} | {stats['spot_preemptions']} | "
+        f"{stats['migrations']} ({'ok' if stats['migration_check_ok'] else 'TOKENS LOST OR DUPLICATED'}) | "
+        f"{stats['degraded_requests']:,} |",
+    ]
+
+
 def markdown_report(result: Result) -> str:
     """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load."""
     scenario, requests = result.scenario, result.requests
@@ -128,6 +145,7 @@ def markdown_report(result: Result) -> str:
         )
     if not result.sla:
         lines.append("| (no objectives) | | | | |")
+    lines += _elastic_lines(result.stats)
     lines += ["", "## Latency of successful requests", "", "| class | requests | ttft p50 | ttft p99 | tpot p50 | tpot p99 | e2e p50 | e2e p99 |", "|---|---|---|---|---|---|---|---|"]
     for r in latency_summary(requests).to_dict("records"):
         cells = [format_value(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]

@@ -1,6 +1,6 @@
 """``write_run``: everything a run leaves on disk, in one place, so a Result need not know its writers.
 
-Records (requests/timeseries/faults parquet, verdicts.json), the observation's files, and the
+Records (requests/timeseries/faults parquet, verdicts.json, the scenario as scenario.yaml), the observation's files, and the
 reports built from those records (report.md always, report.html when plotly is installed).
 """
 
@@ -23,6 +23,7 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
         "requests": out / "requests.parquet",
         "timeseries": out / "timeseries.parquet",
         "faults": out / "faults.parquet",
+        "scenario": out / "scenario.yaml",
         "verdicts": out / "verdicts.json",
         "report": out / "report.md",
         "html_report": out / "report.html",
@@ -36,6 +37,7 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
         "passed": result.passed,
         "verdicts": [v.as_dict() for v in result.sla],
     }
+    paths["scenario"].write_text(result.scenario.to_yaml(), encoding="utf-8")  # what testbed report/compare read back
     paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
     paths["report"].write_text(markdown_report(result))
     if result.observation is not None:

@@ -11,6 +11,7 @@ comes from named streams of the scenario's seed, so a run is reproducible to the
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -27,16 +28,19 @@ from testbed.policy.agent import Call
 from testbed.policy.batching import Batcher, Sequence, batcher_from_spec
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.outcomes import Outcome
+from testbed.policy.prefix_cache import Prefix
+from testbed.prefixes import PrefixColumns
 from testbed.records.attempts import AttemptLog
 from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
+from testbed.sim.elastic import ElasticFleet
 from testbed.sim.fleet import FleetSampler
 from testbed.sim.host import SharedHost
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
-from testbed.spec import Scenario, SpecError
+from testbed.spec import ContinuousBatching, Scenario, SpecError
 from testbed.topology import Replica
 
 ProgressCallback = Callable[[float], None]
@@ -94,9 +98,12 @@ class _Run:
         self.singles = len(self.arrivals)  # requests 0..singles-1; agent calls follow
         self.total = self.singles + (self.plan.calls if self.plan else 0)
         self.log = RequestLog(self.total)
+        batching = scenario.serving.batching
+        self.caching = isinstance(batching, ContinuousBatching) and batching.prefix_caching
+        self.prefix = self._prefix_columns()
         self.replicas = self._build_replicas()
         self.views = [
-            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher), pool=p.pool)
+            ReplicaState(p.index, p.region, p.tier, self._slots(r.batcher), pool=p.pool, kv_tokens=r.batcher.kv_capacity)
             for p, r in zip(self.topology.replicas, self.replicas)
         ]
         self.gateway = Gateway(
@@ -121,6 +128,7 @@ class _Run:
         self.hedged = np.zeros(self.total, dtype=bool)
         self.failed_over = np.zeros(self.total, dtype=bool)
         self.sessions = self._session_driver()
+        self.elastic = ElasticFleet(self, scenario.elastic) if scenario.elastic is not None else None
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper_armed = False
@@ -149,6 +157,19 @@ class _Run:
             "output_tokens": plan.output_tokens,
         }
         return {name: np.concatenate([columns[name], calls[name]]) for name in columns}
+
+    def _prefix_columns(self) -> PrefixColumns | None:
+        """Block chains of single requests then agent calls, when the workload has any."""
+        arrivals = self.arrivals
+        if arrivals.prefix is None:
+            return None
+        if self.plan is None:
+            return arrivals.prefix
+        calls = arrivals.call_prefix or PrefixColumns.none(self.plan.calls, arrivals.prefix.block_tokens)
+        return PrefixColumns.concat([arrivals.prefix, calls])
+
+    def _prefix_of(self, rid: int) -> Prefix | None:
+        return self.prefix.prefix(rid) if self.prefix is not None else None
 
     def _session_driver(self) -> SessionDriver | None:
         agents = self.scenario.workload.agents
@@ -216,7 +237,8 @@ class _Run:
             self._deadlines.append((at + timeout, rid))
             if not self._sweeper_armed:
                 self._arm_sweeper()
-            self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], env.now))
+            pool = "default" if self.elastic is None else self.elastic.on_arrival(rid, "default")
+            self._execute(self._arrive(rid, env.now, pool))
 
     def _issue_call(self, session: int, rid: int, call: Call) -> None:
         """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
@@ -228,7 +250,16 @@ class _Run:
             self._arm_sweeper()
         if call.deadline is not None and call.deadline < timeout_at:
             self._later(max(0.0, call.deadline - now), lambda: self._call_deadline(rid))
-        self._execute(self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, call.pool))
+        self._execute(self._arrive(rid, now, call.pool))
+
+    def _arrive(self, rid: int, now: float, pool: str = "default") -> list[Action]:
+        """Hand a new request to the gateway, with its prefix when the workload has one."""
+        if self.prefix is None:
+            return self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, pool)
+        return self.gateway.on_arrival(
+            rid, self._priority[rid], self._client_region[rid], now, pool,
+            prefix=self._prefix_of(rid), request_class=int(self.columns["request_class"][rid]),
+        )
 
     def _call_deadline(self, rid: int) -> None:
         if self.log.status[rid] == PENDING:
@@ -265,7 +296,12 @@ class _Run:
             oneway += max(0.0, path.sample_delay(self.network_rng))
             if path.bandwidth:
                 oneway += self._prompt_tokens[rid] * BYTES_PER_TOKEN / path.bandwidth
-        work = Sequence(action.attempt, self._prompt_tokens[rid], self._output_tokens[rid], self.env.now + oneway)
+        prompt, output = self._prompt_tokens[rid], self._output_tokens[rid]
+        if self.elastic is not None:
+            prompt, output = self.elastic.work_for(rid, prompt, output)
+        work = Sequence(action.attempt, prompt, output, self.env.now + oneway)
+        if self.caching:
+            work.prefix = self._prefix_of(rid)
         attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
         if action.hedge:
             self.attempt_log.traced.add(rid)
@@ -308,13 +344,19 @@ class _Run:
         rid = attempt.rid
         if self.log.first_token[rid] != self.log.first_token[rid]:  # NaN: the first one back
             self.log.first_token[rid] = now + attempt.oneway
+            self.log.cached_tokens[rid] = work.cached
+            if self.elastic is not None:
+                self.elastic.on_first_token(rid, now + attempt.oneway - self.arrival_time[rid])
         self._execute(self.gateway.on_first_token(work.key, now))
 
     def _on_finish(self, work: Sequence, now: float) -> None:
         self._attempt_ended(work.key, "ok")
 
     def _on_lost_work(self, work: Sequence, now: float) -> None:
-        """A replica crashed with this attempt on it: the client sees the connection drop."""
+        """A replica crashed with this attempt on it: the client sees the connection drop (or, in
+        an elastic fleet, the stream migrates)."""
+        if self.elastic is not None and self.elastic.migrate(work, now):
+            return
         self._attempt_ended(work.key, "failed")
 
     def _cancel(self, action: Cancel) -> None:
@@ -334,6 +376,8 @@ class _Run:
         if action.status == "ok":
             attempt = self.attempts[action.attempt]
             self.log.replica[rid] = attempt.replica
+            if self.elastic is not None:
+                self.elastic.on_answered(rid)
             self._end(rid, OK, now + attempt.oneway)
         else:
             self._end(rid, STATUS_CODE[action.status], now)
@@ -394,6 +438,8 @@ class _Run:
             failing = []
             for index in checker.probe_due(self.env.now):
                 replica = self.replicas[index]
+                if replica.parked:
+                    continue  # an empty slot: nothing to probe, and the gateway knows it is out
                 ok = replica.alive and not (replica.hung and spec.deep)
                 if ok or replica.refusing:
                     self._probe(index, ok)
@@ -402,6 +448,8 @@ class _Run:
             if failing:
                 self._later(spec.timeout, lambda failing=failing: [self._probe(i, False) for i in failing])
             self.gateway.on_tick(self.env.now)
+            if self.gateway.queue is not None:
+                self._execute(self.gateway.drain(self.env.now))  # replicas back in service take waiting requests
 
     def _probe(self, replica: int, ok: bool) -> None:
         change = self.gateway.on_probe(replica, ok, self.env.now)
@@ -412,7 +460,9 @@ class _Run:
 
     def execute(self) -> Result:
         scenario = self.scenario
-        sampler = FleetSampler(self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress)
+        sampler = FleetSampler(
+            self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress, caching=self.caching
+        )
         started = time.perf_counter()
         self.env.process(self._arrival_process())
         if self.sessions is not None:
@@ -421,6 +471,8 @@ class _Run:
         self.env.process(sampler.run(self.done))
         self.env.process(self.injector.run())
         self.env.process(self._health_process())
+        if self.elastic is not None:
+            self.elastic.start()
         if self.total == 0:
             self.done.succeed()
         self.env.run(until=self.done)
@@ -435,13 +487,15 @@ class _Run:
             "faults": len(self.schedule),
             "preemptions": sum(getattr(r.batcher, "preemptions", 0) for r in self.replicas),
         }
+        if self.elastic is not None:
+            stats |= self.elastic.stats(requests, self.env.now)
         if self.sessions is not None:
             stats |= {
                 "agent_sessions": self.plan.sessions,
                 "agent_calls_skipped": self.sessions.skipped,
                 "agent_calls_degraded": int(self.sessions.degraded.sum()),
             }
-        return finish_run(
+        result = finish_run(
             self.draw,
             requests,
             timeseries=sampler.frame(),
@@ -449,6 +503,9 @@ class _Run:
             health=self.detected,
             stats=stats,
         )
+        if self.elastic is not None:
+            result = dataclasses.replace(result, fleet=self.elastic.frame())
+        return result
 
     def _deadline(self, at: float) -> Iterator[simpy.Event]:
         yield self.env.timeout(at)
@@ -516,6 +573,7 @@ class _Run:
                 "finish": log.finish,
                 "prompt_tokens": self.columns["prompt_tokens"].astype(np.int32),
                 "output_tokens": self.columns["output_tokens"].astype(np.int32),
+                "cached_tokens": log.cached_tokens,
                 "status": status_names(log.status),
                 "replica": log.replica,
                 "region": pd.Categorical.from_codes(region_of_replica[log.replica], self.topology.regions),
@@ -523,7 +581,7 @@ class _Run:
                 "hedged": self.hedged,
                 "failed_over": self.failed_over,
                 "fallback": tier_fallback[log.replica],
-                "degraded": agent["degraded"],
+                "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
             }
         )
         if self.plan is None:

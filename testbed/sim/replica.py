@@ -60,6 +60,12 @@ class SimReplica:
         self.speed = 1.0
         self.share = 1.0  # of its host's cores (see SharedHost)
         self.host: SharedHost | None = None
+        # Elastic fleets (testbed/sim/elastic.py): a parked slot holds no replica, so a repair
+        # does not bring it back; ``startup`` replaces the profile's constant with the lifecycle
+        # chain; ``boost`` is a degradation step's speed-up (a quantized variant).
+        self.parked = False
+        self.startup: float | None = None
+        self.boost = 1.0
         # Accounting for the fleet time series.
         self.busy_time = 0.0
         self.completed = 0
@@ -92,7 +98,7 @@ class SimReplica:
             return
         if self._iteration is None:
             self._start_next()
-        elif wants_cut and not self._iteration.prefill and self._iteration.steps > 1:
+        elif wants_cut and not self._iteration.computes and self._iteration.steps > 1:
             self._cut_stretch()
 
     def cancel(self, seq: Sequence) -> None:
@@ -129,7 +135,9 @@ class SimReplica:
         loads the model (seconds on a CPU, minutes for a large model's weights on a GPU), so the
         perf model's ``startup_seconds`` pass before it answers. A crash during them starts over.
         """
-        startup = self.perf.startup_seconds
+        if self.parked:
+            return
+        startup = self.perf.startup_seconds if self.startup is None else self.startup
         if startup <= 0:
             self.alive, self.refusing = True, False
             return
@@ -141,6 +149,18 @@ class SimReplica:
     def _started_up(self, ticket: int) -> None:
         if ticket == self._ticket:
             self.alive, self.refusing = True, False
+
+    def park(self) -> list[Sequence]:
+        """The slot is emptied (scaled down, drained, preempted): what it still ran is returned."""
+        lost = self.crash()
+        self.parked = True
+        return lost
+
+    def activate(self) -> None:
+        """A replica has come up in this slot (its lifecycle reached serving)."""
+        self.parked = False
+        self._ticket += 1  # a repair's start-up timer from before must not fire into it
+        self.alive, self.refusing, self.hung = True, False, False
 
     def hang(self) -> None:
         """Freeze: the running iteration stops where it is; new requests still queue."""
@@ -202,12 +222,13 @@ class SimReplica:
             self._schedule_wake()
             self._host_changed()
             return
-        if iteration.prefill:
-            charged = self.perf.prefill_charge(iteration.prefill_tokens, [seq.context for seq in iteration.prefill])
+        if iteration.computes:
+            # Only computed tokens are charged: a cached prefix's KV is reused, not recomputed.
+            charged = self.perf.prefill_charge(iteration.prefill_tokens, iteration.prefill_lengths())
             duration = self.perf.iteration_time(charged, iteration.decode_seqs, iteration.context_tokens)
         else:
             duration = self.perf.decode_stretch_time(iteration.decode_seqs, iteration.context_tokens, iteration.steps)
-        duration /= self.speed * self.share
+        duration /= self.speed * self.share * self.boost
         self._iteration = iteration
         self._wake_at = None
         self._started = now
@@ -221,7 +242,7 @@ class SimReplica:
         iteration = self._iteration
         assert iteration is not None
         batch, context = iteration.decode_seqs, iteration.context_tokens
-        rate = self.speed * self.share
+        rate = self.speed * self.share * self.boost
         elapsed = self._done + (self.env.now - self._started) * rate
         steps = self.perf.steps_within(batch, context, elapsed) + 1
         if steps >= iteration.steps:

@@ -10,10 +10,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from testbed.units import parse_bandwidth, parse_duration, parse_rate
+from testbed.units import parse_bandwidth, parse_duration, parse_latency, parse_rate
 
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+Latency = Annotated[float, BeforeValidator(parse_latency)]
+"""A network latency (RTT, added delay): a duration whose bare-number form must be plausible."""
 Rate = Annotated[float, BeforeValidator(parse_rate)]
 Bandwidth = Annotated[float, BeforeValidator(parse_bandwidth)]
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field
 
-from testbed.spec.base import Bandwidth, Duration, Fraction, Strict
+from testbed.spec.base import Bandwidth, Duration, Fraction, Latency, Strict
 
 
 class _ScriptedFault(Strict):
@@ -70,6 +70,18 @@ class ErrorInjection(_ScriptedFault):
     status: int = Field(500, ge=400, le=599)
 
 
+class StockoutFault(_ScriptedFault):
+    """No new devices of a kind (or of any kind) in a region: running replicas keep theirs.
+
+    Only an elastic fleet acquires devices, so this fault needs the scenario's ``elastic:`` section.
+    """
+
+    kind: Literal["stockout"]
+    target: str = Field(description="a region path, e.g. aws/us-east-1")
+    device: str | None = Field(None, description="device kind out of stock; omitted = every kind")
+    market: Literal["spot", "on_demand"] | None = Field(None, description="only this market; omitted = both")
+
+
 class _NetworkFault(Strict):
     """A fault on the path between two endpoints: region paths, or ``clients:<region>`` for the
     clients near a region. It applies in both directions."""
@@ -87,8 +99,8 @@ class Partition(_NetworkFault):
 
 class AddedLatency(_NetworkFault):
     kind: Literal["latency"]
-    delay: Duration
-    jitter: Duration = 0.0
+    delay: Latency
+    jitter: Latency = 0.0
 
 
 class PacketLoss(_NetworkFault):
@@ -131,6 +143,7 @@ FaultSpec = Annotated[
         Slowdown,
         MemoryPressure,
         ErrorInjection,
+        StockoutFault,
         Partition,
         AddedLatency,
         PacketLoss,

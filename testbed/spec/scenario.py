@@ -10,12 +10,15 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from testbed.spec.base import Duration, Strict
 from testbed.spec.faults import FaultSpec
+from testbed.spec.elastic import ElasticSpec, check_elastic
+from testbed.spec.errors import SpecError
 from testbed.spec.loading import load_spec
 from testbed.spec.observability import ObservabilitySpec
-from testbed.spec.serving import ServingSpec
+from testbed.spec.serving import ContinuousBatching, ServingSpec
 from testbed.spec.sla import Objective, TURN_METRICS
 from testbed.spec.topology import TopologySpec
-from testbed.spec.workload import WorkloadSpec
+from testbed.spec.workload import TraceArrivals, WorkloadSpec
+from testbed.units import format_duration
 
 
 class Scenario(Strict):
@@ -36,14 +39,23 @@ class Scenario(Strict):
     seed: int = 0
     timeseries_interval: Duration = 10.0
     observability: ObservabilitySpec = ObservabilitySpec()
+    elastic: ElasticSpec | None = Field(
+        None, description="autoscaling, cold starts, quotas, spot, migration, degradation, cost; omitted = a fixed fleet"
+    )
 
     @field_validator("topology", mode="before")
     @classmethod
     def _load_topology_file(cls, value: Any, info: ValidationInfo) -> Any:
         """A string is a topology file relative to the scenario file; its own errors name it."""
         if isinstance(value, str):
-            base = Path((info.context or {}).get("base_dir", "."))
-            return load_spec(base / value, TopologySpec)
+            context = info.context or {}
+            path = Path(context.get("base_dir", ".")) / value
+            if not path.is_file():
+                # Name the file that asked for it: the topology's own path alone does not say who did.
+                source = context.get("source", "the scenario")
+                found = "is a directory" if path.is_dir() else "does not exist"
+                raise SpecError(f"{source}: topology: file {value!r} {found} (resolved to {path.resolve()})")
+            return load_spec(path, TopologySpec)
         return value
 
     @field_validator("duration")
@@ -67,6 +79,7 @@ class Scenario(Strict):
                     f"expected one of {sorted(classes)}"
                 )
         self._check_agent_references()
+        self._check_prefix_blocks()
         if self.warmup >= self.duration:
             raise ValueError("warmup must be shorter than duration")
         if self.faults:
@@ -75,7 +88,25 @@ class Scenario(Strict):
             from testbed.topology import Topology
 
             validate_targets(self.faults, Topology.from_spec(self.topology))
+        check_elastic(self)
         return self
+
+    def _check_prefix_blocks(self) -> None:
+        """The prefix cache holds whole chain blocks: their size must be a multiple of its block size."""
+        batching = self.serving.batching
+        if not isinstance(batching, ContinuousBatching) or not batching.prefix_caching:
+            return
+        arrival, prefix = self.workload.arrival, self.workload.prefix
+        if isinstance(arrival, TraceArrivals) and arrival.format == "mooncake":
+            block_tokens, source = 512, "the mooncake trace's hash_ids cover 512 tokens each"
+        elif prefix is not None:
+            block_tokens, source = prefix.block_tokens, f"workload.prefix.block_tokens is {prefix.block_tokens}"
+        else:
+            return
+        if block_tokens % batching.block_size:
+            raise ValueError(
+                f"serving.batching.block_size ({batching.block_size}) must divide the workload's block size: {source}"
+            )
 
     def _check_agent_references(self) -> None:
         """Stages must name pools the topology has; stage objectives must name stages."""
@@ -99,6 +130,29 @@ class Scenario(Strict):
                 )
             if objective.metric in TURN_METRICS and agents is None:
                 raise ValueError(f"sla objective {objective.label} needs workload.agents: there are no turns to judge")
+
+    def warnings(self) -> list[str]:
+        """Valid but probably not meant: latencies at or beyond the request deadline.
+
+        Every request through such a path times out, which reads as an availability failure with
+        nothing pointing at the latency; the CLI prints these beside ``ok`` and before a run.
+        """
+        deadline = self.serving.timeouts.request
+        found = []
+        for link in self.topology.links:
+            if link.rtt >= deadline:
+                found.append(
+                    f"topology.links {link.between[0]} <-> {link.between[1]}: rtt {format_duration(link.rtt)} is at or beyond "
+                    f"the request deadline (serving.timeouts.request {format_duration(deadline)}): every request over it times out"
+                )
+        for index, fault in enumerate(self.faults):
+            delay = getattr(fault, "delay", None)
+            if fault.kind == "latency" and delay is not None and delay + fault.jitter >= deadline:
+                found.append(
+                    f"faults.{index} (latency): delay {format_duration(delay)} is at or beyond the request deadline "
+                    f"(serving.timeouts.request {format_duration(deadline)}): every request on that path times out"
+                )
+        return found
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> Scenario:

@@ -21,6 +21,11 @@ class ContinuousBatching(Strict):
         0.9, gt=0, le=1, description="share of device memory left after weights that holds the KV cache"
     )
     kv_cache_tokens: PositiveInt | None = Field(None, description="override the KV capacity derived from memory")
+    prefix_caching: bool = Field(False, description="reuse KV blocks of cached prompt prefixes (vLLM automatic prefix caching)")
+    block_size: PositiveInt = Field(16, description="prefix cache: tokens per KV block")
+    chunked_prefill: bool = Field(
+        False, description="one token budget per iteration: decode tokens first, then chunks of prompts (Sarathi-Serve)"
+    )
 
 
 class MicroBatching(Strict):
@@ -43,10 +48,41 @@ BatchingSpec = Annotated[Union[ContinuousBatching, MicroBatching], Field(discrim
 
 
 class RoutingSpec(Strict):
-    policy: Literal["round_robin", "least_outstanding", "power_of_two", "region_affine"] = "least_outstanding"
+    policy: Literal[
+        "round_robin",
+        "least_outstanding",
+        "power_of_two",
+        "region_affine",
+        "prefix_affinity",
+        "cache_aware",
+        "session_affinity",
+    ] = "least_outstanding"
     spill_threshold: PositiveInt = Field(
-        64, description="region_affine: outstanding requests per replica above which traffic spills to the nearest region"
+        64,
+        description="region_affine: outstanding requests per replica above which traffic spills to the nearest region; "
+        "session_affinity: above which a session spills off its replica",
     )
+    prefix_blocks: PositiveInt = Field(4, description="prefix_affinity: leading block ids hashed onto the ring")
+    load_factor: float = Field(
+        1.25, gt=1, description="prefix_affinity: a replica takes a request only below this times the mean load"
+    )
+    cache_weight: float = Field(1.0, ge=0, description="cache_aware: weight of the share of the prompt believed cached")
+    load_weight: float = Field(1.0, ge=0, description="cache_aware: weight of the replica's load (outstanding / slots)")
+
+
+class QueueSpec(Strict):
+    """Late binding: the gateway holds requests and dispatches one when a replica has a free slot.
+
+    Most important priority first; within a priority, classes take turns (round robin), FIFO
+    within a class. A request that waits ``max_wait`` or finds ``max_length`` waiting is shed.
+    """
+
+    enabled: bool = False
+    slots_per_replica: PositiveInt | None = Field(
+        None, description="requests a replica runs at once before the gateway holds the next; default its max_num_seqs"
+    )
+    max_wait: Duration | None = Field(None, gt=0, description="shed a request that waited this long")
+    max_length: PositiveInt | None = Field(None, description="shed arrivals that find this many waiting")
 
 
 class TimeoutSpec(Strict):
@@ -151,3 +187,4 @@ class ServingSpec(Strict):
     health_check: HealthCheckSpec = HealthCheckSpec()
     admission: AdmissionSpec = AdmissionSpec()
     failover: FailoverSpec = FailoverSpec()
+    queue: QueueSpec = QueueSpec()

@@ -28,6 +28,7 @@ class Objective(Strict):
         "goodput",
         "turn_latency",
         "turn_availability",
+        "degraded_share",
     ]
     percentile: float | None = Field(None, gt=0, lt=100)
     max: float | None = None
@@ -76,7 +77,7 @@ class Objective(Strict):
             raise ValueError("goodput needs both ttft and tpot limits")
         if self.metric in TURN_METRICS and self.stage is not None:
             raise ValueError(f"{self.metric} judges whole turns: it cannot be restricted to a stage")
-        if self.metric in ("availability", "error_rate", "goodput", "turn_availability"):
+        if self.metric in ("availability", "error_rate", "goodput", "turn_availability", "degraded_share"):
             limit = self.max if self.max is not None else self.min
             if not 0 <= limit <= 1:  # type: ignore[operator]
                 raise ValueError(f"{self.metric} is a share: expected a limit between 0 and 1 (or a percentage)")

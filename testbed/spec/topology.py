@@ -8,17 +8,18 @@ from typing import Literal
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from testbed.catalog import DEVICES, DeviceKind, MODELS, ModelKind
-from testbed.spec.base import Bandwidth, Duration, PartName, Strict, require_unique
+from testbed.spec.base import Bandwidth, Latency, PartName, Strict, require_unique
+from testbed.spec.limits import MAX_DEVICES, MAX_DEVICES_PER_NODE
 
 
 class RackSpec(Strict):
     """A rack (or cluster) of identical nodes: one power and network failure domain."""
 
     name: PartName
-    count: PositiveInt = Field(1, description="identical racks named NAME-0, NAME-1, ...")
-    nodes: PositiveInt = Field(1, description="nodes per rack")
+    count: PositiveInt = Field(1, le=MAX_DEVICES, description="identical racks named NAME-0, NAME-1, ...")
+    nodes: PositiveInt = Field(1, le=MAX_DEVICES, description="nodes per rack")
     device: str = Field(description="device kind: a built-in one (H100, H200, B200, A100, MI300X, L40S, L4, cpu-fp32, cpu-int8) or one under devices:")
-    devices_per_node: PositiveInt = 8
+    devices_per_node: PositiveInt = Field(8, le=MAX_DEVICES_PER_NODE)
     tensor_parallel: PositiveInt = Field(1, description="devices per replica; must divide devices_per_node")
     pool: PartName = Field(
         "default", description="replica pool this rack serves; a workload stage may ask for a pool (e.g. a small model)"
@@ -63,7 +64,7 @@ class LinkSpec(Strict):
     """Network path between two regions, named "provider/region"."""
 
     between: tuple[str, str]
-    rtt: Duration
+    rtt: Latency
     bandwidth: Bandwidth | None = None
 
 
@@ -77,8 +78,8 @@ class TopologySpec(Strict):
     )
     providers: list[ProviderSpec] = Field(min_length=1)
     links: list[LinkSpec] = Field(default_factory=list)
-    intra_region_rtt: Duration = 0.001
-    default_rtt: Duration = Field(0.1, description="RTT between regions that no link names")
+    intra_region_rtt: Latency = 0.001
+    default_rtt: Latency = Field(0.1, description="RTT between regions that no link names")
     host_cores: PositiveFloat | None = Field(
         None,
         le=4096,
@@ -103,6 +104,7 @@ class TopologySpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> TopologySpec:
+        self._bounded()  # before anything below expands the racks
         known_devices = set(DEVICES) | set(self.devices)
         for p in self.providers:
             for r in p.regions:
@@ -127,6 +129,26 @@ class TopologySpec(Strict):
                 if end not in regions:
                     raise ValueError(f"link names unknown region {end!r}; expected one of {regions}")
         return self
+
+    def device_count(self) -> int:
+        """Devices in the fleet once racks are expanded, computed without expanding them."""
+        return sum(
+            rack.count * rack.nodes * rack.devices_per_node
+            for p in self.providers for r in p.regions for z in r.zones for rack in z.racks
+        )
+
+    def _bounded(self) -> None:
+        devices = self.device_count()
+        if devices > MAX_DEVICES:
+            biggest = max(
+                ((f"{p.name}/{r.name}/{z.name}/{k.name}", k) for p in self.providers for r in p.regions for z in r.zones for k in z.racks),
+                key=lambda item: item[1].count * item[1].nodes * item[1].devices_per_node,
+            )
+            path, rack = biggest
+            raise ValueError(
+                f"the topology expands to {devices:,} devices, more than the {MAX_DEVICES:,} a topology may hold; "
+                f"the largest is rack {path}: count {rack.count:,} x nodes {rack.nodes:,} x devices_per_node {rack.devices_per_node:,}"
+            )
 
     def region_paths(self) -> list[str]:
         return [f"{p.name}/{r.name}" for p in self.providers for r in p.regions]

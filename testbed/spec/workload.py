@@ -47,11 +47,27 @@ class StepArrivals(Strict):
 
 
 class TraceArrivals(Strict):
-    """Replay of a CSV trace with columns arrival_s, prompt_tokens, output_tokens (see README)."""
+    """Replay of a request trace: today's CSV (arrival_s, prompt_tokens, output_tokens) or a
+    production trace format (see testbed/traces.py and docs/caching.md).
+
+    One hour of one service can drive a larger fleet two ways, and the scenario says which:
+    ``time_scale`` compresses time (0.25 = four times the rate, a quarter of the span), and
+    ``copies`` overlays shifted copies (copy k's times moved by k x ``shift``, wrapped around the
+    trace's span; its prefix ids kept apart, as other users of the same service).
+    """
 
     kind: Literal["trace"]
     path: str
+    format: Literal["csv", "azure", "mooncake", "burstgpt"] = Field(
+        "csv",
+        description="csv: arrival_s,prompt_tokens,output_tokens[,class,client_region]; azure: "
+        "TIMESTAMP,ContextTokens,GeneratedTokens (2023 and 2024); mooncake: JSON lines with timestamp (ms), "
+        "input_length, output_length, hash_ids; burstgpt: Timestamp,Model,Request tokens,Response tokens,"
+        "Total tokens,Log Type (rows with 0 response tokens, failed in the original service, are dropped)",
+    )
     time_scale: float = Field(1.0, gt=0, description="multiply trace times by this (0.5 = twice as fast)")
+    copies: PositiveInt = Field(1, description="overlay this many copies of the trace")
+    shift: Duration = Field(0.0, ge=0, description="copy k starts k x shift later, wrapped around the trace's span")
 
     @field_validator("path")
     @classmethod
@@ -162,6 +178,44 @@ class AgentSpec(Strict):
         return value
 
 
+class SystemPromptSpec(Strict):
+    """Shared system prompts: each request class has ``count`` prompts of ``tokens`` tokens, and
+    every request starts with one of its class's, drawn uniformly (``prompt_tokens`` is then the
+    user part that follows)."""
+
+    count: PositiveInt
+    tokens: PositiveInt
+
+
+class ChatSpec(Strict):
+    """Synthetic multi-turn chat: arrivals continue conversations, each turn's prompt being the
+    previous turn's prompt and answer plus the new user message (``prompt_tokens``)."""
+
+    turns: LengthSpec = Field(description="turns per conversation")
+    max_context: PositiveInt = Field(32768, description="a conversation whose next prompt would exceed this ends")
+
+
+class PrefixSpec(Strict):
+    """Prefix structure of the workload: which requests share leading KV blocks."""
+
+    block_tokens: PositiveInt = Field(
+        16, description="tokens per block id of the chain; a multiple of the cache's block_size"
+    )
+    system_prompts: SystemPromptSpec | None = None
+    chat: ChatSpec | None = None
+    agent_context: bool = Field(
+        False, description="agent sessions: every call's prompt extends the session's conversation so far"
+    )
+
+    @model_validator(mode="after")
+    def _aligned(self) -> PrefixSpec:
+        if self.system_prompts is not None and self.system_prompts.tokens % self.block_tokens:
+            raise ValueError(
+                f"system_prompts.tokens ({self.system_prompts.tokens}) must be a multiple of block_tokens ({self.block_tokens})"
+            )
+        return self
+
+
 class WorkloadSpec(Strict):
     arrival: ArrivalSpec
     prompt_tokens: LengthSpec = FixedLength(kind="fixed", value=512)
@@ -172,6 +226,16 @@ class WorkloadSpec(Strict):
         description="share of clients near each region ('provider/region'); empty = spread over primary regions",
     )
     agents: AgentSpec | None = Field(None, description="agent sessions: a share of arrivals start multi-stage sessions")
+    prefix: PrefixSpec | None = Field(None, description="shared prefixes (system prompts, chat, agent context)")
+
+    @model_validator(mode="after")
+    def _one_prefix_source(self) -> WorkloadSpec:
+        if self.prefix is not None and isinstance(self.arrival, TraceArrivals) and self.arrival.format == "mooncake":
+            raise ValueError("a mooncake trace brings its own prefix structure (hash_ids): drop workload.prefix")
+        if self.prefix is not None and self.prefix.agent_context and self.agents is None:
+            raise ValueError("prefix.agent_context needs workload.agents")
+        return self
+
 
     @field_validator("classes")
     @classmethod

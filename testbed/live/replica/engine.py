@@ -10,6 +10,12 @@ One loop turn is one model step: a prefill of a newly formed batch, or one decod
 running batch. Tokens go to each request's queue as they are produced. A sequence leaves the
 batch when it has its ``max_tokens``, emits EOS, passes its deadline or its consumer goes away;
 no new sequence joins until the batch is empty (micro-batching, not continuous batching).
+
+A prefill first looks each prompt up in the replica's prefix cache
+(:class:`~testbed.live.replica.prefix_cache.KVPrefixCache`) and computes only what is not cached; the
+new full blocks are stored after it. The cache lives as long as the engine: ``start`` begins
+cold. :meth:`Engine.set_weights` switches float32 <-> int8 between two steps and empties the
+cache, whose keys and values belong to the old weights.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from testbed.live.replica.prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_CAPACITY_BYTES, Hit, KVPrefixCache, block_bytes
 from testbed.policy.batching import MicroBatcher
 from testbed.policy.batching import Sequence as BatchSeq
 from testbed.spec import MicroBatching
@@ -35,10 +42,20 @@ class EngineClosed(RuntimeError):
     """The engine is not running (not started yet, or stopped while the request was in flight)."""
 
 
+@dataclass
+class PrefillInfo:
+    """What a request's prefill did, for its usage (``cached_tokens``) and for measurements."""
+
+    cached_tokens: int = 0  # prompt tokens whose keys and values came from the prefix cache
+    prefill_seconds: float = float("nan")  # wall time of the prefill step its batch ran
+
+
 @dataclass(eq=False)
 class _Request:
     seq: BatchSeq
     prompt: list[int]
+    info: PrefillInfo = field(default_factory=PrefillInfo)
+    hit: Hit | None = None  # its prefix-cache blocks, held while it is in the batch
     out: asyncio.Queue = field(default_factory=asyncio.Queue)  # token ids, then None or an exception
     done: bool = False  # finished or abandoned: the loop drops its row at the next step
 
@@ -55,6 +72,7 @@ class EngineStats:
 
 
 BatchListener = Callable[[int, float], None]  # (batch size, seconds its oldest request waited)
+CacheListener = Callable[[int, int], None]  # (prompt tokens looked up, of those found cached)
 
 
 class Engine:
@@ -62,7 +80,8 @@ class Engine:
 
     ``slowdown`` (>= 1) stretches every model step by that factor: the chaos hook for a slow or
     throttled replica. ``adaptive`` lets a :class:`DelayController` tune the batching delay
-    toward ``latency_target`` seconds of end-to-end latency.
+    toward ``latency_target`` seconds of end-to-end latency. The prefix cache holds
+    ``prefix_cache_bytes`` of keys and values in blocks of ``block_size`` tokens (0 turns it off).
     """
 
     def __init__(
@@ -74,11 +93,17 @@ class Engine:
         adaptive: bool = False,
         threads: int | None = None,
         latency_target: float = 2.0,
+        prefix_cache_bytes: int = DEFAULT_CAPACITY_BYTES,
+        block_size: int = DEFAULT_BLOCK_SIZE,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size: expected an integer >= 1, got {max_batch_size}")
         if max_delay < 0:
             raise ValueError(f"max_delay: expected seconds >= 0, got {max_delay}")
+        if prefix_cache_bytes < 0:
+            raise ValueError(f"prefix_cache_bytes: expected bytes >= 0, got {prefix_cache_bytes}")
+        if block_size < 1:
+            raise ValueError(f"block_size: expected a number of tokens >= 1, got {block_size}")
         self.model_dir = Path(model_dir)
         self.quantize = quantize
         self.max_batch_size = max_batch_size
@@ -92,6 +117,10 @@ class Engine:
             policy="micro", max_batch_size=max_batch_size, max_queue_delay=max_delay, adaptive=adaptive,
             target_latency=latency_target if adaptive else None,
         )
+        self.prefix_cache_bytes = prefix_cache_bytes
+        self.block_size = block_size
+        self.prefix_cache: KVPrefixCache | None = None
+        self.cache_listeners: list[CacheListener] = []
         self.slowdown = 1.0
         self.stats = EngineStats()
         self.batch_listeners: list[BatchListener] = []
@@ -108,10 +137,11 @@ class Engine:
 
     @classmethod
     def from_spec(cls, model_dir: str | Path, batching: MicroBatching, quantize: str | None = None,
-                  threads: int | None = None) -> Engine:
+                  threads: int | None = None, prefix_cache_bytes: int = DEFAULT_CAPACITY_BYTES,
+                  block_size: int = DEFAULT_BLOCK_SIZE) -> Engine:
         """An engine that batches exactly as ``batching`` (a scenario's ``serving.batching``) says."""
         engine = cls(model_dir, quantize, batching.max_batch_size, batching.max_queue_delay, batching.adaptive,
-                     threads, batching.target_latency or 2.0)
+                     threads, batching.target_latency or 2.0, prefix_cache_bytes, block_size)
         engine.batching = batching
         return engine
 
@@ -127,6 +157,8 @@ class Engine:
             self._executor, lambda: ModelRunner(self.model_dir, self.quantize, self.threads)
         )
         await loop.run_in_executor(self._executor, self._warm_up)
+        blocks = self.prefix_cache_bytes // block_bytes(self.runner.model.config, self.block_size)
+        self.prefix_cache = KVPrefixCache(self.block_size, blocks) if blocks else None
         self._batcher = MicroBatcher.from_spec(self.batching, self.max_batch_size * self.runner.max_context)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="engine-loop")
@@ -150,9 +182,31 @@ class Engine:
         if self._batcher is not None:
             self._batcher.evict_all()
         self._rows, self._kv = [], None
+        self.prefix_cache = None  # a restarted engine starts cold, as a restarted replica does
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+
+    async def set_weights(self, weights: str) -> float:
+        """Serve from ``weights`` ("float32" or "int8") from the next step on; return the seconds
+        the switch took. It runs in the step thread, so it falls between two steps; a running
+        batch carries on under the new weights. The prefix cache is emptied."""
+        if self.runner is None or self._executor is None:
+            raise EngineClosed("the engine is not running")
+
+        def switch() -> float:
+            started = time.perf_counter()
+            self.runner.set_weights(weights)
+            if self.prefix_cache is not None:
+                self.prefix_cache.clear()
+            return time.perf_counter() - started
+
+        return await asyncio.get_running_loop().run_in_executor(self._executor, switch)
+
+    @property
+    def weights(self) -> str:
+        """The weights the model runs on now: "float32" or "int8"."""
+        return self.runner.weights if self.runner else ("int8" if self.quantize else "float32")
 
     @property
     def running(self) -> bool:
@@ -191,12 +245,14 @@ class Engine:
             )
 
     async def generate(
-        self, prompt_ids: Sequence[int], max_tokens: int, deadline: float | None = None
+        self, prompt_ids: Sequence[int], max_tokens: int, deadline: float | None = None,
+        info: PrefillInfo | None = None,
     ) -> AsyncIterator[int]:
         """Yield the generated token ids as they are produced (EOS ends the stream, unyielded).
 
         ``deadline`` is on the ``time.monotonic()`` clock; passing it raises
-        :class:`DeadlineExceeded` and frees the request's place in the batch.
+        :class:`DeadlineExceeded` and frees the request's place in the batch. ``info``, if
+        given, is filled in at the request's prefill (cached tokens, prefill time).
         """
         self.check_request(len(prompt_ids), max_tokens)
         if not self.running:
@@ -204,7 +260,8 @@ class Engine:
         now = time.monotonic()
         if deadline is not None and now >= deadline:
             raise DeadlineExceeded("the deadline passed before the request was queued")
-        req = _Request(BatchSeq(next(self._keys), len(prompt_ids), max_tokens, now), list(prompt_ids))
+        req = _Request(BatchSeq(next(self._keys), len(prompt_ids), max_tokens, now), list(prompt_ids),
+                       info if info is not None else PrefillInfo())
         self._requests[req.seq.key] = req
         self._batcher.enqueue(req.seq, now)
         self._wake.set()
@@ -261,7 +318,10 @@ class Engine:
                 if iteration.prefill:
                     self._rows = [self._requests[s.key] for s in iteration.prefill]
                     self._on_batch(self._rows, now)
-                    self._kv, tokens = await self._step(self.runner.prefill, [r.prompt for r in self._rows])
+                    started = time.perf_counter()
+                    self._kv, tokens = await self._step(self._prefill, self._rows)
+                    for req in self._rows:
+                        req.info.prefill_seconds = time.perf_counter() - started
                 else:
                     tokens = await self._step(self.runner.decode, self._kv, self._next)
             except Exception as exc:  # a failed step fails its batch, not the replica
@@ -291,6 +351,23 @@ class Engine:
             await asyncio.sleep(extra)
         return result
 
+    def _prefill(self, rows: list[_Request]):
+        """Prefill ``rows`` from whatever the prefix cache holds of them, then cache their blocks."""
+        prompts = [r.prompt for r in rows]
+        cache = self.prefix_cache
+        if cache is None:
+            return self.runner.prefill(prompts)
+        hits = [cache.acquire(p) for p in prompts]
+        for req, hit in zip(rows, hits):
+            req.hit = hit
+        kv, tokens = self.runner.prefill(prompts, hits)
+        for row, (req, hit) in enumerate(zip(rows, hits)):
+            req.info.cached_tokens = hit.tokens
+            cache.store(req.prompt, hit, lambda start, stop, row=row: kv.prompt_kv(row, start, stop))
+            for listener in self.cache_listeners:
+                listener(len(req.prompt), hit.tokens)
+        return kv, tokens
+
     def _on_batch(self, rows: list[_Request], now: float) -> None:
         delay = now - min(r.seq.arrival for r in rows)
         for listener in self.batch_listeners:
@@ -314,6 +391,8 @@ class Engine:
                 self._end(req)
                 continue
             keep.append(index)
+        kept = set(keep)
+        self._release([req for index, req in enumerate(self._rows) if index not in kept])
         if keep:
             self._kv.keep(keep)
             self._rows = [self._rows[i] for i in keep]
@@ -325,4 +404,14 @@ class Engine:
         for req in self._rows:
             self._batcher.cancel(req.seq)
             self._end(req, error)
+        self._release(self._rows)
         self._rows, self._kv, self._next = [], None, []
+
+    def _release(self, rows: list[_Request]) -> None:
+        """Rows left the batch: their prefix-cache blocks become evictable."""
+        if self.prefix_cache is None:
+            return
+        for req in rows:
+            if req.hit is not None:
+                self.prefix_cache.release(req.hit)
+                req.hit = None

@@ -2,7 +2,8 @@
 
 Each app gets its own registry (several replicas can live in one test process). Gauges read the
 engine when scraped; latency histograms are fed by the server per request; the batch histograms
-are fed by the engine as it forms each batch.
+are fed by the engine as it forms each batch, and the prefix-cache counters (in tokens, as
+vLLM's) as it looks each prompt up.
 """
 
 from __future__ import annotations
@@ -50,11 +51,26 @@ class ReplicaMetrics:
         self.batching_delay = Histogram("testbed:batching_delay_seconds",
                                         "How long a batch's oldest request waited for it to form.", labels,
                                         buckets=DELAY_BUCKETS, registry=reg).labels(model_name)
+        self.prefix_cache_queries = Counter("vllm:prefix_cache_queries",
+                                            "Prefix cache queries, in terms of number of queried tokens.", labels,
+                                            registry=reg).labels(model_name)
+        self.prefix_cache_hits = Counter("vllm:prefix_cache_hits",
+                                         "Prefix cache hits, in terms of number of cached tokens.", labels,
+                                         registry=reg).labels(model_name)
+        self._int8 = Gauge("testbed:weights_int8", "1 while the replica serves from int8 weights, else 0.", labels,
+                           registry=reg)
+        self._int8.labels(model_name).set_function(lambda: float(engine.weights == "int8"))
         engine.batch_listeners.append(self.observe_batch)
+        engine.cache_listeners.append(self.observe_prefix_cache)
 
     def observe_batch(self, size: int, delay: float) -> None:
         self.batch_size.observe(size)
         self.batching_delay.observe(delay)
+
+    def observe_prefix_cache(self, queried: int, hit: int) -> None:
+        """One prompt looked up in the prefix cache: its tokens, and how many were cached."""
+        self.prefix_cache_queries.inc(queried)
+        self.prefix_cache_hits.inc(hit)
 
     def observe_token(self, interval: float) -> None:
         """Time since the previous output token of the same request."""

@@ -165,7 +165,7 @@ def _build_tokenizer(recipe: Recipe):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(recipe.seed, recipe.corpus_lines), trainer=trainer)
+    tok.train_from_iterator(corpus(recipe.seed, recipe.corpus_lines), trainer=trainer)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tok.token_to_id("<s>"))]
     )
@@ -190,7 +190,7 @@ _WORDS = (
 ).split()
 
 
-def _corpus(seed: int, lines: int) -> list[str]:
+def corpus(seed: int, lines: int) -> list[str]:
     """Deterministic training text: common words, made-up words, digits and punctuation."""
     rng = random.Random(seed)
     syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "te", "vo", "zi", "qu", "ash", "ing", "er", "on"]

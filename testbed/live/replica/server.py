@@ -2,7 +2,9 @@
 
 Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming as server-sent
 events, or not), ``GET /v1/models``, ``GET /health``, Prometheus ``GET /metrics`` with vLLM's
-metric names, and the chaos hooks ``GET|POST|DELETE /chaos`` (see :mod:`replica_chaos`). The
+metric names, the chaos hooks ``GET|POST|DELETE /chaos`` (see :mod:`replica_chaos`) and the
+weights switch ``GET|POST /weights`` (see :mod:`testbed.live.replica.control`). Usage reports the prompt
+tokens served from the prefix cache as ``prompt_tokens_details.cached_tokens``, as vLLM does. The
 official ``openai`` client works against it unchanged.
 
 Every error is an OpenAI-style body with a message that says what was wrong: malformed or
@@ -44,7 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from testbed.live.replica.engine import DeadlineExceeded, Engine, EngineClosed
+from testbed.live.replica.engine import DeadlineExceeded, Engine, EngineClosed, PrefillInfo
 from testbed.live.openai_schema import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -55,6 +57,8 @@ from testbed.live.openai_schema import (
     parse_request,
 )
 from testbed.live.replica.chaos import ChaosMiddleware, ChaosPatch, ReplicaChaos
+from testbed.live.replica.control import control_router
+from testbed.live.replica.prefix_cache import DEFAULT_BLOCK_SIZE, DEFAULT_CAPACITY_BYTES
 from testbed.live.replica.metrics import CONTENT_TYPE, ReplicaMetrics
 from testbed.live.requests import deadline_in
 from testbed.spec import MicroBatching
@@ -122,6 +126,7 @@ class _Completion:
         self.finish_reason = "stop"
         self.received = time.monotonic()
         self.first_token: float | None = None  # seconds from ``received`` to the first token
+        self.prefill = PrefillInfo()
 
     @property
     def timing_headers(self) -> dict[str, str]:
@@ -134,7 +139,7 @@ class _Completion:
         ttft: float | None = None
         detok = _Detokenizer(self.engine.runner.decode_text, self.stops)
         stopped = False
-        generation = self.engine.generate(self.prompt_ids, self.max_tokens, self.deadline)
+        generation = self.engine.generate(self.prompt_ids, self.max_tokens, self.deadline, self.prefill)
         async with contextlib.aclosing(generation) as tokens:
             async for token in tokens:
                 now = time.monotonic()
@@ -159,7 +164,8 @@ class _Completion:
     def usage(self) -> dict:
         prompt = len(self.prompt_ids)
         return {"prompt_tokens": prompt, "completion_tokens": self.output_tokens,
-                "total_tokens": prompt + self.output_tokens}
+                "total_tokens": prompt + self.output_tokens,
+                "prompt_tokens_details": {"cached_tokens": self.prefill.cached_tokens}}
 
 
 def _engine_error(exc: BaseException) -> RequestError:
@@ -196,6 +202,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
                   openapi_url=None)
     app.state.engine, app.state.chaos, app.state.metrics = engine, chaos, metrics
     app.add_middleware(ChaosMiddleware, chaos=chaos)
+    app.include_router(control_router(engine))
 
     install_error_handlers(app)
 
@@ -481,13 +488,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-delay", type=float, default=None, help="seconds a batch may wait to fill (default 0.01)")
     parser.add_argument("--adaptive", action="store_true", help="tune the batching delay toward a 2 s latency target")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument("--prefix-cache-bytes", type=int, default=DEFAULT_CAPACITY_BYTES,
+                        help="memory for the prefix cache's keys and values (0 turns it off)")
+    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="prefix cache block, in tokens")
     args = parser.parse_args(argv)
     from testbed.live.replica.models import resolve_model
 
     try:
         batching = _batching(args)
         model_dir = resolve_model(args.model)
-        engine = Engine.from_spec(model_dir, batching, args.quantize, args.threads)
+        engine = Engine.from_spec(model_dir, batching, args.quantize, args.threads,
+                                  prefix_cache_bytes=args.prefix_cache_bytes, block_size=args.block_size)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         print(f"replica server: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,234 @@
+"""Cache-aware routers: send a request where its prompt prefix is (believed to be) cached.
+
+Three policies, each a small class over the driver's replica views (see
+:mod:`testbed.policy.routing` for the view protocol and the **tier rule**, which all of them
+apply: available primary replicas first, fallback ones only when no primary is available):
+
+* :class:`PrefixAffinity` — consistent hashing of the request's leading block ids onto a ring of
+  replicas, with bounded loads (Mirrokni, Thorup, Zadimoghaddam 2018): a replica takes the
+  request only while its outstanding requests are below ``load_factor`` times the tier's mean,
+  otherwise the ring is walked on. Stateless: the same prefix maps to the same replica as long
+  as it is up and not overloaded, so its KV blocks are reused.
+* :class:`CacheAware` — the weighted scorer of llm-d's inference scheduler and SGLang's router:
+  ``cache_weight * (share of the chain believed cached) - load_weight * outstanding / slots``,
+  the best score wins (ties: fewer outstanding, then lower index).
+* :class:`SessionAffinity` — a session (conversation, agent session) stays on the replica it
+  was first sent to until that replica is unavailable or holds ``spill_threshold`` requests; it
+  then spills to a power-of-two pick and is re-pinned there.
+
+A router's view of the caches is the **gateway's belief**, learned only from what it routed
+(:meth:`CacheAware.routed`: the replica now holds that chain), kept as an LRU as large as the
+replica's KV memory — never the replicas' ground truth. After a replica restarts cold the belief
+is stale: the scorer keeps sending that prefix there, and those requests miss until the cache
+refills. That is the failure mode real cache-aware routers have when KV events are lost.
+
+Requests without a prefix (``prefix`` None or empty) are routed by power-of-two choices. The
+gateway passes the prefix through ``choose_for``; ``choose`` (no prefix) keeps the plain router
+protocol, exclusions included. All three register in :data:`testbed.policy.routing.ROUTERS`
+under their ``routing.policy`` names when this module is imported (the gateway imports it).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Generic
+
+from testbed.policy.prefix_cache import Prefix
+from testbed.policy.routing import NONE_EXCLUDED, Exclude, R, _tier_pools, _two_choices, register
+
+_MASK = (1 << 64) - 1
+RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small fleet
+
+
+def _mix(value: int) -> int:
+    """splitmix64: a stable 64-bit mix (Python's ``hash`` is not stable for this purpose)."""
+    value = (value + 0x9E3779B97F4A7C15) & _MASK
+    value = ((value ^ (value >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    value = ((value ^ (value >> 27)) * 0x94D049BB133111EB) & _MASK
+    return value ^ (value >> 31)
+
+
+def prefix_key(blocks: Sequence[int]) -> int:
+    key = 0
+    for block in blocks:
+        key = _mix(key ^ block)
+    return key
+
+
+def _first_available(pools: tuple[list[R], list[R]], rng: random.Random, exclude: Exclude) -> R | None:
+    for pool in pools:
+        pick = _two_choices(pool, rng, exclude)
+        if pick is not None:
+            return pick
+    return None
+
+
+class PrefixAffinity(Generic[R]):
+    """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids."""
+
+    def __init__(self, replicas: Sequence[R], rng: random.Random, prefix_blocks: int, load_factor: float) -> None:
+        self._pools = _tier_pools(replicas)
+        self._rng = rng
+        self._blocks = prefix_blocks
+        self._factor = load_factor
+        self._rings: list[tuple[list[int], list[R]]] = []
+        for pool in self._pools:
+            points = sorted((_mix((r.index << 16) | v), r.index, r) for r in pool for v in range(RING_POINTS))
+            self._rings.append(([p for p, _, _ in points], [r for _, _, r in points]))
+
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
+
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
+        if prefix is None or not len(prefix):
+            return self.choose(client_region, now, exclude)
+        key = prefix_key(prefix.leading(self._blocks))
+        for pool, (points, owners) in zip(self._pools, self._rings):
+            live = [r for r in pool if r.available and r.index not in exclude]
+            if not live:
+                continue
+            bound = math.ceil(self._factor * (sum(r.outstanding for r in live) + 1) / len(live))
+            start = bisect.bisect_left(points, key)
+            best: R | None = None
+            seen: set[int] = set()
+            for step in range(len(points)):
+                replica = owners[(start + step) % len(points)]
+                if replica.index in seen or not replica.available or replica.index in exclude:
+                    continue
+                seen.add(replica.index)
+                if replica.outstanding < bound:
+                    return replica
+                if best is None or replica.outstanding < best.outstanding:
+                    best = replica
+                if len(seen) == len(live):
+                    break
+            return best
+        return None
+
+
+class CacheBelief:
+    """What the gateway believes one replica caches: an LRU of block ids it routed there."""
+
+    def __init__(self, capacity_tokens: int) -> None:
+        self.capacity_tokens = capacity_tokens  # 0: unbounded
+        self._blocks: OrderedDict[int, int] = OrderedDict()
+        self._tokens = 0
+
+    def matched(self, prefix: Prefix) -> int:
+        """Leading ids of the chain believed cached."""
+        count = 0
+        for block in prefix.ids():
+            if block not in self._blocks:
+                break
+            count += 1
+        return count
+
+    def add(self, prefix: Prefix) -> None:
+        blocks = self._blocks
+        for block in reversed(list(prefix.ids())):  # the root most recent, as the replica's LRU keeps it
+            if block in blocks:
+                blocks.move_to_end(block)
+            else:
+                blocks[block] = prefix.block_tokens
+                self._tokens += prefix.block_tokens
+        while self.capacity_tokens and self._tokens > self.capacity_tokens and blocks:
+            _, size = blocks.popitem(last=False)
+            self._tokens -= size
+
+
+class CacheAware(Generic[R]):
+    """Weighted score of believed-cached share against load (see module docstring)."""
+
+    def __init__(
+        self,
+        replicas: Sequence[R],
+        rng: random.Random,
+        cache_weight: float,
+        load_weight: float,
+        belief_tokens: dict[int, int] | None = None,
+    ) -> None:
+        self._pools = _tier_pools(replicas)
+        self._rng = rng
+        self._cache_weight = cache_weight
+        self._load_weight = load_weight
+        tokens = belief_tokens or {}
+        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
+
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
+
+    def score(self, replica: R, prefix: Prefix) -> float:
+        share = self.beliefs[replica.index].matched(prefix) / len(prefix)
+        slots = getattr(replica, "capacity", 1) or 1
+        return self._cache_weight * share - self._load_weight * replica.outstanding / slots
+
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
+        if prefix is None or not len(prefix):
+            return self.choose(client_region, now, exclude)
+        for pool in self._pools:
+            best: R | None = None
+            best_key: tuple[float, int, int] | None = None
+            for replica in pool:
+                if not replica.available or replica.index in exclude:
+                    continue
+                key = (-self.score(replica, prefix), replica.outstanding, replica.index)
+                if best_key is None or key < best_key:
+                    best, best_key = replica, key
+            if best is not None:
+                return best
+        return None
+
+    def routed(self, replica: int, prefix: Prefix) -> None:
+        """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""
+        if len(prefix):
+            self.beliefs[replica].add(prefix)
+
+
+class SessionAffinity(Generic[R]):
+    """Pin each session to a replica; spill over (and re-pin) when it is down or loaded."""
+
+    def __init__(self, replicas: Sequence[R], rng: random.Random, spill_threshold: int) -> None:
+        self._pools = _tier_pools(replicas)
+        self._rng = rng
+        self._threshold = spill_threshold
+        self.pins: dict[int, R] = {}  # one entry per session seen
+
+    def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        return _first_available(self._pools, self._rng, exclude)
+
+    def choose_for(
+        self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
+    ) -> R | None:
+        if prefix is None or prefix.session < 0:
+            return self.choose(client_region, now, exclude)
+        pinned = self.pins.get(prefix.session)
+        usable = pinned is not None and pinned.available and pinned.index not in exclude
+        if pinned is not None and usable and pinned.outstanding < self._threshold:
+            primary_back = pinned.tier != "primary" and any(r.available for r in self._pools[0])
+            if not primary_back:  # the tier rule: leave the fallback tier once a primary serves again
+                return pinned
+        pick = self.choose(client_region, now, exclude)
+        if pick is not None:
+            self.pins[prefix.session] = pick
+        return pick
+
+
+def _belief_tokens(replicas: Sequence[R]) -> dict[int, int]:
+    """Each replica's KV memory, where its view says (the gateway's ``kv_tokens``): the belief's bound."""
+    return {r.index: getattr(r, "kv_tokens", 0) for r in replicas}
+
+
+register("prefix_affinity", lambda spec, replicas, rtt, rng: PrefixAffinity(replicas, rng, spec.prefix_blocks, spec.load_factor))
+register(
+    "cache_aware",
+    lambda spec, replicas, rtt, rng: CacheAware(replicas, rng, spec.cache_weight, spec.load_weight, _belief_tokens(replicas)),
+)
+register("session_affinity", lambda spec, replicas, rtt, rng: SessionAffinity(replicas, rng, spec.spill_threshold))
