@@ -1,14 +1,22 @@
 """How fast the simulator runs: N requests on the 1,000-GPU fleet at ~70% of its capacity.
 
 Continuous batching, power-of-two routing, Poisson arrivals, lengths that vary per request.
-With ``--failures`` it runs the same requests twice in one process, without and with a
-stochastic node-crash process on the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of
-crashes), and prints the ratio, since this machine is shared and only ratios measured in one
-run are comparable. The last line is machine-readable:
+This machine is shared, so absolute speeds mean little; every figure is also given as a ratio
+to something measured in the same process:
 
-    requests=<N> wall_s=<float> requests_per_s=<float> peak_rss_mb=<float>
+* the simulator's requests/s against a bare SimPy M/M/4 queue's customers/s
+  (``bare_queue.py``: 100,000 customers, rho 0.9), the yardstick of issue #17;
+* with ``--failures``, the same requests without and with a stochastic node-crash process on
+  the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of crashes);
+* with ``--fleet-sizes``, marginal CPU µs per request on generated fleets of 2 to 2,304 replicas at
+  the same load, which is flat when nothing per request is O(replicas);
+* with ``--policies``, the same table once per routing policy in the router registry.
 
-Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures]
+The summary line is machine-readable:
+
+    requests=<N> wall_s=<float> requests_per_s=<float> bare_queue_per_s=<float> ratio=<float> peak_rss_mb=<float>
+
+Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures] [--fleet-sizes] [--policies]
 """
 
 from __future__ import annotations
@@ -16,24 +24,50 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import time
 from pathlib import Path
 
+from bare_queue import mmc_customers_per_second
 from page import provenance, table, write_block
 from testbed.capacity import fleet_capacity
+from testbed.policy.routing import ROUTERS
 from testbed.sim import simulate
 from testbed.spec import Scenario
 
 FLEET = Path(__file__).resolve().parents[1] / "topologies" / "fleet-1k.yaml"
 
 
+# Generated fleets for the size table: 2 replicas up to twice fleet-1k, one GPU per replica.
+FLEET_SIZES = (2, 16, 144, 576, 1152, 2304)
+
 FAILURES = [{"kind": "failure_process", "level": "node", "effect": "node_crash", "mtbf": "2min", "mttr": "1min"}]
 
 
-def fleet_scenario(requests: int, load: float, seed: int, failures: bool = False) -> Scenario:
+def generated_fleet(replicas: int) -> dict:
+    """A one-region fleet of ``replicas`` H100s, 8 to a node (fewer when the fleet is smaller)."""
+    per_node = min(replicas, 8)
+    if replicas % per_node:
+        raise ValueError(f"fleet size {replicas} is not a whole number of {per_node}-GPU nodes")
+    rack = {"name": "rack", "count": 1, "nodes": replicas // per_node, "device": "H100", "devices_per_node": per_node}
+    return {
+        "name": f"generated-{replicas}",
+        "model": "llama-3-8b",
+        "providers": [{"name": "aws", "regions": [{"name": "us-east-1", "zones": [{"name": "az1", "racks": [rack]}]}]}],
+    }
+
+
+def fleet_scenario(
+    requests: int,
+    load: float,
+    seed: int,
+    failures: bool = False,
+    topology: dict | None = None,
+    routing: str = "power_of_two",
+) -> Scenario:
     """The benchmark scenario: duration chosen so that about ``requests`` arrive."""
     base = {
         "name": "sim-throughput",
-        "topology": str(FLEET),
+        "topology": topology if topology is not None else str(FLEET),
         "workload": {
             "arrival": {"kind": "poisson", "rate": 1.0},
             "prompt_tokens": {"kind": "lognormal", "median": 512, "sigma": 0.6, "max": 4096},
@@ -41,7 +75,7 @@ def fleet_scenario(requests: int, load: float, seed: int, failures: bool = False
         },
         "serving": {
             "batching": {"policy": "continuous", "max_num_seqs": 128},
-            "routing": {"policy": "power_of_two"},
+            "routing": {"policy": routing},
         },
         "duration": 1.0,
         "seed": seed,
@@ -56,18 +90,54 @@ def fleet_scenario(requests: int, load: float, seed: int, failures: bool = False
     return Scenario.model_validate(base)
 
 
+def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str) -> float:
+    """Marginal CPU µs per request on a generated fleet of ``replicas``: the extra CPU time
+    ``2 * requests`` take over ``requests``, so building the fleet (O(replicas) once) cancels
+    out. CPU time rather than wall time, because on a loaded machine the wall clock mostly
+    measures the other processes."""
+    cpu, counts = [], []
+    for n in (requests, 2 * requests):
+        scenario = fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing)
+        started = time.process_time()
+        result = simulate(scenario)
+        cpu.append(time.process_time() - started)
+        counts.append(len(result.requests))
+    return (cpu[1] - cpu[0]) / (counts[1] - counts[0]) * 1e6
+
+
+def size_table(requests: int, load: float, seed: int, policies: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Cost per request (µs) per fleet size (rows) and routing policy (columns), and each
+    policy's largest fleet against its smallest: near 1 when cost does not grow with the fleet."""
+    costs = {p: [cost_per_request_us(requests, load, seed, n, p) for n in FLEET_SIZES] for p in policies}
+    header = ["replicas", *(f"{p} CPU µs/request" for p in policies)]
+    rows = [[f"{n:,}", *(f"{costs[p][i]:.1f}" for p in policies)] for i, n in enumerate(FLEET_SIZES)]
+    rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *(f"{costs[p][-1] / costs[p][0]:.2f}×" for p in policies)])
+    for line in table(header, rows).splitlines():
+        print(line)
+    return header, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=200_000)
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a share of fleet capacity")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--failures", action="store_true", help="also run with a node-crash process and compare")
+    parser.add_argument("--fleet-sizes", action="store_true", help="also print cost per request for fleets of 2 to 2,304 replicas")
+    parser.add_argument("--policies", action="store_true", help="the fleet-size table once per routing policy in the registry")
+    parser.add_argument("--table-requests", type=int, default=20_000, help="requests per cell of the fleet-size table")
+    parser.add_argument("--customers", type=int, default=100_000, help="customers of the bare M/M/4 queue")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     ratio = "not measured (no --failures)"
+    # The yardstick is run before and after the simulator, so a change of load during the run
+    # shows as a spread between the two instead of silently skewing the ratio.
+    bare_before = mmc_customers_per_second(args.customers)
     scenario = fleet_scenario(args.requests, args.load, args.seed)
     result = simulate(scenario)
+    bare_after = mmc_customers_per_second(args.customers)
+    bare = (bare_before + bare_after) / 2
     if args.failures:
         faulty = simulate(fleet_scenario(args.requests, args.load, args.seed, failures=True))
         n_faulty = len(faulty.requests)
@@ -85,11 +155,24 @@ def main() -> None:
     print(f"fleet: {scenario.topology.name}, offered {scenario.workload.arrival.rate:,.0f} req/s "
           f"for {scenario.duration:,.1f} simulated s; outcomes {counts}; preemptions {result.stats['preemptions']}")
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"requests={n} wall_s={wall:.3f} requests_per_s={n / wall:.0f} peak_rss_mb={peak_rss_mb:.1f}")
+    print(f"bare SimPy M/M/4 (rho 0.9, {args.customers:,} customers): {bare:,.0f} customers/s "
+          f"(before {bare_before:,.0f}, after {bare_after:,.0f}); "
+          f"simulator / bare queue = {n / wall / bare:.3f}")
+    print(f"requests={n} wall_s={wall:.3f} requests_per_s={n / wall:.0f} bare_queue_per_s={bare:.0f} "
+          f"ratio={n / wall / bare:.4f} peak_rss_mb={peak_rss_mb:.1f}")
+    sizes = None
+    if args.fleet_sizes or args.policies:
+        policies = list(ROUTERS) if args.policies else ["power_of_two"]
+        print(f"cost per request, {args.table_requests:,} requests per cell at load {args.load}:")
+        sizes = size_table(args.table_requests, args.load, args.seed, policies)
     if args.markdown:
-        rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", ratio, f"{peak_rss_mb:.0f} MB"]]
-        write_block(args.markdown, "sim_throughput", table(
-            ["requests", "simulated requests/s", "with failures", "peak RSS"], rows) + "\n\n" + provenance(load_before))
+        rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", f"{bare:,.0f}", f"{n / wall / bare:.3f}", ratio,
+                 f"{peak_rss_mb:.0f} MB"]]
+        body = table(["requests", "simulated requests/s", "bare M/M/4 customers/s", "ratio", "with failures",
+                      "peak RSS"], rows)
+        if sizes is not None:
+            body += "\n\nCost per request by fleet size:\n\n" + table(*sizes)
+        write_block(args.markdown, "sim_throughput", body + "\n\n" + provenance(load_before))
 
 
 if __name__ == "__main__":

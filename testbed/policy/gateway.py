@@ -33,7 +33,7 @@ routers like it best):
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from testbed.policy.admission import AdmissionController
@@ -44,7 +44,7 @@ from testbed.policy.health import HealthChecker
 from testbed.policy.hedging import HedgePolicy
 from testbed.policy.outcomes import REPLICA_SUCCESS, Outcome, Status
 from testbed.policy.retry import RetryBudget, RetryPolicy
-from testbed.policy.routing import Router, make_router
+from testbed.policy.routing import Router, Watched, make_router
 from testbed.spec import ServingSpec
 
 # How an attempt may end; what each means for breakers, retries and the record is stated in
@@ -151,6 +151,7 @@ class Gateway:
         self.health = HealthChecker.from_spec(spec.health_check, len(self.replicas))
         self.admission = AdmissionController.from_spec(spec.admission)
         self.routers = self._routers(spec, client_regions, rtt)
+        self._watchers = self._watch(self.routers.values())
         self.capacity = sum(r.capacity for r in self.replicas) or 1
         self._available_in: dict[str, int] = {}  # region -> replicas believed available
         for replica in self.replicas:
@@ -168,6 +169,20 @@ class Gateway:
         self.requests: dict[int, RequestState] = {}
         self._next_attempt = 0
         self._attempt_rid: dict[int, int] = {}
+
+    def _watch(self, routers: Iterable[Router]) -> list[list[Callable[[ReplicaState], None]]]:
+        """Per replica, the routers to tell when its ``outstanding`` or ``available`` changes:
+        those that keep an index over their views (see ``LeastOutstanding.watch``)."""
+        watchers: list[list[Callable[[ReplicaState], None]]] = [[] for _ in self.replicas]
+        for router in {id(r): r for r in routers}.values():
+            if isinstance(router, Watched):
+                for replica in router.watch():
+                    watchers[replica.index].append(router.moved)
+        return watchers
+
+    def _moved(self, replica: ReplicaState) -> None:
+        for moved in self._watchers[replica.index]:
+            moved(replica)
 
     def _routers(
         self, spec: ServingSpec, client_regions: Sequence[str], rtt: Callable[[str, str], float]
@@ -353,6 +368,7 @@ class Gateway:
         state.tried.append(replica.index)
         self._attempt_rid[attempt] = state.rid
         replica.outstanding += 1
+        self._moved(replica)
         self.outstanding += 1
         actions.append(Dispatch(state.rid, attempt, replica.index, hedge))
         if state.prefix is not None:
@@ -422,7 +438,9 @@ class Gateway:
         return Finish(state.rid, status, attempt, state.retries, state.hedged, state.failed_over)
 
     def _release(self, replica: int) -> None:
-        self.replicas[replica].outstanding -= 1
+        view = self.replicas[replica]
+        view.outstanding -= 1
+        self._moved(view)
         self.outstanding -= 1
 
     def _observe(self, replica: int, ok: bool, now: float) -> None:
@@ -449,6 +467,7 @@ class Gateway:
         view = self.replicas[replica]
         if view.available != available:
             view.available = available
+            self._moved(view)
             self._available_in[view.region] += 1 if available else -1
 
     # ------------------------------------------------------------------ gateway queue (late binding)

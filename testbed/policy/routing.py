@@ -7,6 +7,8 @@ or come back — so a router keeps no copy of fleet state and builds no candidat
 The simulator routes about a million requests over about a thousand replicas, so
 :class:`RoundRobin`, :class:`PowerOfTwo` and :class:`RegionAffine` cost O(1) expected per call
 while most replicas are available; only when a whole pool is down do they scan it.
+:class:`LeastOutstanding` costs O(log n) once the driver reports changes to it (see its
+docstring), as the gateway does.
 
 Every router applies the same **tier rule**: choose among available primary-tier replicas; only
 if none is available, among available fallback-tier replicas (e.g. CPU-quantized hosts); if none
@@ -26,9 +28,10 @@ Randomness comes only from the ``random.Random`` passed in, so a seeded run rout
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Container, Sequence
-from typing import Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from testbed.spec import RoutingSpec
 
@@ -61,6 +64,17 @@ class Router(Protocol[R_co]):
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R_co | None:
         """The replica to send a request from ``client_region`` to, never one in ``exclude``;
         None if no replica outside ``exclude`` is available."""
+
+
+@runtime_checkable
+class Watched(Protocol[R]):
+    """A router that keeps an index over its views, fed by the driver (see :class:`LeastOutstanding`)."""
+
+    def watch(self) -> Sequence[R]:
+        """Start indexing; the views whose changes the driver must report to :meth:`moved`."""
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
 
 
 def _tier_pools(replicas: Sequence[R]) -> tuple[list[R], list[R]]:
@@ -124,14 +138,63 @@ class RoundRobin(Generic[R]):
 class LeastOutstanding(Generic[R]):
     """The available replica with the fewest outstanding requests; ties go to the lowest index.
 
-    This is an O(n) scan per call — exact but slow on a large fleet, where :class:`PowerOfTwo`
-    gets nearly the same balance in O(1).
+    A router cannot see views change, so on its own it scans its pools: O(n) per call. A driver
+    that reports every change of a replica's ``outstanding`` or ``available`` calls
+    :meth:`watch` once and then :meth:`moved` after each change (the gateway does, in both
+    planes); from then on each tier keeps a heap of ``(outstanding, position)`` entries, one
+    pushed per change, and a call pops the stale entries that surface (a replica now
+    unavailable or with another count), so both cost O(log n) amortised and pick exactly what
+    the scan would. Excluded replicas are popped aside and pushed back: a handful per call.
     """
 
     def __init__(self, replicas: Sequence[R]) -> None:
         self._pools = _tier_pools(replicas)
+        self._heaps: list[list[tuple[int, int]]] | None = None  # per tier, once watched
+        self._where = {r.index: (tier, pos) for tier, pool in enumerate(self._pools) for pos, r in enumerate(pool)}
+
+    def watch(self) -> list[R]:
+        """Index from now on; returns the replicas whose changes the caller must report to :meth:`moved`."""
+        self._heaps = [self._heap_of(pool) for pool in self._pools]
+        return [r for pool in self._pools for r in pool]
+
+    @staticmethod
+    def _heap_of(pool: Sequence[R]) -> list[tuple[int, int]]:
+        heap = [(r.outstanding, pos) for pos, r in enumerate(pool) if r.available]
+        heapq.heapify(heap)
+        return heap
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        tier, pos = self._where[replica.index]
+        heap = self._heaps[tier]  # type: ignore[index]
+        if len(heap) > 2 * len(self._pools[tier]) + 64:  # mostly stale entries: rebuild, O(1) amortised
+            heap[:] = self._heap_of(self._pools[tier])
+        elif replica.available:
+            heapq.heappush(heap, (replica.outstanding, pos))
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        if self._heaps is None:
+            return self._scan(exclude)
+        for pool, heap in zip(self._pools, self._heaps):
+            aside: list[tuple[int, int]] = []
+            pick: R | None = None
+            while heap:
+                load, pos = heap[0]
+                replica = pool[pos]
+                if not replica.available or replica.outstanding != load:
+                    heapq.heappop(heap)
+                elif replica.index in exclude:
+                    aside.append(heapq.heappop(heap))
+                else:
+                    pick = replica
+                    break
+            for entry in aside:
+                heapq.heappush(heap, entry)
+            if pick is not None:
+                return pick
+        return None
+
+    def _scan(self, exclude: Exclude) -> R | None:
         for pool in self._pools:
             best: R | None = None
             for replica in pool:
