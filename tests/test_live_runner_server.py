@@ -19,7 +19,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
 from testbed.live.replica.models import ensure_model  # noqa: E402
-from tests.test_live_replica import start_replica  # noqa: E402
+from test_live_replica import start_replica  # noqa: E402  (pytest puts tests/ on the path)
 
 pytestmark = pytest.mark.live
 
