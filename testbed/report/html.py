@@ -184,7 +184,7 @@ def observed_frame(result: Result, name: str) -> pd.DataFrame | None:
 def html_report(result: Result) -> str:
     """The report.html of a run: verdicts, outcome ledger, where requests were served, latency,
     fleet load and availability over time per region, faults, detection and the topology."""
-    from testbed.report import plots  # plotly comes with the explore extra; see write_html_report
+    import testbed.report.plots as plots  # plotly comes with the explore extra; see write_html_report
 
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
