@@ -63,7 +63,7 @@ def main() -> int:
     parser.add_argument("--faults", default="both", choices=["both", "none", "only"], help="runs without/with the scenario's faults")
     parser.add_argument("--repeat", action="store_true", help="replay each run twice: live-vs-live differences are the noise floor")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the table into this docs page (docs/fidelity.md)")
-    parser.add_argument("--block", default="fidelity", help="the page's block to replace (e.g. fidelity-quiet for a rerun of some rows)")
+    parser.add_argument("--block", default="fidelity", help="the page's block to replace (a page may hold several, e.g. a rerun of some rows)")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     base = Scenario.from_yaml(args.scenario)

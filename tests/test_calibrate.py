@@ -215,6 +215,9 @@ def _crash_scenario(tmp_path: Path, fault_kind: str, eject: bool = True, **profi
     (tmp_path / "profile.json").write_text(json.dumps(profile))
     data = base.model_dump(mode="json", by_alias=True, exclude_defaults=True)
     data["topology"]["profiles"] = {"cpu-fp32": str(tmp_path / "profile.json")}
+    # A core per replica: these tests are about how a crash is seen, not about the laptop's
+    # measured share of its cores, which would put a queue behind every retry.
+    data["topology"]["host_cores"] = None
     node = "local/east/z0/host/node-0"
     target = f"{node}/cpu-0" if fault_kind == "accelerator_failure" else node
     data["faults"] = [{"kind": fault_kind, "target": target, "at": 15, "duration": 10}]
