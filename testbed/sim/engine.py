@@ -40,7 +40,7 @@ from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
-from testbed.spec import ContinuousBatching, Scenario, SpecError
+from testbed.spec import Scenario, SpecError
 from testbed.topology import Replica
 
 ProgressCallback = Callable[[float], None]
@@ -99,7 +99,7 @@ class _Run:
         self.total = self.singles + (self.plan.calls if self.plan else 0)
         self.log = RequestLog(self.total)
         batching = scenario.serving.batching
-        self.caching = isinstance(batching, ContinuousBatching) and batching.prefix_caching
+        self.caching = batching.prefix_caching
         self.prefix = self._prefix_columns()
         self.replicas = self._build_replicas()
         self.views = [
