@@ -6,7 +6,7 @@ seed, then prints one row: the hit rate (cached / prompt tokens of ok requests) 
 and TTFT p50 and p99 in both with their relative error (sim / live - 1).
 
     python benchmarks/prefix_fidelity.py                          # faults/live-prefix-cache.yaml
-    python benchmarks/prefix_fidelity.py --routers cache_aware,round_robin --markdown docs/caching.md
+    python benchmarks/prefix_fidelity.py --scale 0.5 --markdown docs/caching.md  # two replicas, one per core
 
 Each router takes the scenario's duration plus start-up and drain in wall time (about a minute
 at 40 s). The live replicas share the machine's cores with the gateway and the load generator,
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from page import provenance, table, write_block  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
-from testbed.live.sizing import replica_count  # noqa: E402
+from testbed.live.sizing import replica_count, scale  # noqa: E402
 from testbed.records.result import Result  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
 from testbed.spec import Scenario  # noqa: E402
@@ -63,11 +63,14 @@ def main() -> int:
     parser.add_argument("--routers", default="cache_aware,session_affinity,round_robin")
     parser.add_argument("--duration", default=None, help="override the scenario's duration (e.g. 20s)")
     parser.add_argument("--engine", default="torch")
+    parser.add_argument("--scale", type=float, default=None, help="shrink the scenario first (testbed live --scale)")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the table into this docs page (docs/caching.md)")
     parser.add_argument("--block", default="prefix-fidelity", help="the page's block to replace")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     base = Scenario.from_yaml(args.scenario)
+    if args.scale is not None:
+        base = scale(base, args.scale)
     duration = parse_duration(args.duration) if args.duration else None
     print(f"{base.name}: {replica_count(base)} replicas; load average {load_before:.1f}", file=sys.stderr)
     header = ["router", "requests", "hit rate sim / live", "ttft p50 sim / live ms", "err", "ttft p99 sim / live ms", "err",

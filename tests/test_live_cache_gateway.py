@@ -117,9 +117,10 @@ def test_the_gateway_queue_binds_late_and_sheds_when_full(stack):
 def test_a_prefix_heavy_scenario_replayed_live_finds_its_prefixes_cached(tmp_path):
     """faults/live-prefix-cache.yaml, halved to two replicas and shortened: the cache-aware
     scorer keeps conversations where their context is, and the records say what was cached."""
+    from testbed.live.fidelity import compare
     from testbed.live.replay import run_live
-    from testbed.sim import simulate
     from testbed.live.sizing import scale
+    from testbed.sim import simulate
 
     scenario = scale(Scenario.from_yaml(ROOT / "faults" / "live-prefix-cache.yaml"), 0.5)
     scenario = scenario.model_copy(update={"duration": 12.0, "drain": 10.0})
@@ -130,9 +131,7 @@ def test_a_prefix_heavy_scenario_replayed_live_finds_its_prefixes_cached(tmp_pat
     hit_rate = ok["cached_tokens"].sum() / ok["prompt_tokens"].sum()
     assert hit_rate > 0.4, hit_rate
     assert (ok["cached_tokens"] <= ok["prompt_tokens"] - 1).all()
-    sim = simulate(scenario).requests
-    sim_ok = sim[sim["status"] == "ok"]
-    simulated = sim_ok["cached_tokens"].sum() / sim_ok["prompt_tokens"].sum()
     # Both planes route the same prompts with the same scorer; what differs is which requests
     # meet in a batch and how loaded each replica is when a turn comes, which moves a few turns.
-    assert abs(hit_rate - simulated) < 0.15, (hit_rate, simulated)
+    rates = compare(simulate(scenario), live).metrics.set_index("metric").loc["cache hit rate"]
+    assert abs(rates["sim"] - rates["live"]) < 0.15, rates
