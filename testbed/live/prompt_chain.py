@@ -11,9 +11,9 @@ the sharing the replicas see.
 * A prompt of token ids (what live replay sends; any OpenAI client may) is hashed as it is.
 * A text prompt, or chat messages, are first tokenized as the replica does it — the served
   model's tokenizer and chat template (:mod:`testbed.live.replica.server`), loaded once, when
-  the gateway opens (:class:`Tokenizer`). A model whose tokenizer cannot be loaded here, or messages its template
-  rejects, leave the request without a chain: it is routed cache-blind, and the replica
-  answers whatever is wrong with it.
+  the gateway opens (:class:`Tokenizer`). A model whose tokenizer cannot be loaded here, or
+  messages its template rejects, leave the request without a chain: it is routed cache-blind,
+  and the replica answers whatever is wrong with it.
 * The session, for ``session_affinity``, is the client's ``x-session-id`` header, else the
   body's ``user`` — the end-user tag OpenAI clients send — as a stable integer; -1 without either.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 from testbed.live.openai_schema import ChatCompletionRequest, CompletionRequest
 from testbed.policy.prefix_cache import Prefix, chain_hashes
 
+
 def user_session(user: str) -> int:
     """A stable non-negative int64 for a ``user`` tag (the same in every process and run)."""
     return int.from_bytes(hashlib.blake2b(user.encode(), digest_size=8).digest(), "little") >> 1
@@ -41,7 +42,8 @@ def chain_of(tokens: Sequence[int], block_size: int, session: int = -1) -> Prefi
 
 class PromptChains:
     """Computes requests' chains in blocks of ``block_size``; ``load_tokenizer`` gives the served
-    model's tokenizer (raising if it cannot), called at most once, when a text prompt first comes."""
+    model's tokenizer (raising if it cannot), called at most once: by :meth:`warm`, or by the
+    first text prompt if that comes sooner."""
 
     def __init__(self, block_size: int, load_tokenizer: Callable[[], Tokenizer]) -> None:
         self.block_size = block_size
@@ -51,7 +53,7 @@ class PromptChains:
         self._loading = threading.Lock()  # requests tokenize in worker threads: load once
 
     def warm(self) -> None:
-        """Load the tokenizer now (seconds, the first time), so that the first text request does not wait."""
+        """Load the tokenizer now, so that the first text request does not wait for it."""
         self._tokenizer_or_none()
 
     def needs_tokenizer(self, request: CompletionRequest | ChatCompletionRequest) -> bool:
