@@ -180,6 +180,20 @@ def _close(conv: int, open_ids: list[int], position: dict[int, int]) -> None:
         position[last] = at
 
 
+def per_conversation(run: tuple[np.ndarray, np.ndarray], conversation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each request's ``run`` replaced by the one its conversation's first turn has.
+
+    A chat turn's prompt is the previous turn's plus more, system prompt included; a turn that
+    drew another system prompt would share its conversation's ids after a different start,
+    which no real cache could reuse (a chain id stands for everything before it).
+    """
+    if not len(conversation):
+        return run
+    _, first, inverse = np.unique(conversation, return_index=True, return_inverse=True)
+    at = first[inverse]
+    return run[0][at], run[1][at]
+
+
 def conversation_runs(conversation: np.ndarray, blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each request's conversation run: the conversation's own id space, ``blocks`` long."""
     return CONVERSATION_BASE + conversation * CONVERSATION_SPAN, blocks.astype(np.int64)

@@ -129,6 +129,8 @@ def _with_prefixes(spec: WorkloadSpec, arrivals: Arrivals, streams: RandomStream
             prefix.chat, prompt, arrivals.output_tokens.astype(np.int64), turns, rng, reserved
         )
         prompt = prompt + context
+        if runs:  # a conversation keeps the system prompt its first turn drew: its context follows it
+            runs[0] = prefixes.per_conversation(runs[0], session)
         runs.append(prefixes.conversation_runs(session, prompt // block))
     prompt = np.minimum(prompt + reserved, np.iinfo(np.int32).max)
     columns = prefixes.from_runs(runs, session, block)

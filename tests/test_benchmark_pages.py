@@ -34,6 +34,9 @@ def test_the_shipped_pages_hold_a_block_for_every_benchmark() -> None:
         assert f"<!-- begin: {script} -->" in benchmarks, script
         assert f"python benchmarks/{script}.py" in benchmarks, script
     assert "<!-- begin: fidelity -->" in (ROOT / "docs" / "fidelity.md").read_text()
+    caching = (ROOT / "docs" / "caching.md").read_text()
+    for block, script in (("prefix-fidelity", "prefix_fidelity"), ("cache_cold_failover", "cache_cold_failover")):
+        assert f"<!-- begin: {block} -->" in caching and f"python benchmarks/{script}.py" in caching, block
 
 
 def test_a_benchmark_script_writes_its_figures_into_the_page(tmp_path: Path) -> None:

@@ -65,11 +65,11 @@ class Recorder:
         if name not in self.EVENTS:
             return target
 
-        def call(*args: Any) -> Any:
+        def call(*args: Any, **options: Any) -> Any:
             *fields, now = args[:_TIME_AT[name] + 1]
-            result = target(*args)
+            result = target(*args, **options)
             actions = [_normal(a, now) for a in result] if isinstance(result, list) else result
-            self.log.append((name, *fields, actions))
+            self.log.append((name, *fields, *sorted(options.items()), actions))
             return result
 
         return call
@@ -119,7 +119,7 @@ def run_sim() -> list[tuple]:
             replica.alive, replica.refusing = does != "refuse", does == "refuse"
         run._prompt_tokens[rid] = 10**7 if "too_long" in what.values() else 50
         assert ("error" in what.values()) == (env.now == ERROR_AT)
-        run._execute(run.gateway.on_arrival(rid, 0, REGION, env.now))
+        run._execute(run._arrive(rid, env.now))
         env.run(until=env.now + STEP)
         rid += 1
     return recorder.log

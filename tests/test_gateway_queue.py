@@ -163,3 +163,18 @@ def test_the_gateway_queue_is_m_m_c_and_matches_erlang_c(tmp_path):
     separate = rho * mean_s * (1 + cv2) / (2 * (1 - rho))
     assert separate > 1.5 * expected
     assert wait(False) > 1.3 * expected
+
+
+def test_classes_of_one_priority_take_turns_in_the_simulated_queue(tmp_path):
+    """A flood of one class cannot starve another of the same priority: with the fleet
+    overloaded, the rare class waits far less than the flood it arrives among."""
+    k = np.arange(1, 801)
+    weights = Q ** (k - 1)
+    mean_s = float((weights * (PREFILL_S + (k - 1) * DECODE_STEP_S)).sum() / weights.sum())
+    spec = mmc_scenario(tmp_path, 1.1 * REPLICAS / mean_s, True, 300.0)
+    data = spec.model_dump(mode="json", by_alias=True)
+    data["workload"]["classes"] = [{"name": "flood", "share": 0.9}, {"name": "rare", "share": 0.1}]
+    result = simulate(Scenario.model_validate(data, context={"base_dir": str(tmp_path)}))
+    served = result.requests[result.requests["status"] == "ok"]
+    waited = (served["first_token"] - served["arrival"]).groupby(served["request_class"].astype(str)).mean()
+    assert waited["rare"] < 0.2 * waited["flood"], waited

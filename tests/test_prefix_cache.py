@@ -15,10 +15,10 @@ import pytest
 
 from testbed.perf import Roofline
 from testbed.catalog import DEVICES, MODELS
-from testbed.policy.batching import ContinuousBatcher, Sequence
+from testbed.policy.batching import ContinuousBatcher, MicroBatcher, Sequence
 from testbed.policy.prefix_cache import Prefix, PrefixCache, chain_hashes
 from testbed.sim import simulate
-from testbed.spec import Scenario
+from testbed.spec import MicroBatching, Scenario
 from testbed.traces import read_mooncake
 
 TRACES = Path(__file__).resolve().parents[1] / "faults" / "traces"
@@ -136,6 +136,31 @@ def test_batcher_charges_only_uncached_tokens_and_a_crash_leaves_the_cache_cold(
     batcher.enqueue(third, 0.0)
     batcher.next_iteration(0.0)
     assert third.cached == 0
+
+
+def test_micro_batches_reuse_only_what_was_cached_before_them_and_a_crash_empties_the_cache():
+    """A micro-batch is prefilled in one step, as the built-in engine does: two prompts of one
+    batch sharing a new system prompt both compute it; the next batch finds it cached."""
+    batcher = MicroBatcher.from_spec(MicroBatching(policy="micro", max_batch_size=2, max_queue_delay=0.0,
+                                                   prefix_caching=True), 100_000)
+    shared = Prefix(((1000, 16),), 16)  # 256 tokens of system prompt
+    pair = [seq(1, 300, 2, shared), seq(2, 280, 2, shared)]
+    for work in pair:
+        batcher.enqueue(work, 0.0)
+    iteration = batcher.next_iteration(0.0)
+    assert [w.cached for w in pair] == [0, 0] and iteration.prefill_tokens == 580 == sum(iteration.chunks)
+    batcher.complete(iteration, 2, 0.0)
+    assert batcher.running == 0 and len(batcher.cache) == 16
+    later = [seq(3, 300, 2, shared), seq(4, 260, 2, None)]
+    for work in later:
+        batcher.enqueue(work, 0.0)
+    iteration = batcher.next_iteration(0.0)
+    assert [w.cached for w in later] == [256, 0] and iteration.chunks == [44, 260]
+    batcher.cancel(later[0])  # leaves the batch: its blocks become evictable, not lost
+    assert later[0].held == 0 and len(batcher.cache) == 16
+    batcher.evict_all()  # the replica crashed
+    assert len(batcher.cache) == 0
+    assert MicroBatcher.from_spec(MicroBatching(policy="micro"), 1000).cache is None
 
 
 def test_memory_pressure_evicts_unreferenced_blocks():

@@ -73,3 +73,14 @@ def test_agent_calls_extend_their_sessions_conversation():
     assert (plan.prompt_tokens[~first] > plain.agents.prompt_tokens[~first]).all()
     for i in np.flatnonzero(~first)[:50]:
         assert list(calls.prefix(i - 1).ids()) == list(calls.prefix(i).ids())[: len(calls.prefix(i - 1))]
+
+
+def test_a_conversation_keeps_the_system_prompt_of_its_first_turn():
+    prefix = {"system_prompts": {"count": 4, "tokens": 32}, "chat": {"turns": {"kind": "fixed", "value": 6}}}
+    arrivals = generate(workload(prefix), 200.0, ["p/r"], RandomStreams(3))
+    first_block: dict[int, int] = {}
+    for i in range(len(arrivals)):
+        chain = list(arrivals.prefix.prefix(i).ids())
+        session = int(arrivals.prefix.session[i])
+        assert first_block.setdefault(session, chain[0]) == chain[0]
+    assert len(set(first_block.values())) == 8  # two classes of four prompts, all in use

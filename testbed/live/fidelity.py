@@ -1,7 +1,8 @@
 """Sim-vs-real fidelity: the same scenario's simulated and live records, side by side.
 
 Both runs leave the same records, so the comparison reads only those: latency percentiles of
-successful requests (TTFT, TPOT, end-to-end), throughput, availability and the outcome ledger,
+successful requests (TTFT, TPOT, end-to-end), throughput, availability, the prefix-cache hit
+rate (cached / prompt tokens, when the replicas cache) and the outcome ledger,
 each with the simulation's relative error against the live run (``sim / live - 1``: negative
 means the simulation is optimistic); whether each SLA verdict agrees; and, fault by fault (the
 schedules are identical by construction), how long detection and SLA recovery took in each.
@@ -74,6 +75,9 @@ def summary(result: Result) -> dict[str, tuple[float, str]]:
     figures["throughput"] = (len(ok) / span, "req/s")
     figures["token throughput"] = (float(ok["output_tokens"].sum()) / span, "tok/s")
     figures["availability"] = (len(ok) / len(requests) if len(requests) else math.nan, "share")
+    if result.scenario.serving.batching.prefix_caching:
+        prompt = float(ok["prompt_tokens"].sum())
+        figures["cache hit rate"] = (float(ok["cached_tokens"].sum()) / prompt if prompt else math.nan, "share")
     for status, count in outcome_counts(requests).items():
         figures[f"requests {status}"] = (float(count), "")
     return figures

@@ -12,6 +12,12 @@ actions out with httpx and the wall clock (``time.monotonic()`` from the stack's
 * ``Cancel`` cancels that task, which closes the upstream connection so the replica stops;
 * ``Wake`` is a ``loop.call_later`` back into ``on_timer``; ``Finish`` answers the client.
 
+Cache-aware routers get each request's block chain, computed from the prompt it forwards
+(:mod:`testbed.live.prompt_chain`) as the replicas name their cached blocks. With
+``serving.queue`` the policy holds requests centrally (late binding); besides the attempt ends
+and deadlines that drain it on their own, the driver drains it after every probe and upkeep tick,
+as the simulator does after its probe rounds.
+
 Streams pass through line by line. The first line that carries text is the attempt's first
 token: it wins any hedge race, and from then on its lines go to the client. A stream that breaks
 after that cannot be retried without repeating tokens, so the client gets an SSE ``error`` event
@@ -61,7 +67,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from testbed.draw import policy_rng
 from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
 from testbed.live.openai_schema import RequestError, install_error_handlers
-from testbed.live.requests import parse_request
+from testbed.live.prompt_chain import PromptChains, model_tokenizer, user_session
+from testbed.live.requests import ParsedRequest, parse_request
+from testbed.policy.prefix_cache import Prefix
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.outcomes import Outcome, Status, classify
 from testbed.spec import ServingSpec
@@ -190,6 +198,10 @@ class LiveGateway:
         views = [ReplicaState(i, u.region, u.tier, u.capacity, pool=u.pool) for i, u in enumerate(self.upstreams)]
         # The simulator's stream for the same seed: the same jitter and the same random picks.
         self.policy = Gateway(spec, views, self.client_regions, rtt or _nominal_rtt, policy_rng(seed))
+        # Cache-aware routers (those with choose_for) get each request's chain, in the replicas' blocks.
+        routes_by_prefix = any(hasattr(r, "choose_for") for r in self.policy.routers.values())
+        self.chains = PromptChains(spec.batching.block_size, model_tokenizer(self.models[0])) if routes_by_prefix else None
+        self._classes: dict[str, int] = {}  # request class -> the index the gateway queue takes turns by
         self.timeouts = spec.timeouts  # the deadline and connect timeout this driver applies
         self.recorder = LiveRecorder(dict.fromkeys(u.region for u in self.upstreams))
         self.metrics = Metrics()
@@ -213,6 +225,8 @@ class LiveGateway:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=64)
         self.client = httpx.AsyncClient(limits=limits, timeout=None)
         self._spawn(self._upkeep())
+        if self.chains is not None:
+            self._spawn(asyncio.to_thread(self.chains.warm))
 
     async def close(self) -> None:
         """Time out what is still in flight (so every record ends), stop probing, close the client."""
@@ -279,6 +293,7 @@ class LiveGateway:
             parsed = parse_request(path, raw, request.headers, time.time())
         except RequestError as exc:
             return self._refuse(exc)
+        prefix = await self._prefix(parsed) if self.chains is not None else None
         deadline = arrival + self.timeouts.request
         if parsed.timeout is not None:
             deadline = min(deadline, arrival + parsed.timeout)
@@ -297,7 +312,9 @@ class LiveGateway:
         live = _Live(row, path, parsed.body, parsed.stream, parsed.strip_usage, deadline, span, asyncio.get_running_loop().create_future())
         self._live[row.request_id] = live
         live.timer = asyncio.get_running_loop().call_later(max(0.0, deadline - arrival), self._on_deadline, row.request_id)
-        self._execute(self.policy.on_arrival(row.request_id, row.priority, row.client_region, arrival, parsed.pool))
+        request_class = self._classes.setdefault(row.request_class, len(self._classes))
+        self._execute(self.policy.on_arrival(row.request_id, row.priority, row.client_region, arrival, parsed.pool,
+                                             prefix=prefix, request_class=request_class))
         try:
             answer = await asyncio.shield(live.answer)
         except asyncio.CancelledError:
@@ -306,6 +323,17 @@ class LiveGateway:
         if isinstance(answer, _Attempt):
             return StreamingResponse(self._relay(row.request_id, answer), media_type="text/event-stream")
         return answer
+
+    async def _prefix(self, parsed: ParsedRequest) -> Prefix | None:
+        """The request's block chain (:mod:`testbed.live.prompt_chain`); text is tokenized off the loop.
+
+        Computed before the request is recorded: a client gone meanwhile leaves no row, as one
+        whose body never arrived."""
+        assert self.chains is not None and parsed.content is not None
+        session = parsed.session_id if parsed.session_id >= 0 else user_session(parsed.user) if parsed.user else -1
+        if self.chains.needs_tokenizer(parsed.content):
+            return await asyncio.to_thread(self.chains.prefix, parsed.content, session)
+        return self.chains.prefix(parsed.content, session)
 
     def _refuse(self, error: RequestError) -> JSONResponse:
         """Answer a request the gateway refuses itself: the client's error, counted as one."""
@@ -567,6 +595,7 @@ class LiveGateway:
                 for replica in checker.probe_due(now):
                     self._spawn(self._probe(replica))
             self.policy.on_tick(now)
+            self._execute(self.policy.drain(now))  # replicas back in rotation take queued requests
 
     async def _probe(self, replica: int) -> None:
         assert self.client is not None
@@ -589,6 +618,7 @@ class LiveGateway:
         if change is not None:
             self.health_events.append((replica, now, change))
             self.metrics.health.labels(self.upstreams[replica].name, change).inc()
+        self._execute(self.policy.drain(now))
 
 
 def _nominal_rtt(a: str, b: str) -> float:

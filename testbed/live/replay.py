@@ -10,8 +10,9 @@ regions, the same fault schedule, the same gateway-policy random stream — then
    topology, grouped into its regions, behind chaos proxies and a gateway running the
    scenario's ``serving:`` policies;
 3. sends each request at its arrival time as a streamed completion of exactly its prompt length
-   (seeded random token ids) and output length, while the injector applies the fault schedule
-   at its times (SIGKILL, SIGSTOP, proxy cuts and toxics, replica chaos hooks);
+   and output length — seeded token ids that share prefixes as the draw's chains do
+   (:mod:`testbed.live.prompts`), sessions named by ``user`` — while the injector applies the
+   fault schedule at its times (SIGKILL, SIGSTOP, proxy cuts and toxics, replica chaos hooks);
 4. collects the gateway's records (the simulator's schema) and ends with the simulator's tail,
    :func:`testbed.finish.finish_run` (faults, overlaps, verdicts, observation), writing the same
    files as ``testbed run``. The stack is torn down on the way out, whatever happened —
@@ -47,6 +48,7 @@ from testbed.finish import finish_run
 from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.progress import Counters, EventCallback, LoadWatch, ReportingTarget, report_every
+from testbed.live.prompts import independent_prompts, session_users, structured_prompts
 from testbed.live.serving import check_cache_serving
 from testbed.live.sizing import Machine, check_fits, scale as scale_scenario
 from testbed.records.attempts import attempts_frame
@@ -66,6 +68,7 @@ class ReplayPlan:
     draw: Draw
     actions: list[Action]
     prompts: list[list[int]]
+    users: list[str | None] = dataclasses.field(default_factory=list)  # per request: its session's ``user``
 
     @property
     def scenario(self) -> Scenario:
@@ -96,28 +99,26 @@ def prepare(scenario: Scenario, seed: int | None = None, vocabulary: int = 2048)
     check_elastic_supported(scenario)
     drawn = draw(scenario, seed)
     rng = random.Random(drawn.streams.python("live.prompts").random())
-    # Token ids above the special tokens (the built-in tokenizers put them first).
-    prompts = [[rng.randrange(16, vocabulary) for _ in range(n)] for n in drawn.arrivals.prompt_tokens.tolist()]
-    return ReplayPlan(drawn, plan(drawn.schedule, drawn.topology), prompts)
+    lengths = drawn.arrivals.prompt_tokens.tolist()
+    chains = drawn.arrivals.prefix
+    if chains is None:
+        prompts = independent_prompts(lengths, rng, vocabulary)
+    else:
+        prompts = structured_prompts(lengths, chains, rng, vocabulary)
+    return ReplayPlan(drawn, plan(drawn.schedule, drawn.topology), prompts, session_users(chains, len(lengths)))
 
 
 def refuse_cache_fields(scenario: Scenario) -> None:
     """Cache-related fields the live stack cannot carry out yet: refused, never silently dropped.
 
-    The simulation plane honours all of them (docs/caching.md). Each check names what the live
-    plane lacks; lift one when the live side lands (the live prefix-cache work, issue 14).
+    The simulation plane honours all of them (docs/caching.md); live, prefix caching, prefix
+    structure (synthetic or a Mooncake trace's ``hash_ids``), the cache-aware routers and the
+    gateway queue run, and :func:`testbed.live.serving.check_cache_serving` names what does not.
     """
     try:
         check_cache_serving(scenario.serving)
     except SpecError as exc:
         raise SpecError(f"{scenario.name}: {exc}") from None
-    workload = scenario.workload
-    arrival = workload.arrival
-    if workload.prefix is not None or (getattr(arrival, "format", "csv") == "mooncake"):
-        raise SpecError(
-            f"{scenario.name}: workload.prefix / mooncake hash_ids: live replay draws independent prompts, so "
-            "shared prefixes are not reproduced yet; drop workload.prefix (or use a trace without hash_ids)"
-        )
 
 
 def run_live(
@@ -275,6 +276,8 @@ async def _send(client: httpx.AsyncClient, replay: ReplayPlan, i: int, model: st
         "stream_options": {"include_usage": True},
         "ignore_eos": True,  # vLLM honours it; the built-in random-weight models practically never emit EOS
     }
+    if replay.users and replay.users[i] is not None:
+        body["user"] = replay.users[i]  # its session, for session_affinity
     headers = {
         "x-request-id": str(i),  # the gateway records it as the row's id: rows match the workload exactly
         "x-client-region": arrivals.region_names[arrivals.client_region[i]],

@@ -16,6 +16,8 @@ Headers the gateway understands (all optional):
 * ``x-priority`` (int, 0 = most important), ``x-request-class``, ``x-client-region``,
   ``x-pool`` (replica pool), and for agent calls ``x-session-id``, ``x-turn``, ``x-stage``,
   ``x-degraded`` — they go to the admission policy, the router and the request record;
+* ``x-session-id`` is also the session a ``session_affinity`` router keeps together; without it,
+  the body's ``user`` (what OpenAI clients send) is (:mod:`testbed.live.prompt_chain`);
 * ``x-request-id`` (0 <= id < 2**63: the record's int64) — the client's own id for the request,
   recorded as its ``request_id`` so a replay can join records to its workload row for row. Ids
   stay unique: a request reusing an id the gateway has already recorded is refused with 400.
@@ -58,6 +60,8 @@ class ParsedRequest:
     stage: str
     degraded: bool
     request_id: int | None = None  # the client's id (``x-request-id``), if it sent one
+    content: CompletionRequest | ChatCompletionRequest | None = None  # the validated body
+    user: str | None = None  # the body's ``user``: the end user OpenAI clients tag requests with
 
     def record_fields(self, default_region: str) -> dict[str, object]:
         """The request record's fields this request fills in when it arrives."""
@@ -95,6 +99,8 @@ def parse_request(path: str, raw: bytes, headers: Mapping[str, str], wall_now: f
         stage=headers.get("x-stage", ""),
         degraded=headers.get("x-degraded", "").lower() in ("1", "true", "yes"),
         request_id=_int_header(headers, "x-request-id", -1, minimum=0, maximum=INT64_MAX) if "x-request-id" in headers else None,
+        content=request,
+        user=body["user"] if isinstance(body.get("user"), str) else None,
     )
 
 

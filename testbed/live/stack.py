@@ -44,7 +44,7 @@ from testbed.faults import Fault, faults_frame
 from testbed.live.chaos_proxy import Down, ProxyFleet, Toxic
 from testbed.live.gateway import LiveGateway, Served, Upstream, serve
 from testbed.live.records import LiveRecorder
-from testbed.live.serving import ENGINES, check_live, replica_batching, replica_capacity
+from testbed.live.serving import ENGINES, check_live, replica_batching, replica_cache, replica_capacity
 from testbed.live.supervisor import Supervisor
 from testbed.sla import fault_windows
 from testbed.spec import ServingSpec
@@ -181,20 +181,16 @@ class LiveStack:
                 "--port", "0", "--name", plan.name, "--threads", str(self.threads)]
         if plan.tier == "fallback":
             argv += ["--quantize", "int8"]
-        caching, block_size = self._prefix_caching()
-        argv += ["--block-size", str(block_size)] if caching else ["--prefix-cache-bytes", "0"]
-        return argv + replica_batching(self._torch_spec(), "torch")
+        return argv + replica_batching(self._torch_spec(), "torch")  # its prefix caching included
 
     def _torch_spec(self) -> ServingSpec:
         """The spec a built-in replica runs: the stack's, except that under --engine vllm the
-        fallback replica (built-in, int8) micro-batches with the defaults."""
-        return self.spec if self.engine == "torch" else LIVE_DEFAULTS
-
-    def _prefix_caching(self) -> tuple[bool, int]:
-        """The spec's ``serving.batching.prefix_caching`` and ``block_size``: replicas cache as the
-        simulated ones do (off unless the scenario turns it on)."""
-        batching = self.spec.batching
-        return bool(getattr(batching, "prefix_caching", False)), int(getattr(batching, "block_size", 16))
+        fallback replica (built-in, int8) micro-batches with the defaults, caching as vLLM does."""
+        if self.engine == "torch":
+            return self.spec
+        caching, block_size = replica_cache(self.spec)
+        batching = LIVE_DEFAULTS.batching.model_copy(update={"prefix_caching": caching, "block_size": block_size})
+        return LIVE_DEFAULTS.model_copy(update={"batching": batching})
 
     def _start_replica(self, plan: ReplicaPlan) -> str:
         """Start ``plan``'s process (blocking, run in a thread) and return its URL."""
@@ -216,7 +212,7 @@ class LiveStack:
         if reason is not None:
             raise RuntimeError(f"--engine vllm: {reason}")
         port = _free_port(self.host)
-        caching, block_size = self._prefix_caching()
+        caching, block_size = replica_cache(self.spec)
         if caching:
             argv, vllm_env = vllm_command(ensure_model(self.model), port, plan.name, block_size=block_size)
         else:

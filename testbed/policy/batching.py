@@ -442,6 +442,11 @@ class MicroBatcher:
 
     Sequences that finish early leave the batch, but no new sequence joins until the whole batch
     is done: the static-batching cost that continuous batching removes.
+
+    With a :class:`~testbed.policy.prefix_cache.PrefixCache` (``prefix_caching``), a batch's
+    sequences look their prompts up as the batch forms, and the prefill computes only what is not
+    cached — what the built-in engine does with real keys and values. They hold their blocks
+    until they leave the batch; unreferenced blocks live in the KV memory the batch leaves free.
     """
 
     @classmethod
@@ -451,7 +456,8 @@ class MicroBatcher:
         if spec.adaptive:
             assert spec.target_latency is not None  # the spec enforces it
             controller = DelayController(spec.max_queue_delay, spec.target_latency)
-        return cls(spec.max_batch_size, spec.max_queue_delay, kv_capacity_tokens, controller)
+        cache = PrefixCache(kv_capacity_tokens, spec.block_size) if spec.prefix_caching else None
+        return cls(spec.max_batch_size, spec.max_queue_delay, kv_capacity_tokens, controller, cache)
 
     def __init__(
         self,
@@ -459,10 +465,12 @@ class MicroBatcher:
         max_queue_delay: float,
         kv_capacity_tokens: int,
         controller: DelayController | None = None,
+        cache: PrefixCache | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.kv_capacity = kv_capacity_tokens
         self.controller = controller
+        self.cache = cache
         self._fixed_delay = max_queue_delay
         self._waiting: deque[Sequence] = deque()
         self._batch: list[Sequence] = []
@@ -506,13 +514,45 @@ class MicroBatcher:
         if not full and now < self._waiting[0].arrival + self.max_queue_delay:
             return None
         self._batch = self._take_batch()
+        chunks = self._look_up(self._batch) if self.cache is not None else []
         return Iteration(
             prefill=list(self._batch),
             decode_seqs=0,
             steps=1,
-            prefill_tokens=sum(s.context for s in self._batch),
+            prefill_tokens=sum(chunks) if chunks else sum(s.context for s in self._batch),
             context_tokens=0,
+            chunks=chunks,
         )
+
+    def _look_up(self, batch: list[Sequence]) -> list[int]:
+        """Reference each prompt's cached blocks; the tokens each prefill still computes.
+
+        The batch is prefilled in one step, so a prompt reuses only what was cached before it
+        (two prompts of one batch sharing a new system prompt both compute it), as the built-in
+        engine does.
+        """
+        cache = self.cache
+        assert cache is not None
+        before = [cache.match(s.prefix, s.prompt_tokens) if s.prefix is not None else 0 for s in batch]
+        chunks = []
+        for seq, found in zip(batch, before):
+            if seq.prefix is not None:
+                seq.cached, seq.held = cache.acquire(seq.prefix, seq.prompt_tokens, at_most=found)
+            else:
+                seq.cached = 0
+            chunks.append(seq.context - seq.cached)
+        # Unreferenced blocks keep only the memory the batch's reservations leave free.
+        cache.fit(self.kv_capacity - self.kv_used)
+        return chunks
+
+    def _release(self, seqs: list[Sequence]) -> None:
+        """Sequences left the batch: their blocks become evictable."""
+        if self.cache is None:
+            return
+        for seq in seqs:
+            if seq.held and seq.prefix is not None:
+                self.cache.release(seq.prefix, seq.held)
+            seq.held = 0
 
     def _take_batch(self) -> list[Sequence]:
         """Up to max_batch_size sequences in arrival order whose full contexts fit the cache."""
@@ -536,6 +576,7 @@ class MicroBatcher:
         done = [s for s in self._batch if s.remaining <= 0]
         if done:
             self._batch = [s for s in self._batch if s.remaining > 0]
+            self._release(done)
             progress.finished.extend(done)
             if self.controller:
                 for seq in done:
@@ -550,15 +591,22 @@ class MicroBatcher:
     def cancel(self, seq: Sequence) -> None:
         if seq in self._batch:
             self._batch.remove(seq)
+            self._release([seq])
         elif seq in self._waiting:
             self._waiting.remove(seq)
 
     def set_kv_capacity(self, tokens: int) -> None:
         self.kv_capacity = max(1, tokens)
+        if self.cache is not None:
+            self.cache.fit(self.kv_capacity - self.kv_used)
 
     def evict_all(self) -> list[Sequence]:
         evicted = self._batch + list(self._waiting)
         self._batch, self._waiting = [], deque()
+        if self.cache is not None:
+            self.cache.clear()  # the process and its KV memory are gone
+            for seq in evicted:
+                seq.held = 0
         return evicted
 
 

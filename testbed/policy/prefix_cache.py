@@ -136,10 +136,13 @@ class PrefixCache:
             matched += 1
         return min(matched * prefix.block_tokens, prompt_tokens - 1)
 
-    def acquire(self, prefix: Prefix, prompt_tokens: int) -> tuple[int, int]:
+    def acquire(self, prefix: Prefix, prompt_tokens: int, at_most: int | None = None) -> tuple[int, int]:
         """A sequence starts prefill: reference its chain, caching the blocks it will compute.
 
         Returns (cached tokens the prefill may skip, blocks now held, to hand to :meth:`release`).
+        ``at_most`` caps the cached tokens: a batch prefilled in one step cannot reuse blocks
+        another of its prompts is computing in that very step (the caller's :meth:`match` from
+        before the batch).
         """
         size = prefix.block_tokens
         held = self.cacheable_blocks(prefix, prompt_tokens)
@@ -160,6 +163,8 @@ class PrefixCache:
             if hitting:
                 matched += 1
         cached = min(matched * size, prompt_tokens - 1) if prompt_tokens > 0 else 0
+        if at_most is not None:
+            cached = min(cached, at_most)
         self.lookup_tokens += prompt_tokens
         self.hit_tokens += cached
         self._evict_over(self.capacity_tokens)

@@ -40,7 +40,7 @@ from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
-from testbed.spec import ContinuousBatching, Scenario, SpecError
+from testbed.spec import Scenario, SpecError
 from testbed.topology import Replica
 
 ProgressCallback = Callable[[float], None]
@@ -99,7 +99,7 @@ class _Run:
         self.total = self.singles + (self.plan.calls if self.plan else 0)
         self.log = RequestLog(self.total)
         batching = scenario.serving.batching
-        self.caching = isinstance(batching, ContinuousBatching) and batching.prefix_caching
+        self.caching = batching.prefix_caching
         self.prefix = self._prefix_columns()
         self.replicas = self._build_replicas()
         self.views = [
@@ -121,6 +121,7 @@ class _Run:
         self._priority = columns["priority"].tolist()
         self._prompt_tokens = columns["prompt_tokens"].tolist()
         self._output_tokens = columns["output_tokens"].tolist()
+        self._request_class = columns["request_class"].tolist()
         self.columns = columns
         self.arrival_time = columns["time"]  # NaN for agent calls until (unless) they are made
         self.attempts: dict[int, _Attempt] = {}
@@ -253,12 +254,11 @@ class _Run:
         self._execute(self._arrive(rid, now, call.pool))
 
     def _arrive(self, rid: int, now: float, pool: str = "default") -> list[Action]:
-        """Hand a new request to the gateway, with its prefix when the workload has one."""
-        if self.prefix is None:
-            return self.gateway.on_arrival(rid, self._priority[rid], self._client_region[rid], now, pool)
+        """Hand a new request to the gateway, with its class (the gateway queue's turns) and its
+        prefix when the workload has one."""
         return self.gateway.on_arrival(
             rid, self._priority[rid], self._client_region[rid], now, pool,
-            prefix=self._prefix_of(rid), request_class=int(self.columns["request_class"][rid]),
+            prefix=self._prefix_of(rid) if self.prefix is not None else None, request_class=self._request_class[rid],
         )
 
     def _call_deadline(self, rid: int) -> None:

@@ -14,7 +14,7 @@ from testbed.spec.elastic import ElasticSpec, check_elastic
 from testbed.spec.errors import SpecError
 from testbed.spec.loading import load_spec
 from testbed.spec.observability import ObservabilitySpec
-from testbed.spec.serving import ContinuousBatching, ServingSpec
+from testbed.spec.serving import ServingSpec
 from testbed.spec.sla import Objective, TURN_METRICS
 from testbed.spec.topology import TopologySpec
 from testbed.spec.workload import TraceArrivals, WorkloadSpec
@@ -94,7 +94,7 @@ class Scenario(Strict):
     def _check_prefix_blocks(self) -> None:
         """The prefix cache holds whole chain blocks: their size must be a multiple of its block size."""
         batching = self.serving.batching
-        if not isinstance(batching, ContinuousBatching) or not batching.prefix_caching:
+        if not batching.prefix_caching:
             return
         arrival, prefix = self.workload.arrival, self.workload.prefix
         if isinstance(arrival, TraceArrivals) and arrival.format == "mooncake":

@@ -36,6 +36,10 @@ class MicroBatching(Strict):
     max_queue_delay: Duration = 0.01
     adaptive: bool = Field(False, description="tune max_queue_delay against target_latency from observed latency")
     target_latency: Duration | None = Field(None, description="end-to-end target that adaptive mode steers to")
+    prefix_caching: bool = Field(
+        False, description="reuse KV blocks of cached prompt prefixes (the built-in engine's block-level prefix cache)"
+    )
+    block_size: PositiveInt = Field(16, description="prefix cache: tokens per KV block")
 
     @model_validator(mode="after")
     def _adaptive_needs_target(self) -> MicroBatching:

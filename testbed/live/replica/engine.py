@@ -115,7 +115,8 @@ class Engine:
         # in simulation); Engine.from_spec keeps the scenario's own, field for field.
         self.batching = MicroBatching(
             policy="micro", max_batch_size=max_batch_size, max_queue_delay=max_delay, adaptive=adaptive,
-            target_latency=latency_target if adaptive else None,
+            target_latency=latency_target if adaptive else None, prefix_caching=prefix_cache_bytes > 0,
+            block_size=block_size,
         )
         self.prefix_cache_bytes = prefix_cache_bytes
         self.block_size = block_size
@@ -137,11 +138,13 @@ class Engine:
 
     @classmethod
     def from_spec(cls, model_dir: str | Path, batching: MicroBatching, quantize: str | None = None,
-                  threads: int | None = None, prefix_cache_bytes: int = DEFAULT_CAPACITY_BYTES,
-                  block_size: int = DEFAULT_BLOCK_SIZE) -> Engine:
-        """An engine that batches exactly as ``batching`` (a scenario's ``serving.batching``) says."""
+                  threads: int | None = None, prefix_cache_bytes: int = DEFAULT_CAPACITY_BYTES) -> Engine:
+        """An engine that batches and caches exactly as ``batching`` (a scenario's ``serving.batching``)
+        says: its prefix cache is on with ``prefix_caching``, in blocks of its ``block_size``.
+        ``prefix_cache_bytes`` is the memory the cache may hold, the replica's, not the scenario's."""
         engine = cls(model_dir, quantize, batching.max_batch_size, batching.max_queue_delay, batching.adaptive,
-                     threads, batching.target_latency or 2.0, prefix_cache_bytes, block_size)
+                     threads, batching.target_latency or 2.0, prefix_cache_bytes if batching.prefix_caching else 0,
+                     batching.block_size)
         engine.batching = batching
         return engine
 
@@ -159,7 +162,9 @@ class Engine:
         await loop.run_in_executor(self._executor, self._warm_up)
         blocks = self.prefix_cache_bytes // block_bytes(self.runner.model.config, self.block_size)
         self.prefix_cache = KVPrefixCache(self.block_size, blocks) if blocks else None
-        self._batcher = MicroBatcher.from_spec(self.batching, self.max_batch_size * self.runner.max_context)
+        # The batcher decides batches only: the cache it would model is this engine's real one.
+        decisions = self.batching.model_copy(update={"prefix_caching": False})
+        self._batcher = MicroBatcher.from_spec(decisions, self.max_batch_size * self.runner.max_context)
         self._wake = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="engine-loop")
 

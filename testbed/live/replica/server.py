@@ -482,23 +482,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="r0", help="replica name, in the READY line and response ids")
     parser.add_argument("--quantize", choices=["int8"], default=None, help="dynamic int8 (the CPU fallback tier)")
     parser.add_argument("--batching", default=None, metavar="JSON",
-                        help="a serving.batching spec as JSON (policy: micro), as the live stack passes it whole; "
-                             "excludes the three flags below")
+                        help="a serving.batching spec as JSON (policy: micro), as the live stack passes it whole, "
+                             "prefix_caching and block_size included; excludes the three flags below and --block-size")
     parser.add_argument("--max-batch-size", type=int, default=None, help="default 8")
     parser.add_argument("--max-delay", type=float, default=None, help="seconds a batch may wait to fill (default 0.01)")
     parser.add_argument("--adaptive", action="store_true", help="tune the batching delay toward a 2 s latency target")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--prefix-cache-bytes", type=int, default=DEFAULT_CAPACITY_BYTES,
                         help="memory for the prefix cache's keys and values (0 turns it off)")
-    parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="prefix cache block, in tokens")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help=f"prefix cache block, in tokens (default {DEFAULT_BLOCK_SIZE})")
     args = parser.parse_args(argv)
     from testbed.live.replica.models import resolve_model
 
     try:
         batching = _batching(args)
         model_dir = resolve_model(args.model)
-        engine = Engine.from_spec(model_dir, batching, args.quantize, args.threads,
-                                  prefix_cache_bytes=args.prefix_cache_bytes, block_size=args.block_size)
+        engine = Engine.from_spec(model_dir, batching, args.quantize, args.threads, args.prefix_cache_bytes)
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         print(f"replica server: {exc}", file=sys.stderr)
         return 2
@@ -507,19 +507,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _batching(args: argparse.Namespace) -> MicroBatching:
-    """The batching spec from ``--batching`` (whole, as the stack sends it) or the loose flags."""
-    loose = args.max_batch_size is not None or args.max_delay is not None or args.adaptive
+    """The batching spec from ``--batching`` (whole, as the stack sends it) or the loose flags.
+
+    With the loose flags the prefix cache is on unless ``--prefix-cache-bytes 0``; with
+    ``--batching`` it is on only if the spec's ``prefix_caching`` says so, as in simulation.
+    """
+    loose = args.max_batch_size is not None or args.max_delay is not None or args.adaptive or args.block_size is not None
     if args.batching is not None:
         if loose:
-            raise ValueError("--batching carries the whole batching spec; drop --max-batch-size, --max-delay and --adaptive")
+            raise ValueError("--batching carries the whole batching spec; drop --max-batch-size, --max-delay, "
+                             "--adaptive and --block-size")
         try:
             return MicroBatching.model_validate_json(args.batching)
         except ValidationError as exc:
             message, _ = describe_validation_error(exc)
             raise ValueError(f"--batching: {message}") from None
+    block_size = DEFAULT_BLOCK_SIZE if args.block_size is None else args.block_size
+    if block_size < 1:
+        raise ValueError(f"block_size: expected a number of tokens >= 1, got {block_size}")
     return MicroBatching(policy="micro", max_batch_size=8 if args.max_batch_size is None else args.max_batch_size,
                          max_queue_delay=0.01 if args.max_delay is None else args.max_delay, adaptive=args.adaptive,
-                         target_latency=2.0 if args.adaptive else None)
+                         target_latency=2.0 if args.adaptive else None, prefix_caching=args.prefix_cache_bytes > 0,
+                         block_size=block_size)
 
 
 def _exit_now(code: int) -> None:
