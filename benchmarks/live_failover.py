@@ -8,12 +8,21 @@ b at its proxies (healed). It prints requests sent, succeeded, failed with a cle
 lost (never answered: must be 0), and per fault the time until p99 latency over 1 s windows is
 back within the SLA.
 
-    .venv/bin/python benchmarks/live_failover.py [--phase 12] [--workers 4]
+Then request migration, with and without, in the same run: three replicas serve closed-loop
+greedy streams of 128 tokens whose clients ask for the token ids; r0, r1 and r2 are SIGKILLed
+in turn (each restarted). It prints the streams broken (failed) and migrated, the gateway
+checker's verdict, how many client streams were token-identical to an unbroken run of their
+prompt, and p99 end-to-end latency of the streams in flight at a kill — the ones a migration
+resumes — against the baseline, with the ratio with/without.
+
+    .venv/bin/python benchmarks/live_failover.py [--phase 12] [--workers 4] [--only failover|migration]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
 import statistics
 import threading
@@ -30,7 +39,8 @@ import openai  # noqa: E402
 from page import provenance, table, write_block  # noqa: E402
 
 from testbed.live.stack import LiveStack, ReplicaPlan, StackThread  # noqa: E402
-from testbed.spec import ServingSpec  # noqa: E402
+from testbed.policy.migration import check_stream  # noqa: E402
+from testbed.spec import MigrationSpec, ServingSpec  # noqa: E402
 
 SPEC = ServingSpec.model_validate(
     {
@@ -163,6 +173,158 @@ def recovery(label: str, rows, start: float, end: float, sla: float) -> Recovery
     )
 
 
+MIGRATION_PLANS = [ReplicaPlan("r0", "local/a"), ReplicaPlan("r1", "local/a"), ReplicaPlan("r2", "local/a")]
+STREAM_PROMPTS = [f"stream {i}: the replica under this one was killed" for i in range(6)]
+STREAM_TOKENS = 128
+
+
+def stream_once(client: httpx.Client, url: str, prompt: str) -> tuple[str, list[int]]:
+    """One greedy stream through the gateway: ("ok", its token ids), or "failed" / "timeout" (its
+    error event's code) / "lost" (no answer) with the ids that came."""
+    body = {"model": "tiny", "prompt": prompt, "max_tokens": STREAM_TOKENS, "stream": True, "return_token_ids": True}
+    ids: list[int] = []
+    try:
+        with client.stream("POST", url + "/v1/completions", json=body) as response:
+            if response.status_code != 200:
+                return "failed", ids
+            for line in response.iter_lines():
+                if line.startswith("data: {"):
+                    event = json.loads(line[len("data: "):])
+                    if "error" in event:
+                        return ("timeout" if event["error"].get("code") == "timeout" else "failed"), ids
+                    ids += [t for c in event["choices"] for t in c.get("token_ids", ())]
+    except httpx.HTTPError:
+        return "lost", ids
+    return "ok", ids
+
+
+class Streams:
+    """Closed-loop greedy streams from ``workers`` threads, each outcome kept with its prompt."""
+
+    def __init__(self, url: str, workers: int) -> None:
+        self.url = url
+        self.outcomes: list[tuple[str, str, list[int]]] = []  # (status, prompt, token ids)
+        self.stop = threading.Event()
+        self.pool = ThreadPoolExecutor(workers)
+        self.futures = [self.pool.submit(self._worker, i) for i in range(workers)]
+
+    def _worker(self, worker: int) -> None:
+        with httpx.Client(timeout=60) as client:
+            turn = worker
+            while not self.stop.is_set():
+                prompt = STREAM_PROMPTS[turn % len(STREAM_PROMPTS)]
+                status, ids = stream_once(client, self.url, prompt)
+                self.outcomes.append((status, prompt, ids))
+                turn += 1
+
+    def finish(self) -> list[tuple[str, str, list[int]]]:
+        self.stop.set()
+        for future in self.futures:
+            future.result()
+        self.pool.shutdown()
+        return self.outcomes
+
+
+@dataclass
+class MigrationRun:
+    migration: bool
+    sent: int
+    ok: int
+    failed: int
+    timed_out: int
+    lost: int
+    identical: int  # ok client streams token-identical to an unbroken run of their prompt
+    stats: dict
+    p99_base: float
+    p99_kill: float  # p99 e2e of the ok streams in flight at a kill
+    at_kill: int  # streams in flight at a kill
+    at_kill_failed: int
+
+
+def migration_run(migration: bool, workers: int, settle: float) -> MigrationRun:
+    """Kill each replica in turn under greedy streaming load; see the module docstring."""
+    # No hedges, and a deadline well beyond a stream's length under load: what fails is what broke.
+    spec = SPEC.model_copy(update={"hedging": SPEC.hedging.model_copy(update={"enabled": False}),
+                                   "timeouts": SPEC.timeouts.model_copy(update={"request": 60.0})})
+    stack_spec = LiveStack(spec, MIGRATION_PLANS, migration=MigrationSpec(limit=3) if migration else None)
+    runner = StackThread(stack_spec)
+    with runner as stack:
+        with httpx.Client(timeout=60) as client:
+            reference = {prompt: stream_once(client, stack.gateway_url, prompt)[1] for prompt in STREAM_PROMPTS}
+        load_start = stack.now()
+        load = Streams(stack.gateway_url, workers)
+        time.sleep(settle)
+        kills = []
+        for plan in MIGRATION_PLANS:
+            kills.append(stack.now())
+            runner.run(stack.kill(plan.name))
+            time.sleep(1.0)
+            runner.run(stack.restart(plan.name))
+            time.sleep(settle)
+        outcomes = load.finish()
+        time.sleep(0.5)
+        rows = stack.records()
+        stats = stack.gateway.migration_stats()
+    rows = rows[rows["arrival"] >= load_start]
+    e2e = rows["finish"] - rows["arrival"]
+    ok = rows["status"] == "ok"
+    in_flight = np.zeros(len(rows), dtype=bool)
+    for at in kills:
+        in_flight |= ((rows["arrival"] < at) & (rows["finish"] > at)).to_numpy()
+    base = ok.to_numpy() & (rows["finish"] < kills[0]).to_numpy()
+    hit_ok = in_flight & ok.to_numpy()
+    statuses = [status for status, _, _ in outcomes]
+    return MigrationRun(
+        migration=migration,
+        sent=len(outcomes),
+        ok=statuses.count("ok"),
+        failed=statuses.count("failed"),
+        timed_out=statuses.count("timeout"),
+        lost=statuses.count("lost") + int((rows["status"] == "pending").sum()),
+        identical=sum(1 for status, prompt, ids in outcomes if status == "ok" and check_stream(ids, reference[prompt]).ok),
+        stats=stats,
+        p99_base=float(np.percentile(e2e[base], 99, method="higher")) if base.any() else math.nan,
+        p99_kill=float(np.percentile(e2e[hit_ok], 99, method="higher")) if hit_ok.any() else math.nan,
+        at_kill=int(in_flight.sum()),
+        at_kill_failed=int((in_flight & ~ok.to_numpy()).sum()),
+    )
+
+
+def migration_comparison(workers: int, settle: float) -> list[MigrationRun]:
+    runs = [migration_run(False, workers, settle), migration_run(True, workers, settle)]
+    for run in runs:
+        verdict = "ok" if run.stats["migration_check_ok"] else "TOKENS LOST OR DUPLICATED"
+        print(f"migration {'on ' if run.migration else 'off'}: {run.sent} streams, {run.ok} ok, {run.failed} broken (failed), "
+              f"{run.timed_out} timed out, {run.lost} lost; migrated {run.stats['migrated_requests']} ({run.stats['migrations']} migrations), checker {verdict} "
+              f"(lost {run.stats['migration_tokens_lost']}, duplicated {run.stats['migration_tokens_duplicated']}); "
+              f"client streams identical to an unbroken run {run.identical}/{run.ok}")
+        print(f"  in flight at a kill: {run.at_kill}, of which failed {run.at_kill_failed}; p99 e2e of the ok ones "
+              f"{run.p99_kill:.2f} s against {run.p99_base:.2f} s before the kills")
+    off, on = runs
+    print(f"with/without migration: p99 at a kill {on.p99_kill / off.p99_kill:.2f}x, "
+          f"broken streams {on.failed} against {off.failed}")
+    return runs
+
+
+def migration_markdown(runs: list[MigrationRun], load_before: float) -> str:
+    rows = []
+    for run in runs:
+        rows.append([
+            "on" if run.migration else "off", str(run.sent), str(run.failed), str(run.timed_out), str(run.lost),
+            f"{run.stats['migrated_requests']} ({run.stats['migrations']})",
+            "ok" if run.stats["migration_check_ok"] else "**failed**", f"{run.identical}/{run.ok}",
+            f"{run.at_kill} ({run.at_kill_failed} failed)", f"{run.p99_kill:.2f} s", f"{run.p99_base:.2f} s",
+        ])
+    off, on = runs
+    summary = (f"Three replicas, greedy streams of {STREAM_TOKENS} tokens, each replica SIGKILLed in turn. With migration "
+               f"**{on.failed} broken streams against {off.failed}**; p99 of the streams in flight at a kill "
+               f"{on.p99_kill / off.p99_kill:.2f}x the run without migration (where those on the killed replica failed and "
+               f"only the others count).")
+    header = ["migration", "streams", "broken", "timed out", "lost", "migrated (migrations)", "checker", "identical to unbroken",
+              "in flight at a kill", "p99 at a kill", "p99 before"]
+    return summary + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--phase", type=float, default=12.0, help="seconds per phase (baseline, each fault, recovery)")
@@ -171,8 +333,22 @@ def main() -> None:
     parser.add_argument("--records", help="write the request records (parquet) here, to study the tail")
     parser.add_argument("--no-hedging", action="store_true", help="turn hedging off, to see what it saves under a pause")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
+    parser.add_argument("--only", choices=["failover", "migration"], help="run one part only")
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
+    if args.only != "migration":
+        failover(args, load_before)
+    if args.only != "failover":
+        load_before = os.getloadavg()[0]
+        runs = migration_comparison(args.workers + 2, args.phase / 2)
+        if args.markdown:
+            write_block(args.markdown, "live_migration", migration_markdown(runs, load_before))
+        if any(run.lost for run in runs) or not runs[1].stats["migration_check_ok"]:
+            raise SystemExit("migration lost requests or tokens")
+
+
+def failover(args: argparse.Namespace, load_before: float) -> None:
+    """Gateway overhead, then a kill, a pause and a partition under mixed load."""
     phase = args.phase
 
     spec = SPEC.model_copy(update={"hedging": SPEC.hedging.model_copy(update={"enabled": False})}) if args.no_hedging else SPEC

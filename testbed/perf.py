@@ -57,6 +57,8 @@ Written by ``testbed calibrate`` from timings of the live engine, read by :class
       "held_out_error": {"prefill_median": 0.03, "decode_max": 0.08},  # optional: fit error off the grid
       "prefill_padding": "longest",      # optional: the engine pads a batch to its longest prompt
       "startup_seconds": 2.9,            # optional: a (re)started replica serves after this long
+      "load_seconds": 1.8,               # optional: of which the model load (libraries, weights)
+      "warmup_seconds": 0.1,             # optional: of which the engine's warm-up
       "prefill": {"tokens": [16, 128, 512], "seconds": [0.05, 0.2, 0.7]},
       "decode": {
         "batch_sizes": [1, 4, 16],
@@ -78,6 +80,8 @@ An engine that left-pads a batch of prompts to the longest (the built-in PyTorch
 ``B x longest`` tokens, not their sum: such a profile says ``prefill_padding: longest`` and
 :meth:`TableModel.prefill_charge` charges that. ``startup_seconds`` is how long a replica takes
 from (re)start to serving; the simulator keeps a repaired replica refusing connections that long.
+``load_seconds`` and ``warmup_seconds`` split it as the replica measured it; an elastic fleet's
+lifecycle takes its *loading* (everything but the warm-up) and *warming* phases from them.
 """
 
 from __future__ import annotations
@@ -127,6 +131,11 @@ class PerfModel(Protocol):
     @property
     def startup_seconds(self) -> float:
         """Seconds from a repaired replica's start to its serving (process start and weight load)."""
+        ...
+
+    @property
+    def warmup_seconds(self) -> float:
+        """Of ``startup_seconds``, the engine's warm-up."""
         ...
 
 
@@ -264,6 +273,10 @@ class Roofline:
         """Unknown without a measurement: a calibrated profile carries it; the roofline assumes none."""
         return 0.0
 
+    @property
+    def warmup_seconds(self) -> float:
+        return 0.0
+
 
 # --------------------------------------------------------------------------- calibrated tables
 
@@ -327,6 +340,8 @@ class PerfProfile(_Strict):
     startup_seconds: float = Field(
         0.0, ge=0, description="seconds from starting a replica (after a repair) to serving: process start, model load"
     )
+    load_seconds: float = Field(0.0, ge=0, description="of startup_seconds, the model load (libraries and weights), as measured")
+    warmup_seconds: float = Field(0.0, ge=0, description="of startup_seconds, the engine's warm-up, as measured")
     prefill: PrefillTable
     decode: DecodeTable
 
@@ -433,6 +448,10 @@ class TableModel:
     @property
     def startup_seconds(self) -> float:
         return self.profile.startup_seconds
+
+    @property
+    def warmup_seconds(self) -> float:
+        return self.profile.warmup_seconds
 
 
 # --------------------------------------------------------------------------- capacity and selection

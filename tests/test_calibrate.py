@@ -192,11 +192,13 @@ class StartingTimer(AnalyticTimer):
     """Reports the start-up times of the servers it started, as ServerTimer does."""
 
     startups = (3.0, 2.0, 2.5)
+    loads = (1.5, 1.0, 1.2)
+    warmups = (0.2, 0.1, 0.3)
 
 
 def test_the_fit_records_the_engines_padding_and_median_start_up():
     profile, _ = calibrate(StartingTimer(), SMALL, "cpu-fp32", "tiny")
-    assert profile.startup_seconds == 2.5
+    assert (profile.startup_seconds, profile.load_seconds, profile.warmup_seconds) == (2.5, 1.2, 0.2)
     assert profile.prefill_padding == "none"
     from testbed.live.calibrate import PADDING, fit_with_error, measure_grid
 
@@ -253,3 +255,75 @@ def test_a_crashed_process_refuses_at_once_where_a_crashed_machine_times_out(tmp
     assert len(retried(process)) and len(retried(machine))
     assert ((retried(machine)["finish"] - retried(machine)["arrival"]) >= connect).any()
     assert ((retried(process)["finish"] - retried(process)["arrival"]) < connect).all()
+
+
+@pytest.mark.live
+def test_startup_only_times_real_replica_starts_into_the_profile_and_the_simulated_cold_start_follows(tmp_path: Path):
+    """``testbed calibrate --startup-only``: a real replica server started (spawn to READY, its
+    model load and warm-up from /health) and the figures written into a profile whose tables stay
+    as they were; an elastic simulation on that profile then brings a new replica up in exactly
+    node + image + the measured start."""
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+    from testbed.sim import simulate
+    from testbed.spec import Scenario, validate_spec
+
+    root = Path(__file__).resolve().parent.parent
+    before = json.loads((root / "profiles" / "cpu-fp32-tiny.json").read_text())
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(before | {"startup_seconds": 0.0, "load_seconds": 0.0, "warmup_seconds": 0.0}))
+    outcome = CliRunner().invoke(app, ["calibrate", "--startup-only", "--starts", "1", "--out", str(path)])
+    assert outcome.exit_code == 0, outcome.output
+    after = json.loads(path.read_text())
+    startup, load, warmup = after["startup_seconds"], after["load_seconds"], after["warmup_seconds"]
+    assert startup > load + warmup and load > 0 and warmup > 0  # the rest: interpreter and server start
+    assert after["prefill"] == before["prefill"] and after["decode"] == before["decode"]
+    assert "--startup-only" in after["source"]
+
+    topology = (root / "topologies" / "live-laptop.yaml").read_text().replace("../profiles/cpu-fp32-tiny.json", str(path))
+    (tmp_path / "laptop.yaml").write_text(topology)
+    auto = {"target": 1, "min_replicas": 1, "max_replicas": 2, "initial_replicas": 1, "interval": "2s", "upscale_delay": "0s"}
+    spec = validate_spec(
+        {
+            "name": "measured-cold-start",
+            "topology": str(tmp_path / "laptop.yaml"),
+            "duration": "40s",
+            "workload": {"arrival": {"kind": "poisson", "rate": "6/s"}, "prompt_tokens": {"kind": "fixed", "value": 32},
+                         "output_tokens": {"kind": "fixed", "value": 48}},
+            "serving": {"batching": {"policy": "micro", "max_batch_size": 4}, "timeouts": {"request": "20s"}},
+            "elastic": {"pools": {"default": {"autoscaler": auto}}, "lifecycle": {"provisioning": "1s", "image_pull": "0s"}},
+        },
+        Scenario,
+        source="test",
+        base_dir=tmp_path,
+    )
+    fleet = simulate(spec).fleet
+    started = fleet[fleet["time"] > 0]
+    replica = started["replica"].iloc[0]
+    times: dict[str, float] = {}
+    for phase, at in zip(started.loc[started["replica"] == replica, "phase"], started.loc[started["replica"] == replica, "time"]):
+        times.setdefault(phase, at)  # its first start
+    assert times["loading"] - times["provisioning"] == pytest.approx(1.0)
+    assert times["warming"] - times["loading"] == pytest.approx(startup - warmup)
+    assert times["serving"] - times["warming"] == pytest.approx(warmup)
+
+
+def test_startup_only_refuses_what_it_cannot_measure_with_exit_2(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from testbed.cli import app
+
+    root = Path(__file__).resolve().parent.parent
+    profile = tmp_path / "p.json"
+    profile.write_text((root / "profiles" / "cpu-fp32-tiny.json").read_text())
+    for args, message in (
+        (["--out", str(tmp_path / "none.json")], "cannot read profile"),
+        (["--out", str(profile), "--device", "cpu-int8"], "the profile is for cpu-fp32 / tiny, not cpu-int8 / tiny"),
+        (["--out", str(profile), "--engine", "vllm"], "--startup-only: times the built-in replica server"),
+        (["--out", str(profile), "--starts", "0"], "--starts: expected an integer >= 1"),
+    ):
+        outcome = CliRunner().invoke(app, ["calibrate", "--startup-only", *args])
+        assert outcome.exit_code == 2, outcome.output
+        assert message in " ".join(outcome.output.split()), outcome.output
+    assert profile.read_text() == (root / "profiles" / "cpu-fp32-tiny.json").read_text()  # left as it was

@@ -110,6 +110,16 @@ def test_the_cold_start_chain_is_node_image_weights_warmup():
     assert fast.provisioning == 150 + 45 and fast.loading == 4.0 and fast.warmup == 5.0
 
 
+def test_a_measured_start_replaces_the_modelled_loading_and_warm_up_and_overrides_still_win():
+    measured = LifecycleTimings.for_replica("local", 16e9, True, measured=(5.5, 0.5))  # calibrated: 5.5 s, 0.5 of it warm-up
+    assert measured.provisioning == 30 + 45  # no node to measure on a laptop: still the constants
+    assert (measured.loading, measured.warmup) == (5.0, 0.5) and measured.restart() == 5.5
+    overridden = LifecycleTimings.for_replica("local", 16e9, True, LifecycleSpec(warmup="3s"), measured=(5.5, 0.5))
+    assert (overridden.loading, overridden.warmup) == (5.0, 3.0)
+    streamed = LifecycleTimings.for_replica("local", 16e9, True, LifecycleSpec(storage_bandwidth="32Gbps"), measured=(5.5, 0.5))
+    assert (streamed.loading, streamed.warmup) == (4.0, 0.5)
+
+
 def test_a_replica_walks_its_phases_in_order():
     life = ReplicaLifecycle(LifecycleTimings(10.0, 4.0, 2.0, drain_timeout=30.0), requested_at=1.0)
     assert life.granted(5.0) == 15.0
@@ -256,3 +266,18 @@ def test_cost_counts_devices_from_grant_to_gone_at_spot_or_on_demand_prices():
     assert meter.device_hours == pytest.approx(1.0 + 2.0)
     assert meter.dollars == pytest.approx(1.0 * 10 + 2.0 * 5)
     assert CostMeter().price("L4", "on_demand") == pytest.approx(0.805)
+
+
+def test_the_checker_holds_each_seam_to_the_prompt_and_the_tokens_delivered_before_it():
+    checker = StreamChecker()
+    prompt = (1, 2, 3)
+    for rid, resumed_from in ((1, (1, 2, 3, 10, 11)), (2, (1, 2, 3, 10)), (3, (1, 2, 3, 10, 11, 11))):
+        checker.began(rid, prompt)
+        checker.delivered(rid, 0, 2, [10, 11])
+        checker.resumed(rid, 2, resumed_from)
+        checker.delivered(rid, 2, 3, [12, 13, 14])
+    verdict = checker.check({1: 5, 2: 5, 3: 5})
+    # Every position arrived once for all three, but 2 continued as if 11 had not been sent (it
+    # would repeat it) and 3 as if it had been sent twice (it would skip a token).
+    assert verdict.bad == (2, 3) and verdict.lost == 1 and verdict.duplicated == 1
+    assert checker.check({1: 5}).ok

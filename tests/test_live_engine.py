@@ -63,6 +63,17 @@ def test_rows_leave_the_batch_without_disturbing_the_others(runner, solo):
     assert nxt == [solo[TEXTS[3]][5], solo[TEXTS[1]][5]]  # prefill gave token 0, then 5 decodes
 
 
+def test_a_greedy_continuation_from_the_tokens_so_far_is_the_unbroken_runs_tail(runner):
+    """What request migration relies on: a replica that prefills the prompt plus the first ``k``
+    generated tokens and decodes on produces exactly what the unbroken run produced after them,
+    although it computes those ``k`` tokens' keys and values in one prefill rather than ``k`` steps."""
+    prompt = runner.encode(TEXTS[1])
+    steps = 120
+    [unbroken] = generate(runner, [prompt], steps)
+    for k in (1, 17, 64, steps - 1):
+        assert generate(runner, [prompt + unbroken[:k]], steps - k)[0] == unbroken[k:], f"cut after {k} tokens"
+
+
 def test_runner_rejects_malformed_steps(runner):
     with pytest.raises(ValueError, match="at least one token"):
         runner.prefill([[1], []])

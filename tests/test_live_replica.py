@@ -80,6 +80,8 @@ def test_models_and_health(client, http):
     assert [m.id for m in client.models.list().data] == ["tiny"]
     health = http.get("/health").json()
     assert health["status"] == "ok" and health["name"] == "r7"
+    startup = health["startup"]  # what calibration feeds back into the profile
+    assert startup["load_seconds"] > 0 and startup["warmup_seconds"] > 0
 
 
 def test_completion_streaming_and_not_agree(client):
@@ -116,6 +118,45 @@ def test_chat_streaming_and_not_agree(client):
     deltas = [c.choices[0].delta for c in stream]
     assert deltas[0].role == "assistant"
     assert "".join(d.content or "" for d in deltas) == full.choices[0].message.content
+
+
+def sse_events(http, path: str, body: dict) -> list[dict]:
+    with http.stream("POST", path, json={"model": "tiny", "stream": True, **body}) as response:
+        assert response.status_code == 200
+        lines = [line[len("data: "):] for line in response.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(line) for line in lines[:-1]]
+
+
+def test_token_ids_are_reported_as_vllm_does_and_a_prompt_of_ids_continues_the_generation(http):
+    """``return_token_ids``: the prompt's ids once, each chunk's generated ids; sending the prompt's
+    ids plus the first k generated ones as the prompt yields exactly the rest (greedy decoding)."""
+    plain = http.post("/v1/completions", json={"model": "tiny", "prompt": PROMPT, "max_tokens": 24, "return_token_ids": True}).json()
+    choice = plain["choices"][0]
+    prompt_ids, generated = choice["prompt_token_ids"], choice["token_ids"]
+    assert len(generated) == 24 and len(prompt_ids) == plain["usage"]["prompt_tokens"]
+
+    events = sse_events(http, "/v1/completions", {"prompt": PROMPT, "max_tokens": 24, "return_token_ids": True})
+    choices = [e["choices"][0] for e in events if e["choices"]]
+    assert choices[0]["prompt_token_ids"] == prompt_ids and all("prompt_token_ids" not in c for c in choices[1:])
+    assert [t for c in choices for t in c["token_ids"]] == generated
+    assert "".join(c["text"] for c in choices) == choice["text"]
+
+    token_chunks = [c for c in choices if c["token_ids"]]  # one per token
+    k = next(i for i in range(9, 24) if token_chunks[i - 1]["text"])  # a cut on a character boundary
+    rest = sse_events(http, "/v1/completions", {"prompt": prompt_ids + generated[:k], "max_tokens": 24 - k, "return_token_ids": True})
+    rest_choices = [e["choices"][0] for e in rest if e["choices"]]
+    assert rest_choices[0]["prompt_token_ids"] == prompt_ids + generated[:k]
+    assert [t for c in rest_choices for t in c["token_ids"]] == generated[k:]
+    head = "".join(c["text"] for c in token_chunks[:k])
+    assert head + "".join(c["text"] for c in rest_choices) == choice["text"]
+
+    chat = sse_events(http, "/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5,
+                                                      "return_token_ids": True})
+    assert isinstance(chat[0]["prompt_token_ids"], list)  # chat: on the response, as vLLM puts it
+    assert sum(len(e["choices"][0]["token_ids"]) for e in chat if e["choices"]) == 5
+    without = sse_events(http, "/v1/completions", {"prompt": PROMPT, "max_tokens": 3})
+    assert all("token_ids" not in e["choices"][0] for e in without if e["choices"])  # only when asked
 
 
 def test_stop_sequence_cuts_the_text(client):

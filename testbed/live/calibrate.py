@@ -11,7 +11,12 @@ tokens each takes. Calibration asks the real engine exactly those questions:
   ``B * longest`` — what the engine computes — rather than their sum.
 * **start-up** — a timer that starts server processes (the built-in server, vLLM) reports how
   long each took from spawn to ready; their median is the profile's ``startup_seconds``, the
-  time a repaired replica takes to serve again in the simulation.
+  time a repaired replica takes to serve again in the simulation. The built-in server also says
+  how much of it was the model load and the warm-up (``load_seconds``, ``warmup_seconds``): the
+  simulator's elastic lifecycle takes a new or repaired replica's *loading* and *warming* phases
+  from them (:meth:`testbed.policy.lifecycle.LifecycleTimings.for_replica`), so its cold start is
+  the measured one. ``testbed calibrate --startup-only`` re-measures just these, on servers
+  started one at a time, into an existing profile.
 * **decode** — ``B`` sequences prefilled (untimed) to ``c - steps/2`` tokens, then ``steps`` decode
   steps timed, so that the mean context over the timed steps is the grid's ``c``.
 
@@ -114,6 +119,8 @@ class Measurements:
     prefill: dict[tuple[int, int], float] = field(default_factory=dict)
     decode: dict[tuple[int, int], float] = field(default_factory=dict)
     startup: list[float] = field(default_factory=list)  # seconds from spawn to ready, per server started
+    load: list[float] = field(default_factory=list)  # of which the model load, per server (when it says)
+    warmup: list[float] = field(default_factory=list)  # of which the warm-up, per server (when it says)
 
 
 def _median_time(run: Callable[[], float], grid: Grid) -> float:
@@ -160,12 +167,47 @@ def fit(
         model=model,
         source=source,
         prefill_padding=padding,
-        startup_seconds=round(statistics.median(measured.startup), 3) if measured.startup else 0.0,
+        **startup_fields(measured),
         prefill=PrefillTable(tokens=tokens, seconds=[statistics.median(by_total[t]) for t in tokens]),
         decode=DecodeTable(
             batch_sizes=list(grid.batch_sizes), context_tokens=list(grid.context_tokens), seconds=rows
         ),
     )
+
+
+def startup_fields(measured: Measurements) -> dict[str, float]:
+    """The profile's start-up figures: medians of what the servers reported (0 when none did)."""
+
+    def median(values: list[float]) -> float:
+        return round(statistics.median(values), 3) if values else 0.0
+
+    return {"startup_seconds": median(measured.startup), "load_seconds": median(measured.load),
+            "warmup_seconds": median(measured.warmup)}
+
+
+def measure_startup(model: str, device: str, starts: int, progress: ProgressCallback | None = None) -> Measurements:
+    """``starts`` start-ups of the built-in replica server serving ``model``, one at a time."""
+    from testbed.live.replica.models import resolve_model
+    from testbed.live.timers import ServerTimer
+
+    check_engine("torch", device)
+    resolve_model(model)  # a bad model is refused before anything starts
+    timer = ServerTimer(model if model in _built_in() else str(resolve_model(model)), "int8" if device == "cpu-int8" else None)
+    try:
+        for i in range(starts):
+            timer.time_starts(1)
+            if progress:
+                progress(f"start {i + 1}/{starts}: {timer.startups[-1]:.2f} s to serving "
+                         f"(model load {timer.loads[-1]:.2f} s, warm-up {timer.warmups[-1]:.2f} s)")
+    finally:
+        timer.close()
+    return Measurements(startup=timer.startups, load=timer.loads, warmup=timer.warmups)
+
+
+def with_startup(profile: PerfProfile, measured: Measurements, note: str) -> PerfProfile:
+    """``profile`` with its start-up figures re-measured (its tables untouched), and ``note`` on its source."""
+    source = f"{profile.source}; {note}" if profile.source else note
+    return profile.model_copy(update={**startup_fields(measured), "source": source})
 
 
 @dataclass(frozen=True)
@@ -231,6 +273,8 @@ def measure_grid(timer: StepTimer, grid: Grid, progress: ProgressCallback | None
         progress,
     )
     measured.startup = list(getattr(timer, "startups", []))
+    measured.load = list(getattr(timer, "loads", []))
+    measured.warmup = list(getattr(timer, "warmups", []))
     return measured
 
 
@@ -248,6 +292,8 @@ def merge(runs: list[Measurements]) -> Measurements:
         prefill={k: statistics.median(r.prefill[k] for r in runs) for k in runs[0].prefill},
         decode={k: statistics.median(r.decode[k] for r in runs) for k in runs[0].decode},
         startup=[t for r in runs for t in r.startup],
+        load=[t for r in runs for t in r.load],
+        warmup=[t for r in runs for t in r.warmup],
     )
 
 

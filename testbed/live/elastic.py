@@ -2,7 +2,8 @@
 
 The simulation's :class:`~testbed.sim.elastic.ElasticFleet` in wall-clock time, for what a
 laptop can really do: the topology's primary replicas of a pool are its slots; at the start the
-pool's initial count serve and the other processes are stopped (SIGTERM). Every second the
+pool's initial count serve and the others are parked — the replay starts the stack without their
+processes (:func:`spare_replicas`), and a stack started with them has them stopped. Every second the
 per-replica metric is read from the gateway's own view of the fleet (the requests it has in
 flight on each replica), averaged over the autoscaler's interval and fed to the same
 :class:`~testbed.policy.autoscaler.Autoscaler` the simulation drives. A scale-up starts a
@@ -13,8 +14,11 @@ The replica enters the gateway's rotation once it answers (:meth:`Gateway.set_in
 scale-down takes the newest replica out of rotation, waits for its in-flight requests (up to the
 drain timeout) and stops its process gracefully.
 
-What the live plane cannot do yet is refused up front by :func:`check_supported` (spot, quotas,
-stockouts, rollouts, degradation, migration), so no field is silently ignored.
+Streams cut by a replica's death, or by a drain that outlasts its timeout, migrate as in the
+simulation: the gateway resumes them on another replica (:mod:`testbed.live.resume`), and
+:meth:`LiveFleet.stats` reports its migrations and its checker's verdict. What the live plane
+cannot do yet is refused up front by :func:`check_supported` (spot, quotas, stockouts, rollouts,
+degradation), so no field is silently ignored.
 """
 
 from __future__ import annotations
@@ -53,9 +57,6 @@ def check_supported(scenario: Scenario) -> None:
         raise SpecError(f"{where}.quotas: runs in simulation only; a local machine has no device quotas")
     if spec.rollouts:
         raise SpecError(f"{where}.rollouts: runs in simulation only; the live stack deploys one version")
-    if spec.migration.enabled:
-        raise SpecError(f"{where}.migration: the live gateway does not resume broken streams yet; "
-                        "set elastic.migration.enabled: false to replay live")
     for part in ("storage_bandwidth", "warmup"):
         if getattr(spec.lifecycle, part) is not None:
             raise SpecError(f"{where}.lifecycle.{part}: live replicas load and warm up the real model, "
@@ -76,6 +77,28 @@ class _Pool:
     samples: list[float] = field(default_factory=list)
 
 
+def _pools(placements: list, spec: ElasticSpec) -> list[_Pool]:
+    """Each pool's slots (in placement order) and how many serve at the start."""
+    from testbed.sim.elastic import spread_slots
+
+    pools = []
+    for name in dict.fromkeys(p.pool for p in placements):
+        slots = spread_slots([p for p in placements if p.pool == name and p.tier == "primary"])
+        pool_spec = spec.pools.get(name)
+        auto = pool_spec.autoscaler if pool_spec is not None else None
+        wanted = len(slots) if auto is None else (auto.min_replicas if auto.initial_replicas is None else auto.initial_replicas)
+        interval = auto.interval if auto is not None else math.inf
+        pools.append(_Pool(name, slots, wanted, Autoscaler.from_spec(auto) if auto else None, interval, interval))
+    return pools
+
+
+def spare_replicas(topology: Topology, scenario: Scenario) -> list[str]:
+    """The replicas an elastic fleet does not start with: the stack can leave them parked."""
+    if scenario.elastic is None:
+        return []
+    return [topology.replicas[slot].name for pool in _pools(topology.replicas, scenario.elastic) for slot in pool.slots[pool.wanted :]]
+
+
 class LiveFleet:
     """Runs the pools' autoscalers on a started :class:`~testbed.live.stack.LiveStack`."""
 
@@ -94,16 +117,7 @@ class LiveFleet:
         self.events: list[tuple[float, int, str, str, str, str]] = []
         self.cold_starts: list[float] = []  # measured: process start to answering, seconds
         self.counts = {"scale_ups": 0, "scale_downs": 0, "cold_starts": 0}
-        self.pools: list[_Pool] = []
-        from testbed.sim.elastic import spread_slots
-
-        for name in dict.fromkeys(p.pool for p in self.placements):
-            slots = spread_slots([p for p in self.placements if p.pool == name and p.tier == "primary"])
-            pool_spec = self.spec.pools.get(name)
-            auto = pool_spec.autoscaler if pool_spec is not None else None
-            wanted = len(slots) if auto is None else (auto.min_replicas if auto.initial_replicas is None else auto.initial_replicas)
-            interval = auto.interval if auto is not None else math.inf
-            self.pools.append(_Pool(name, slots, wanted, Autoscaler.from_spec(auto) if auto else None, interval, interval))
+        self.pools = _pools(self.placements, self.spec)
         self._task: asyncio.Task[None] | None = None
 
     def _now(self) -> float:
@@ -114,12 +128,15 @@ class LiveFleet:
         self.events.append((self._now() - self.offset, slot, placement.pool, placement.region, phase, "on_demand"))
 
     async def park(self) -> None:
-        """Before the replay's clock starts: stop the slots beyond each pool's initial count."""
+        """Before the replay's clock starts: the slots beyond each pool's initial count leave the
+        rotation, and their processes stop (a stack started with them parked has none)."""
         now = self._now()
         for pool in self.pools:
             for slot in pool.slots[pool.wanted :]:
                 self.policy.set_in_service(slot, False, now)
-                await asyncio.to_thread(self.stack.supervisor.stop, self.placements[slot].name, 5)
+                name = self.placements[slot].name
+                if self.stack.running(name):
+                    await asyncio.to_thread(self.stack.supervisor.stop, name, 5)
 
     def begin(self, offset: float) -> None:
         """The replay's clock starts (``offset``: stack clock -> replay clock): the initial
@@ -222,8 +239,8 @@ class LiveFleet:
             "goodput_per_dollar": good / self.meter.dollars if self.meter.dollars else math.nan,
             **self.counts,
             "cold_start_s": max(self.cold_starts, default=math.nan),  # the slowest measured start
+            **self.stack.gateway.migration_stats(),
             # Refused by check_supported, so none happen live:
-            "refused_grants": 0, "spot_preemptions": 0, "spot_fallbacks": 0,
-            "migrations": 0, "migrated_requests": 0, "migration_check_ok": True, "degraded_requests": 0,
+            "refused_grants": 0, "spot_preemptions": 0, "spot_fallbacks": 0, "degraded_requests": 0,
         }
 

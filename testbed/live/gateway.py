@@ -20,8 +20,12 @@ as the simulator does after its probe rounds.
 
 Streams pass through line by line. The first line that carries text is the attempt's first
 token: it wins any hedge race, and from then on its lines go to the client. A stream that breaks
-after that cannot be retried without repeating tokens, so the client gets an SSE ``error`` event
-(the openai client raises it as ``APIError``) and the record says ``failed``.
+after that — the connection drops, or the replica ends it with an error event — cannot be
+retried without repeating tokens. With migration on (``migration=``, a scenario's
+``elastic.migration``) it resumes on another replica from the tokens the client already has, and
+the client's stream simply continues (:mod:`testbed.live.resume`); otherwise, or past the
+migration limit, the client gets an SSE ``error`` event (the openai client raises it as
+``APIError``) and the record says ``failed``.
 
 Replica answers are classified for the policy by :func:`testbed.policy.outcomes.classify`, the
 one mapping both planes use: 2xx ``ok``; a 4xx other than 408/429 is ``client_error`` — the
@@ -45,6 +49,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -69,10 +74,11 @@ from testbed.live.records import DuplicateRequestId, LiveRecorder, LiveRow
 from testbed.live.openai_schema import RequestError, install_error_handlers
 from testbed.live.prompt_chain import PromptChains, model_tokenizer, user_session
 from testbed.live.requests import ParsedRequest, parse_request
+from testbed.live.resume import AttemptTokens, LiveMigration, ResumableStream
 from testbed.policy.prefix_cache import Prefix
 from testbed.policy.gateway import Action, Cancel, Dispatch, Finish, Gateway, ReplicaState, Wake
 from testbed.policy.outcomes import Outcome, Status, classify
-from testbed.spec import ServingSpec
+from testbed.spec import MigrationSpec, ServingSpec
 
 MAX_BODY_BYTES = 1 << 20  # a request body larger than this is refused with 413 before it is read
 TICK = 0.5  # seconds between upkeep ticks (breakers and ejections expire with time)
@@ -119,8 +125,8 @@ class _Attempt:
     span: trace.Span
     sent: float = 0.0  # when the gateway sent it, seconds from the stack's start
     task: asyncio.Task[None] | None = None
-    lines: list[str] = field(default_factory=list)  # streamed before it won the race
-    queue: asyncio.Queue[str | None] | None = None  # to the client, once it won
+    lines: list[tuple[str, tuple[int, ...]]] = field(default_factory=list)  # streamed before it won the race
+    tokens: AttemptTokens | None = None  # its part of a migratable stream
     body: bytes = b""
     status: int = 0
     error: str = ""
@@ -140,9 +146,12 @@ class _Live:
     strip_usage: bool  # drop the usage-only chunk the gateway asked for on the client's behalf
     deadline: float  # seconds from the stack's start
     span: trace.Span
-    answer: asyncio.Future[Any]  # resolves to a Response, or to the winning stream _Attempt
+    answer: asyncio.Future[Any]  # resolves to a Response, or to the client's stream (a queue of lines)
     attempts: dict[int, _Attempt] = field(default_factory=dict)
-    winner: _Attempt | None = None
+    winner: _Attempt | None = None  # the attempt whose lines go to the client now
+    out: asyncio.Queue[str | None] | None = None  # the client's stream, once an attempt won
+    resumable: ResumableStream | None = None  # set when the stream may migrate
+    resuming: bool = False  # the next attempt resumes a broken stream
     last: _Attempt | None = None  # the attempt that ended last: its error explains a failure
     timer: asyncio.TimerHandle | None = None
 
@@ -157,6 +166,7 @@ class Metrics:
         self.attempts = Counter("testbed:gateway_attempts", "Attempts ended, by replica and outcome", ["replica", "outcome"], registry=r)
         self.retries = Counter("testbed:gateway_retries", "Retries sent", registry=r)
         self.hedges = Counter("testbed:gateway_hedges", "Hedged attempts sent", registry=r)
+        self.migrations = Counter("testbed:gateway_migrations", "Broken streams resumed on another replica", registry=r)
         self.e2e = Histogram("testbed:gateway_e2e_request_latency_seconds", "End-to-end latency of ok requests", buckets=LATENCY_BUCKETS, registry=r)
         self.ttft = Histogram("testbed:gateway_time_to_first_token_seconds", "Time to first token", buckets=LATENCY_BUCKETS, registry=r)
         self.running = Gauge("testbed:gateway_num_requests_running", "Requests in flight", registry=r)
@@ -170,7 +180,9 @@ class LiveGateway:
     ``start`` is the ``time.monotonic()`` value records count from (the stack's start), so the
     gateway, the fault injector and the records share one clock. ``span_exporter`` receives one
     span per request and per attempt (in-memory in tests, :class:`JsonLinesSpanExporter` for
-    files). The app's lifespan opens the HTTP client and starts health probing.
+    files). ``migration`` (a scenario's ``elastic.migration``) lets broken streams resume on
+    another replica; without it they fail. The app's lifespan opens the HTTP client and starts
+    health probing.
     """
 
     def __init__(
@@ -185,6 +197,7 @@ class LiveGateway:
         start: float | None = None,
         span_exporter: SpanExporter | None = None,
         max_body_bytes: int = MAX_BODY_BYTES,
+        migration: MigrationSpec | None = None,
     ) -> None:
         if not upstreams:
             raise ValueError("the gateway needs at least one upstream replica")
@@ -203,6 +216,7 @@ class LiveGateway:
         self.chains = PromptChains(spec.batching.block_size, model_tokenizer(self.models[0])) if routes_by_prefix else None
         self._classes: dict[str, int] = {}  # request class -> the index the gateway queue takes turns by
         self.timeouts = spec.timeouts  # the deadline and connect timeout this driver applies
+        self.migration = LiveMigration(migration) if migration is not None else None
         self.recorder = LiveRecorder(dict.fromkeys(u.region for u in self.upstreams))
         self.metrics = Metrics()
         self.health_events: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
@@ -218,6 +232,13 @@ class LiveGateway:
 
     def now(self) -> float:
         return time.monotonic() - self.start
+
+    def migration_stats(self) -> dict[str, int | bool]:
+        """Migrations so far and the checker's verdict on the migrated requests that ended ok."""
+        if self.migration is None:
+            return {"migrations": 0, "migrated_requests": 0, "migration_check_ok": True,
+                    "migration_tokens_lost": 0, "migration_tokens_duplicated": 0}
+        return self.migration.stats()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -310,6 +331,8 @@ class LiveGateway:
             attributes={"testbed.request_id": row.request_id, "http.route": path, "testbed.stream": parsed.stream},
         )
         live = _Live(row, path, parsed.body, parsed.stream, parsed.strip_usage, deadline, span, asyncio.get_running_loop().create_future())
+        if self.migration is not None:
+            live.resumable = self.migration.track(row.request_id, path, parsed.body, parsed.strip_usage)
         self._live[row.request_id] = live
         live.timer = asyncio.get_running_loop().call_later(max(0.0, deadline - arrival), self._on_deadline, row.request_id)
         request_class = self._classes.setdefault(row.request_class, len(self._classes))
@@ -320,7 +343,7 @@ class LiveGateway:
         except asyncio.CancelledError:
             self._client_gone(row.request_id)
             raise
-        if isinstance(answer, _Attempt):
+        if isinstance(answer, asyncio.Queue):
             return StreamingResponse(self._relay(row.request_id, answer), media_type="text/event-stream")
         return answer
 
@@ -340,11 +363,10 @@ class LiveGateway:
         self.metrics.requests.labels(Status.CLIENT_ERROR.value).inc()
         return JSONResponse(error.body(), status_code=error.status)
 
-    async def _relay(self, rid: int, attempt: _Attempt) -> AsyncIterator[str]:
-        """The winning attempt's stream, line by line, until its request ends."""
-        assert attempt.queue is not None
+    async def _relay(self, rid: int, out: asyncio.Queue[str | None]) -> AsyncIterator[str]:
+        """The client's stream — the winning attempt's lines, and a resumed one's — until its request ends."""
         try:
-            while (line := await attempt.queue.get()) is not None:
+            while (line := await out.get()) is not None:
                 yield line
         finally:
             self._client_gone(rid)
@@ -374,6 +396,8 @@ class LiveGateway:
         upstream = self.upstreams[action.replica]
         if action.hedge:
             self.metrics.hedges.inc()
+        elif live.resuming:
+            live.resuming = False  # a migration (counted as one), not a retry
         elif live.attempts or live.last is not None:
             self.metrics.retries.inc()
         span = self.tracer.start_span(
@@ -382,6 +406,10 @@ class LiveGateway:
             attributes={"testbed.replica": upstream.name, "testbed.region": upstream.region, "testbed.hedge": action.hedge},
         )
         attempt = _Attempt(action.attempt, action.rid, action.replica, action.hedge, span, sent=self.now())
+        if live.resumable is not None:
+            attempt.tokens = live.resumable.start()
+            if attempt.tokens.offset:
+                span.set_attribute("testbed.resumed_at", attempt.tokens.offset)
         live.attempts[attempt.key] = attempt
         self._attempts[attempt.key] = attempt
         attempt.task = asyncio.get_running_loop().create_task(self._run_attempt(live, attempt, upstream))
@@ -418,6 +446,8 @@ class LiveGateway:
         if winner is not None:
             winner.span.end()
         if action.status == Status.OK and winner is not None:
+            if live.resumable is not None and winner.tokens is not None:
+                live.resumable.ended_ok(winner.tokens)
             upstream = self.upstreams[winner.replica]
             row.replica, row.region, row.fallback = winner.replica, upstream.region, upstream.tier == "fallback"
             usage = winner.usage or {}
@@ -441,12 +471,11 @@ class LiveGateway:
 
     def _answer(self, live: _Live, action: Finish, winner: _Attempt | None) -> None:
         """Resolve the client's answer (or end its stream) with the request's outcome."""
-        if live.winner is not None:  # the stream is already the client's: end it
-            assert live.winner.queue is not None
+        if live.out is not None:  # the stream is already the client's: end it
             if action.status != Status.OK:
                 error = {"error": {"message": self._explain(live, action), "type": "upstream_error", "param": None, "code": action.status}}
-                live.winner.queue.put_nowait(f"data: {json.dumps(error)}\n\n")
-            live.winner.queue.put_nowait(None)
+                live.out.put_nowait(f"data: {json.dumps(error)}\n\n")
+            live.out.put_nowait(None)
             return
         if live.answer.done():
             return
@@ -483,8 +512,9 @@ class LiveGateway:
         headers = {"content-type": "application/json", "x-request-timeout": f"{remaining:.6f}"}
         inject(headers, context=trace.set_span_in_context(attempt.span))
         timeout = httpx.Timeout(remaining, connect=min(remaining, self.timeouts.connect))
+        body = live.body if live.resumable is None else live.resumable.body()
         try:
-            async with self.client.stream("POST", upstream.url + live.path, content=live.body, headers=headers, timeout=timeout) as response:
+            async with self.client.stream("POST", upstream.url + live.path, content=body, headers=headers, timeout=timeout) as response:
                 attempt.status = response.status_code
                 if response.status_code != 200:
                     attempt.body = await response.aread()
@@ -513,34 +543,59 @@ class LiveGateway:
             self._attempt_ended(live, attempt, Outcome.FAILED, retryable=live.winner is not attempt)
 
     async def _read_stream(self, live: _Live, attempt: _Attempt, response: httpx.Response) -> None:
+        resumable = live.resumable
+        outcome = Outcome.FAILED
         async for line in response.aiter_lines():
-            if line.startswith("data:"):
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    attempt.saw_done = True
-                else:
-                    usage, text, choices = _chunk(payload)
-                    attempt.usage = usage or attempt.usage
-                    if text:
-                        attempt.text_chunks += 1
-                        if live.winner is None:
-                            self._first_token(live, attempt)
-                    elif usage is not None and not choices and live.strip_usage:
-                        continue  # the usage chunk the gateway asked for; the client did not
-            out = line + "\n" if not attempt.saw_done else line + "\n\n"
-            if attempt.queue is not None:
-                attempt.queue.put_nowait(out)
-            else:
-                attempt.lines.append(out)
-            if attempt.saw_done:
+            if not line.startswith("data:"):
+                if resumable is None:
+                    self._emit(live, attempt, line + "\n")  # a migratable stream's events are re-framed whole
+                continue
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                attempt.saw_done = True
+                if resumable is not None and attempt.tokens is not None:
+                    for held in resumable.release(attempt.tokens):
+                        self._emit(live, attempt, *held)
+                self._emit(live, attempt, line + "\n\n")
                 break  # end the request now: the client may hang up as soon as it reads [DONE]
+            data = _json(payload)
+            error = _stream_error(data)
+            if error is not None:  # the replica's generation failed mid-stream: the stream is broken
+                attempt.error = f"{self.upstreams[attempt.replica].name} ended its stream with an error: {error[0]}"
+                outcome = Outcome.TIMEOUT if error[1] == "timeout" else Outcome.FAILED
+                break
+            if resumable is None or attempt.tokens is None:
+                out = [(line + "\n", ())]
+            elif isinstance(data, dict):
+                out = resumable.relay(attempt.tokens, data)
+            else:
+                out = [(line + "\n\n", ())]
+            usage, text, choices = _chunk(data)
+            attempt.usage = usage or attempt.usage
+            if text:
+                attempt.text_chunks += 1
+                if live.winner is None:
+                    self._first_token(live, attempt)
+            elif resumable is None and usage is not None and not choices and live.strip_usage:
+                continue  # the usage chunk the gateway asked for; the client did not
+            for event, ids in out:
+                self._emit(live, attempt, event, ids)
         if not attempt.saw_done:
-            attempt.error = "stream ended without [DONE]"
-            self._attempt_ended(live, attempt, Outcome.FAILED, retryable=live.winner is not attempt)
+            attempt.error = attempt.error or "stream ended without [DONE]"
+            self._attempt_ended(live, attempt, outcome, retryable=live.winner is not attempt)
             return
         if live.winner is None:  # a stream without any text still answers
             self._first_token(live, attempt)
         self._attempt_ended(live, attempt, Outcome.OK)
+
+    def _emit(self, live: _Live, attempt: _Attempt, line: str, ids: tuple[int, ...] = ()) -> None:
+        """A line of ``attempt``'s stream: to the client if it is the winner, else kept until it wins."""
+        if live.winner is not attempt or live.out is None:
+            attempt.lines.append((line, ids))
+            return
+        live.out.put_nowait(line)
+        if ids and live.resumable is not None and attempt.tokens is not None:
+            live.resumable.forwarded(attempt.tokens, ids)
 
     def _first_token(self, live: _Live, attempt: _Attempt, ttft: float | None = None) -> None:
         """``attempt`` produced its first token; if it is the first of its request, it wins.
@@ -552,21 +607,32 @@ class LiveGateway:
         if attempt.key not in self._attempts or live.winner is not None:
             return
         now = self.now()
-        first = now if ttft is None else min(now, attempt.sent + ttft)
-        live.row.first_token = first
-        self.metrics.ttft.observe(first - live.row.arrival)
-        self._execute(self.policy.on_first_token(attempt.key, now))
+        if math.isnan(live.row.first_token):  # a resumed attempt's first token is not the request's
+            first = now if ttft is None else min(now, attempt.sent + ttft)
+            live.row.first_token = first
+            self.metrics.ttft.observe(first - live.row.arrival)
+            self._execute(self.policy.on_first_token(attempt.key, now))
         if live.stream:
             live.winner = attempt
-            attempt.queue = asyncio.Queue()
-            for line in attempt.lines:
-                attempt.queue.put_nowait(line)
-            attempt.lines.clear()
-            live.answer.set_result(attempt)
+            if live.out is None:
+                live.out = asyncio.Queue()
+                live.answer.set_result(live.out)
+            lines, attempt.lines = attempt.lines, []
+            for line, ids in lines:
+                self._emit(live, attempt, line, ids)
 
     def _attempt_ended(self, live: _Live, attempt: _Attempt, outcome: Outcome, retryable: bool = True) -> None:
         if attempt.key not in self._attempts:
             return  # cancelled: the policy already accounted for it
+        if outcome == Outcome.FAILED and not retryable and live.resumable is not None and attempt.tokens is not None:
+            ending = live.resumable.complete()
+            if ending is not None:  # every token reached the client: only the end was missing
+                for event in ending:
+                    self._emit(live, attempt, event)
+                attempt.usage = live.resumable.usage()
+                outcome = Outcome.OK
+            elif self._migrate(live, attempt):
+                return
         upstream = self.upstreams[attempt.replica]
         self.metrics.attempts.labels(upstream.name, outcome).inc()
         attempt.span.set_attribute("testbed.outcome", outcome)
@@ -578,6 +644,25 @@ class LiveGateway:
         live.attempts.pop(attempt.key, None)
         live.last = attempt
         self._execute(self.policy.on_attempt_end(attempt.key, outcome, self.now(), retryable))
+
+    def _migrate(self, live: _Live, attempt: _Attempt) -> bool:
+        """Resume ``attempt``'s broken stream on another replica, if the migration policy allows."""
+        assert live.resumable is not None and attempt.tokens is not None
+        resume = live.resumable.migrate(attempt.tokens)
+        if resume is None:
+            if live.resumable.prompt_ids is None:
+                attempt.error += " (not resumed: the replica reported no token ids)"
+            return False
+        upstream = self.upstreams[attempt.replica]
+        self.metrics.attempts.labels(upstream.name, Outcome.FAILED).inc()
+        self.metrics.migrations.inc()
+        attempt.span.set_attributes({"testbed.outcome": Outcome.FAILED, "testbed.migrated_at": resume.offset})
+        attempt.span.end()
+        self._attempts.pop(attempt.key)
+        live.attempts.pop(attempt.key, None)
+        live.last, live.winner, live.resuming = attempt, None, True
+        self._execute(self.policy.on_migrate(attempt.key, self.now()))
+        return True
 
     # ------------------------------------------------------------------ health
 
@@ -681,12 +766,23 @@ def _usage(body: bytes) -> dict[str, int] | None:
     return usage if isinstance(usage, dict) else None
 
 
-def _chunk(payload: str) -> tuple[dict[str, int] | None, bool, bool]:
-    """(usage, carries text, has choices) of one streamed chunk; the usage chunk has no choices."""
+def _json(payload: str) -> Any:
     try:
-        data = json.loads(payload)
+        return json.loads(payload)
     except ValueError:
-        return None, False, False
+        return None
+
+
+def _stream_error(data: Any) -> tuple[str, str] | None:
+    """(message, type) of an error event (an OpenAI error body sent as a chunk), else None."""
+    if not isinstance(data, dict) or "choices" in data or not isinstance(data.get("error"), dict):
+        return None
+    error = data["error"]
+    return str(error.get("message", "")), str(error.get("type", ""))
+
+
+def _chunk(data: Any) -> tuple[dict[str, int] | None, bool, bool]:
+    """(usage, carries text, has choices) of one streamed chunk; the usage chunk has no choices."""
     if not isinstance(data, dict):
         return None, False, False
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else None

@@ -67,6 +67,9 @@ class _Common(BaseModel):
     top_p: Probability | None = None
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
+    # vLLM's extension (>= 0.10.2): the prompt's token ids in the first chunk (or the answer) and
+    # each chunk's generated ids — what the gateway needs to resume a broken stream elsewhere.
+    return_token_ids: bool | None = Field(None, strict=True)
 
     @field_validator("stop", mode="before")
     @classmethod

@@ -45,7 +45,7 @@ from testbed import workload
 from testbed.draw import Draw, draw
 from testbed.faults import Fault
 from testbed.finish import finish_run
-from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported
+from testbed.live.elastic import LiveFleet, check_supported as check_elastic_supported, spare_replicas
 from testbed.live.injector import Action, Injector, plan
 from testbed.live.progress import Counters, EventCallback, LoadWatch, ReportingTarget, report_every
 from testbed.live.prompts import independent_prompts, session_users, structured_prompts
@@ -216,6 +216,8 @@ async def _replay(replay: ReplayPlan, engine: str, progress: ProgressCallback, o
         engine=engine,
         seed=replay.seed,
         rtt=replay.topology.rtt,
+        migration=scenario.elastic.migration if scenario.elastic is not None else None,
+        parked=spare_replicas(replay.topology, scenario),  # an elastic fleet's spare slots start only on a scale-up
     ) as stack:
         fleet = LiveFleet(stack, replay.topology, scenario) if scenario.elastic is not None else None
         if fleet is not None:

@@ -8,6 +8,8 @@ the proxies on this event loop. The gateway's policies come from a
 exactly as it drives the simulator — its batching spec reaches each replica process whole
 (:mod:`testbed.live.serving`), and what a live replica cannot do is refused before anything
 starts — and :func:`plans_from_topology` turns a scenario's topology into the replica list.
+With ``migration`` (a scenario's ``elastic.migration``) a stream its replica's death or drain cuts
+resumes on another replica (:mod:`testbed.live.resume`).
 Without a spec the stack runs :data:`LIVE_DEFAULTS`: the default serving policies with the
 built-in engine's micro-batching.
 
@@ -30,7 +32,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,10 +49,11 @@ from testbed.live.records import LiveRecorder
 from testbed.live.serving import ENGINES, check_live, replica_batching, replica_cache, replica_capacity
 from testbed.live.supervisor import Supervisor
 from testbed.sla import fault_windows
-from testbed.spec import ServingSpec
+from testbed.spec import MigrationSpec, ServingSpec
 from testbed.topology import Topology
 
 CUT = "cut"  # the proxy toxic name cut_region uses
+PARKED_UPSTREAM_PORT = 1  # a parked replica's proxy points here until it starts: nothing listens on port 1
 # What a stack runs when given no spec: the default policies, batching as the built-in engine can.
 LIVE_DEFAULTS = ServingSpec.model_validate({"batching": {"policy": "micro"}})
 
@@ -110,6 +113,8 @@ class LiveStack:
         span_exporter: SpanExporter | None = None,
         log_dir: Path | None = None,
         start_timeout: float = 120.0,
+        migration: MigrationSpec | None = None,
+        parked: Collection[str] = (),
     ) -> None:
         if engine not in ENGINES:
             raise ValueError(f"engine: expected one of {', '.join(ENGINES)}, got {engine!r}")
@@ -119,9 +124,17 @@ class LiveStack:
         names = [p.name for p in self.plans]
         if len(set(names)) != len(names):
             raise ValueError(f"replica names must be unique, got {names}")
+        unknown = sorted(set(parked) - set(names))
+        if unknown:
+            raise ValueError(f"parked: no replicas named {', '.join(unknown)}; replicas: {', '.join(names)}")
+        # Not started with the stack (an elastic fleet's spare slots): their proxies refuse until
+        # restart() starts them, so a scale-up pays one real cold start and the stack's own start
+        # pays none for them.
+        self.parked = frozenset(parked)
         self.model, self.engine, self.threads = model, engine, threads
         self.host, self.gateway_port, self.seed, self.rtt = host, gateway_port, seed, rtt
         self.span_exporter, self.start_timeout = span_exporter, start_timeout
+        self.migration = migration  # broken streams resume elsewhere (testbed.live.resume); None: they fail
         self.supervisor = Supervisor(log_dir)
         self.proxies: ProxyFleet | None = None
         self.gateway: LiveGateway | None = None
@@ -150,13 +163,16 @@ class LiveStack:
 
     async def _open(self) -> None:
         self.proxies = ProxyFleet(self.host, seed=self.seed)
-        started = await asyncio.gather(*(asyncio.to_thread(self._start_replica, plan) for plan in self.plans))
-        for plan, url in zip(self.plans, started):
-            self.replica_urls[plan.name] = url
+        starting = [plan for plan in self.plans if plan.name not in self.parked]
+        started = await asyncio.gather(*(asyncio.to_thread(self._start_replica, plan) for plan in starting))
+        self.replica_urls.update((plan.name, url) for plan, url in zip(starting, started))
+        for plan in self.plans:
+            url = self.replica_urls.get(plan.name, f"http://{self.host}:{PARKED_UPSTREAM_PORT}")
             self.proxy_urls[plan.name] = await asyncio.to_thread(self.proxies.add, plan.name, url)
         upstreams = [Upstream(p.name, self.proxy_urls[p.name], p.region, p.tier, p.pool, self._capacity(p)) for p in self.plans]
         self.gateway = LiveGateway(
-            self.spec, upstreams, models=[self.model], rtt=self.rtt, seed=self.seed, start=self.start, span_exporter=self.span_exporter
+            self.spec, upstreams, models=[self.model], rtt=self.rtt, seed=self.seed, start=self.start, span_exporter=self.span_exporter,
+            migration=self.migration,
         )
         self.served = await serve(self.gateway.app, self.host, self.gateway_port)
 
@@ -237,6 +253,10 @@ class LiveStack:
     def pids(self) -> dict[str, int]:
         return {name: self.supervisor.get(name).pid for name in self.replica_urls}
 
+    def running(self, replica: str) -> bool:
+        """Whether the replica's process runs now (a parked one never started has none)."""
+        return replica in self.supervisor.names() and self.supervisor.alive(replica)
+
     def records(self) -> pd.DataFrame:
         """One row per request the gateway accepted, in the simulator's schema.
 
@@ -289,11 +309,17 @@ class LiveStack:
         self._close_faults(lambda f: f.kind == "node_hang" and f.target == replica)
 
     async def restart(self, replica: str) -> None:
-        """Start the replica again (after a kill) and point its proxy at its new address."""
-        managed = await asyncio.to_thread(self.supervisor.restart, replica, self.start_timeout)
-        assert managed.url is not None and self.proxies is not None
-        self.replica_urls[replica] = managed.url
-        await asyncio.to_thread(self.proxies.set_upstream, replica, managed.url)
+        """Start the replica again (after a kill; a parked one for the first time) and point its
+        proxy at its new address."""
+        if replica in self.supervisor.names():
+            managed = await asyncio.to_thread(self.supervisor.restart, replica, self.start_timeout)
+            assert managed.url is not None
+            url = managed.url
+        else:
+            url = await asyncio.to_thread(self._start_replica, self.plans[self._index[replica]])
+        assert self.proxies is not None
+        self.replica_urls[replica] = url
+        await asyncio.to_thread(self.proxies.set_upstream, replica, url)
         self._close_faults(lambda f: f.kind in ("node_crash", "node_hang") and f.target == replica)
 
     async def add_toxic(self, replica: str, name: str, toxic: Toxic) -> None:

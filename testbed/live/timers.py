@@ -132,6 +132,10 @@ class ServerTimer:
     a batch to fill, which the simulator models separately, so each batch size gets a server of
     its own whose ``--max-batch-size`` is that size: the batch starts the moment all of its
     requests are in, and no batching delay leaks into the profile.
+
+    Every server it starts is a start-up measurement too: seconds from spawn to its READY line
+    (``startups``), and, from its ``/health``, how much of that was the model load and the
+    warm-up (``loads``, ``warmups``); the rest is the interpreter and the server starting.
     """
 
     def __init__(self, model: str, quantize: str | None = None) -> None:
@@ -144,22 +148,40 @@ class ServerTimer:
         self.supervisor = Supervisor()
         self._timers: dict[int, HttpTimer] = {}
         self.startups: list[float] = []  # seconds from spawn to READY of each server started
+        self.loads: list[float] = []  # of which the model load (imports and weights)
+        self.warmups: list[float] = []  # of which the engine's warm-up
+
+    def _start(self, name: str, batch: int) -> str:
+        """Start a server (its start-up measured) and return its URL."""
+        import sys
+
+        import httpx
+
+        argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--port", "0",
+                "--name", name, "--threads", "1", "--max-batch-size", str(batch), "--max-delay", "60"]
+        if self.quantize:
+            argv += ["--quantize", self.quantize]
+        began = time.monotonic()
+        managed = self.supervisor.start(name, argv, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=180)
+        self.startups.append(time.monotonic() - began)
+        assert managed.url is not None
+        phases = httpx.get(managed.url + "/health", timeout=30).json().get("startup") or {}
+        self.loads.append(float(phases.get("load_seconds", 0.0)))
+        self.warmups.append(float(phases.get("warmup_seconds", 0.0)))
+        return managed.url
 
     def _timer(self, batch: int) -> HttpTimer:
         if batch not in self._timers:
-            import sys
-
-            name = f"calibrate-b{batch}"
-            argv = [sys.executable, "-m", "testbed.live.replica.server", "--model", self.model, "--port", "0",
-                    "--name", name, "--threads", "1", "--max-batch-size", str(batch), "--max-delay", "60"]
-            if self.quantize:
-                argv += ["--quantize", self.quantize]
-            began = time.monotonic()
-            managed = self.supervisor.start(name, argv, {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}, timeout=180)
-            self.startups.append(time.monotonic() - began)
-            assert managed.url is not None
-            self._timers[batch] = HttpTimer(managed.url, self.served_as)
+            self._timers[batch] = HttpTimer(self._start(f"calibrate-b{batch}", batch), self.served_as)
         return self._timers[batch]
+
+    def time_starts(self, starts: int) -> None:
+        """``starts`` more start-ups, one server at a time, each stopped once it serves: a
+        repaired or new replica coming up on an otherwise idle machine."""
+        for i in range(starts):
+            name = f"calibrate-start-{i}"
+            self._start(name, 1)
+            self.supervisor.stop(name, 10)
 
     def prefill(self, batch: int, prompt_tokens: int) -> float:
         return self._timer(batch).prefill(batch, prompt_tokens)

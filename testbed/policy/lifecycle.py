@@ -15,7 +15,9 @@ Phases, in order (a replica may only move forward, or fail to ``gone`` from any 
 A *new* replica pays the whole chain (:meth:`LifecycleTimings.cold_start`). A *repaired* one
 whose node came back keeps its node and its cached image but reloads the weights and warms up
 again (:meth:`LifecycleTimings.restart`). The default constants and their sources live in
-:mod:`testbed.cloud`; a scenario's ``elastic.lifecycle`` overrides them.
+:mod:`testbed.cloud`. A calibrated profile that measured the replica's start
+(``testbed calibrate``: process start, model load, warm-up) replaces the modelled *loading* and
+*warming* phases with the measurement; a scenario's ``elastic.lifecycle`` overrides either.
 """
 
 from __future__ import annotations
@@ -40,16 +42,37 @@ class LifecycleTimings:
 
     @classmethod
     def for_replica(
-        cls, provider: str, weight_bytes: float, cpu_host: bool, overrides: LifecycleSpec | None = None
+        cls,
+        provider: str,
+        weight_bytes: float,
+        cpu_host: bool,
+        overrides: LifecycleSpec | None = None,
+        measured: tuple[float, float] | None = None,
     ) -> LifecycleTimings:
-        """The chain for a replica of ``weight_bytes`` on ``provider``, built-ins unless overridden."""
+        """The chain for a replica of ``weight_bytes`` on ``provider``.
+
+        ``measured`` is a calibrated start, (seconds from process start to serving, of which the
+        warm-up): it gives *loading* (all but the warm-up: process, libraries, weights) and
+        *warming* in place of the modelled weights-over-bandwidth and warm-up constants. The
+        scenario's overrides win over both.
+        """
         spec = overrides or LifecycleSpec()
         node = cloud.provisioning_seconds(provider) if spec.provisioning is None else spec.provisioning
         pull = cloud.IMAGE_PULL_SECONDS if spec.image_pull is None else spec.image_pull
-        bandwidth = spec.storage_bandwidth or cloud.STORAGE_BANDWIDTH
-        warmup = cloud.warmup_seconds(cpu_host) if spec.warmup is None else spec.warmup
+        if spec.storage_bandwidth is not None:
+            loading = weight_bytes / spec.storage_bandwidth
+        elif measured is not None:
+            loading = max(0.0, measured[0] - measured[1])
+        else:
+            loading = weight_bytes / cloud.STORAGE_BANDWIDTH
+        if spec.warmup is not None:
+            warmup = spec.warmup
+        elif measured is not None:
+            warmup = measured[1]
+        else:
+            warmup = cloud.warmup_seconds(cpu_host)
         drain = cloud.DRAIN_TIMEOUT_SECONDS if spec.drain_timeout is None else spec.drain_timeout
-        return cls(node + pull, weight_bytes / bandwidth, warmup, drain)
+        return cls(node + pull, loading, warmup, drain)
 
     def cold_start(self) -> float:
         """A new replica: node, image, weights, warm-up."""

@@ -13,8 +13,12 @@ Rules (NVIDIA Dynamo's request migration, ``--migration-limit``):
 
 :class:`StreamChecker` is the check, in the spirit of Jepsen's checkers: it records what each
 attempt delivered to the client and verifies afterwards, for every migrated request, that the
-client got every position exactly once (positional records, in simulation) or exactly the
-tokens of an unbroken run (token ids, in the live plane with greedy decoding).
+client got every position exactly once. In simulation the records are positions. The live
+gateway also records the token ids, and each resumed attempt's *seam*: the prompt its replica
+reports it continued from, which must be the original prompt followed by exactly the tokens the
+client had — a continuation from anything else would lose or repeat tokens even when every
+position is covered once. :func:`check_stream` compares a client's token ids with an unbroken
+run's (the live tests' check, with greedy decoding).
 """
 
 from __future__ import annotations
@@ -70,8 +74,8 @@ class MigrationPolicy:
 class Verdict:
     ok: bool
     checked: int  # migrated requests checked
-    lost: int  # token positions the client never got
-    duplicated: int  # token positions the client got more than once
+    lost: int  # token positions the client never got (or a seam left out)
+    duplicated: int  # token positions the client got more than once (or a seam repeated)
     bad: tuple[int, ...] = ()  # request ids with a problem
 
 
@@ -80,16 +84,32 @@ class StreamChecker:
     """What each attempt delivered, per request; the check runs on completed requests."""
 
     segments: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # rid -> [(start, end)]
+    tokens: dict[int, list[int]] = field(default_factory=dict)  # rid -> token ids the client got, in order (live)
+    prompts: dict[int, tuple[int, ...]] = field(default_factory=dict)  # rid -> its prompt's token ids (live)
+    seams: list[tuple[int, int, tuple[int, ...]]] = field(default_factory=list)  # (rid, offset, prompt resumed from)
 
-    def delivered(self, rid: int, start: int, count: int) -> None:
-        """Attempt of ``rid`` delivered positions ``start .. start + count - 1`` to the client."""
+    def delivered(self, rid: int, start: int, count: int, ids: Sequence[int] | None = None) -> None:
+        """Attempt of ``rid`` delivered positions ``start .. start + count - 1`` to the client
+        (their token ids too, when the driver knows them)."""
         if count > 0:
             self.segments.setdefault(rid, []).append((start, start + count))
+        if ids is not None:
+            self.tokens.setdefault(rid, []).extend(ids)
+
+    def began(self, rid: int, prompt: Sequence[int]) -> None:
+        """``rid``'s prompt, as token ids: what every resumed attempt must continue from."""
+        self.prompts.setdefault(rid, tuple(prompt))
+
+    def resumed(self, rid: int, offset: int, prompt: Sequence[int]) -> None:
+        """A resumed attempt of ``rid``, delivering from position ``offset``, was run on ``prompt``
+        (as its replica reports it)."""
+        self.seams.append((rid, offset, tuple(prompt)))
 
     def check(self, expected: dict[int, int]) -> Verdict:
-        """Every request in ``expected`` (rid -> tokens it should have) got each position once."""
+        """Every request in ``expected`` (rid -> tokens it should have) got each position once,
+        and each of its seams continued from its prompt plus exactly the tokens delivered before."""
         lost = duplicated = 0
-        bad = []
+        bad = set()
         for rid, length in sorted(expected.items()):
             count = [0] * length
             for start, end in self.segments.get(rid, []):
@@ -101,10 +121,19 @@ class StreamChecker:
             missing = sum(1 for c in count if c == 0)
             extra = sum(c - 1 for c in count if c > 1)
             if missing or extra:
-                bad.append(rid)
+                bad.add(rid)
             lost += missing
             duplicated += extra
-        return Verdict(not bad, len(expected), lost, duplicated, tuple(bad))
+        for rid, offset, prompt in self.seams:
+            if rid not in expected:
+                continue
+            should = self.prompts.get(rid, ()) + tuple(self.tokens.get(rid, [])[:offset])
+            seam = check_stream(prompt, should)
+            if not seam.ok:
+                bad.add(rid)
+            lost += seam.lost
+            duplicated += seam.duplicated
+        return Verdict(not bad, len(expected), lost, duplicated, tuple(sorted(bad)))
 
 
 def check_stream(received: Sequence[int], reference: Sequence[int]) -> Verdict:

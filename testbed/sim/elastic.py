@@ -4,7 +4,8 @@ The topology's primary replicas of each pool are *slots*. At the start the pool'
 of them serve (already warm); the rest are parked. One SimPy process ticks every second and:
 
 * retires replicas whose slot a fault took down (they are *gone*: a replacement pays the whole
-  lifecycle chain on a healthy slot, not the profile's constant ``startup_seconds``);
+  lifecycle chain on a healthy slot — node, image, then the start a calibrated profile measured
+  or, without one, weights over storage bandwidth and a warm-up);
 * runs each pool's autoscaler every ``interval`` and its degradation ladder with it;
 * reconciles: while fewer replicas are live than wanted it asks for one more on a free slot
   whose host is up, within quota, outside stockouts, spot or on-demand as the market says; while
@@ -155,11 +156,14 @@ class ElasticFleet:
         self._event(slot, "serving")
 
     def _timings(self, slot: int) -> LifecycleTimings:
+        """The slot's lifecycle chain: its start measured by calibration when its profile says, else modelled."""
         placement = self.placements[slot]
         topology = self.run.scenario.topology
         device = topology.device_kind(placement.device_kind)
         weight_bytes = topology.model_kind(placement.model).params * device.weight_bytes_per_param
-        return LifecycleTimings.for_replica(placement.provider, weight_bytes, device.fallback, self.spec.lifecycle)
+        perf = self.run.replicas[slot].perf
+        measured = (perf.startup_seconds, perf.warmup_seconds) if perf.startup_seconds > 0 else None
+        return LifecycleTimings.for_replica(placement.provider, weight_bytes, device.fallback, self.spec.lifecycle, measured)
 
     def _spot_counts(self, pool: _Pool) -> tuple[int, int]:
         members = [self.live[s] for s in pool.slots if s in self.live and not self.live[s].doomed]

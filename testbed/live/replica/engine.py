@@ -126,6 +126,7 @@ class Engine:
         self.stats = EngineStats()
         self.batch_listeners: list[BatchListener] = []
         self.runner = None
+        self.startup: dict[str, float] = {}  # phases of the last start (see start)
         self._batcher: MicroBatcher | None = None
         self._requests: dict[int, _Request] = {}
         self._keys = itertools.count()
@@ -156,10 +157,15 @@ class Engine:
 
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine-step")
+        began = time.perf_counter()
         self.runner = await loop.run_in_executor(
             self._executor, lambda: ModelRunner(self.model_dir, self.quantize, self.threads)
         )
+        loaded = time.perf_counter()
         await loop.run_in_executor(self._executor, self._warm_up)
+        # What calibration reads from /health: the model load (torch and transformers imports
+        # included, as a replica's start pays them) and the warm-up, in seconds.
+        self.startup = {"load_seconds": round(loaded - began, 4), "warmup_seconds": round(time.perf_counter() - loaded, 4)}
         blocks = self.prefix_cache_bytes // block_bytes(self.runner.model.config, self.block_size)
         self.prefix_cache = KVPrefixCache(self.block_size, blocks) if blocks else None
         # The batcher decides batches only: the cache it would model is this engine's real one.

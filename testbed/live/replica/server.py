@@ -4,8 +4,10 @@ Routes: ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming as
 events, or not), ``GET /v1/models``, ``GET /health``, Prometheus ``GET /metrics`` with vLLM's
 metric names, the chaos hooks ``GET|POST|DELETE /chaos`` (see :mod:`replica_chaos`) and the
 weights switch ``GET|POST /weights`` (see :mod:`testbed.live.replica.control`). Usage reports the prompt
-tokens served from the prefix cache as ``prompt_tokens_details.cached_tokens``, as vLLM does. The
-official ``openai`` client works against it unchanged.
+tokens served from the prefix cache as ``prompt_tokens_details.cached_tokens``, as vLLM does. A
+prompt may be token ids, and ``return_token_ids: true`` reports the prompt's ids and each chunk's
+generated ids in vLLM's fields (``prompt_token_ids``, ``token_ids``): the gateway resumes a broken
+stream from them (:mod:`testbed.live.resume`). The official ``openai`` client works against it unchanged.
 
 Every error is an OpenAI-style body with a message that says what was wrong: malformed or
 mistyped requests get 400 naming the field, oversize bodies 413, a prompt beyond the context
@@ -123,6 +125,7 @@ class _Completion:
         self.engine, self.metrics = engine, metrics
         self.prompt_ids, self.max_tokens, self.stops, self.deadline = prompt_ids, max_tokens, stops, deadline
         self.output_tokens = 0
+        self.token_ids: list[int] = []
         self.finish_reason = "stop"
         self.received = time.monotonic()
         self.first_token: float | None = None  # seconds from ``received`` to the first token
@@ -133,8 +136,9 @@ class _Completion:
         """``x-ttft`` for a plain answer: its client (the gateway) cannot see when the first token came."""
         return {} if self.first_token is None else {TTFT_HEADER: f"{self.first_token:.6f}"}
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """One delta per generated token (maybe empty), then any held-back tail."""
+    async def deltas(self) -> AsyncIterator[tuple[str, int | None]]:
+        """(text delta, token id) per generated token (the delta maybe empty), then any held-back
+        tail as (tail, None)."""
         started = last = time.monotonic()
         ttft: float | None = None
         detok = _Detokenizer(self.engine.runner.decode_text, self.stops)
@@ -150,12 +154,13 @@ class _Completion:
                     self.metrics.observe_token(now - last)
                 last = now
                 self.output_tokens += 1
+                self.token_ids.append(token)
                 delta, stopped = detok.add(token)
-                yield delta
+                yield delta, token
                 if stopped:
                     break
         if not stopped:
-            yield detok.flush()
+            yield detok.flush(), None
             self.finish_reason = "length" if self.output_tokens >= self.max_tokens else "stop"
         self.metrics.observe_request(len(self.prompt_ids), self.output_tokens, ttft, time.monotonic() - started,
                                      self.finish_reason)
@@ -260,6 +265,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         kind = "chatcmpl" if chat else "cmpl"
         head = {"id": f"{kind}-{name}-{next(request_ids)}", "created": int(time.time()), "model": model_name}
         deltas = completion.deltas()
+        ids = TokenIds(prompt_ids, chat) if req.return_token_ids else None
         if not req.stream:
             text = await _join_unless_disconnected(request, deltas)
             if text is None:
@@ -267,17 +273,19 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
             if chat:
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
                           "finish_reason": completion.finish_reason}
-                return JSONResponse({**head, "object": "chat.completion", "choices": [choice],
-                                     "usage": completion.usage}, headers=completion.timing_headers)
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": completion.finish_reason}
-            return JSONResponse({**head, "object": "text_completion", "choices": [choice], "usage": completion.usage},
-                                headers=completion.timing_headers)
+                body = {**head, "object": "chat.completion", "choices": [choice], "usage": completion.usage}
+            else:
+                choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": completion.finish_reason}
+                body = {**head, "object": "text_completion", "choices": [choice], "usage": completion.usage}
+            if ids is not None:
+                ids.attach(body, completion.token_ids)
+            return JSONResponse(body, headers=completion.timing_headers)
         try:
             first = await anext(deltas, None)  # errors before the first token are HTTP errors
         except _GENERATION_ERRORS as exc:
             await deltas.aclose()
             raise _engine_error(exc) from None
-        stream = _sse(head, chat, first, deltas, completion, req.include_usage)
+        stream = _sse(head, chat, first, deltas, completion, req.include_usage, ids)
         return StreamingResponse(stream, media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
     @app.post("/v1/completions")
@@ -335,7 +343,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
         return JSONResponse({"status": "ok", "name": name, "model": model_name,
                              "waiting": engine.queued, "running": engine.batch_size,
                              "batching": engine.batching.model_dump(mode="json"),
-                             "batching_delay": engine.batching_delay})
+                             "batching_delay": engine.batching_delay, "startup": engine.startup})
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -358,7 +366,7 @@ def create_app(engine: Engine, name: str, model_name: str, chaos: ReplicaChaos |
     return app
 
 
-async def _join_unless_disconnected(request: Request, deltas: AsyncIterator[str]) -> str | None:
+async def _join_unless_disconnected(request: Request, deltas: AsyncIterator[tuple[str, int | None]]) -> str | None:
     """The whole text, or None if the client hung up first (a lost hedge, a client timeout).
 
     Streams are cancelled by Starlette when their client goes; a plain response is not, so
@@ -367,7 +375,7 @@ async def _join_unless_disconnected(request: Request, deltas: AsyncIterator[str]
 
     async def join() -> str:
         async with contextlib.aclosing(deltas):
-            return "".join([d async for d in deltas])
+            return "".join([d async for d, _ in deltas])
 
     async def hung_up() -> bool:
         while (await request.receive())["type"] != "http.disconnect":
@@ -397,31 +405,55 @@ def _data(payload: dict | str) -> str:
     return f"data: {payload if isinstance(payload, str) else json.dumps(payload)}\n\n"
 
 
-async def _sse(head: dict, chat: bool, first: str | None, deltas: AsyncIterator[str], completion: _Completion,
-               include_usage: bool) -> AsyncIterator[str]:
-    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``."""
+class TokenIds:
+    """``return_token_ids`` as vLLM answers it: the prompt's ids once (a completion choice's
+    ``prompt_token_ids``; for chat, the response's), and the generated ids in ``token_ids``
+    (per chunk, when streamed: the ids behind that chunk's text)."""
+
+    def __init__(self, prompt_ids: list[int], chat: bool) -> None:
+        self.prompt_ids, self.chat = prompt_ids, chat
+        self.sent_prompt = False
+
+    def attach(self, body: dict, token_ids: list[int]) -> dict:
+        choice = body["choices"][0]
+        choice["token_ids"] = list(token_ids)
+        if not self.sent_prompt:
+            self.sent_prompt = True
+            (body if self.chat else choice)["prompt_token_ids"] = list(self.prompt_ids)
+        return body
+
+
+async def _sse(head: dict, chat: bool, first: tuple[str, int | None] | None,
+               deltas: AsyncIterator[tuple[str, int | None]], completion: _Completion, include_usage: bool,
+               ids: TokenIds | None = None) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with ``data: [DONE]``.
+
+    A token whose text is held back (half a character, or what may begin a stop sequence) sends
+    no chunk, unless token ids were asked for: then its chunk carries its id and no text.
+    """
     obj = "chat.completion.chunk" if chat else "text_completion"
 
-    def chunk(delta: str | None, finish: str | None = None) -> dict:
+    def chunk(delta: str | None, token: int | None = None, finish: str | None = None) -> dict:
         if chat:
             body = {} if delta is None else {"content": delta}
             choice = {"index": 0, "delta": body, "logprobs": None, "finish_reason": finish}
         else:
             choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
-        return {**head, "object": obj, "choices": [choice]}
+        data = {**head, "object": obj, "choices": [choice]}
+        return data if ids is None else ids.attach(data, [] if token is None else [token])
 
     async with contextlib.aclosing(deltas):
         try:
             if chat:
-                yield _data({**head, "object": obj, "choices": [
-                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                     "finish_reason": None}]})
-            if first:
-                yield _data(chunk(first))
-            async for delta in deltas:
-                if delta:
-                    yield _data(chunk(delta))
-            yield _data(chunk(None, completion.finish_reason))
+                role = {**head, "object": obj, "choices": [
+                    {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}]}
+                yield _data(role if ids is None else ids.attach(role, []))
+            if first is not None and (first[0] or (ids is not None and first[1] is not None)):
+                yield _data(chunk(*first))
+            async for delta, token in deltas:
+                if delta or (ids is not None and token is not None):
+                    yield _data(chunk(delta, token))
+            yield _data(chunk(None, None, completion.finish_reason))
             if include_usage:
                 yield _data({**head, "object": obj, "choices": [], "usage": completion.usage})
         except _GENERATION_ERRORS as exc:
