@@ -7,9 +7,10 @@ their own spans, from the attempt records — and, under the attempt that answer
 ``queue+prefill`` span up to the first token and a ``decode`` span after it. The records do not
 split queueing from prefill, so neither do the spans.
 
-A run can have 300k requests, so a deterministic share (by request id and seed) is exported,
-plus every request that failed, retried or hedged. Span and trace ids come from the seed too,
-so the same seed writes the same file. The file exporter writes OTLP/JSON
+Which requests are exported is :class:`~testbed.observe.sampling.TraceSampler`'s decision
+(``observability.traces``): by default every request that failed, retried, hedged, migrated,
+failed over or was degraded, plus a seeded share of the rest. Span and trace ids come from the
+seed too, so the same seed writes the same file. The file exporter writes OTLP/JSON
 (``ExportTraceServiceRequest`` per line, one trace per line); tests use the SDK's in-memory one.
 """
 
@@ -21,7 +22,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from testbed.observe.prometheus import model_name
+from testbed.observe.sampling import TraceSampler, notable_requests
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
@@ -53,25 +54,19 @@ class SeededIds(IdGenerator):
         return self._rng.getrandbits(128) or 1
 
 
-def sampled(request_ids: np.ndarray, share: float, seed: int) -> np.ndarray:
-    """Whether each request id is in the deterministic sample (a splitmix64 hash below the share)."""
-    with np.errstate(over="ignore"):
-        z = request_ids.astype(np.uint64) + np.uint64(seed & 0xFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53) < share
+def run_sampler(result: Result) -> TraceSampler:
+    """The run's own trace setting (``observability.traces`` and ``trace_sample``, its seed)."""
+    return TraceSampler.of(result.scenario.observability, result.seed)
 
 
-def traced_requests(result: Result, share: float) -> pd.DataFrame:
-    """The requests to export: the sample plus every failed, retried or hedged one."""
+def traced_requests(result: Result, sampler: TraceSampler | None = None) -> pd.DataFrame:
+    """The requests to export under ``sampler`` (default the run's own setting)."""
+    sampler = sampler or run_sampler(result)
     requests = result.requests
-    keep = sampled(requests["request_id"].to_numpy(), share, result.seed)
-    keep |= (requests["status"] != "ok").to_numpy() | (requests["retries"] > 0).to_numpy() | requests["hedged"].to_numpy()
-    return requests[keep]
+    return requests[sampler.keep(requests["request_id"].to_numpy(), notable_requests(requests, result.attempts))]
 
 
-def emit_spans(result: Result, exporter: SpanExporter, share: float | None = None) -> int:
+def emit_spans(result: Result, exporter: SpanExporter, sampler: TraceSampler | None = None) -> int:
     """Export the traced requests' spans through ``exporter``; returns how many requests."""
     scenario = result.scenario
     provider = TracerProvider(
@@ -80,7 +75,7 @@ def emit_spans(result: Result, exporter: SpanExporter, share: float | None = Non
     )
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     tracer = provider.get_tracer("testbed.observe.traces")
-    requests = traced_requests(result, scenario.observability.trace_sample if share is None else share)
+    requests = traced_requests(result, sampler)
     attempts = result.attempts.groupby("request_id", sort=False) if not result.attempts.empty else None
     attempt_ids = set(result.attempts["request_id"].tolist()) if attempts is not None else set()
     names = [r.name for r in Topology.from_spec(scenario.topology).replicas]
