@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
-    import click
+    import typer
 
     importlib.import_module("testbed.cli")  # what `testbed run` imports before it runs: every command
     SECONDS["import the CLI"] = time.perf_counter() - started
@@ -119,7 +119,7 @@ def main() -> None:
         out = args.out or Path(scratch)
         try:
             run.run(args.scenario, out=out, quiet=True, **({"traces": args.traces} if args.traces else {}))
-        except click.exceptions.Exit:
+        except typer.Exit:
             pass
         total = time.perf_counter() - started
         traces = out / "traces.jsonl"
