@@ -122,6 +122,9 @@ def test_run_traces_flag_chooses_the_traces_and_a_bad_value_exits_2(tmp_path):
     assert proc.returncode == 0, proc.stderr
     requests = pd.read_parquet(tmp_path / "all" / "requests.parquet")
     assert len((tmp_path / "all" / "traces.jsonl").read_text().splitlines()) == len(requests)
+    # Same seed, another process: the very same file (the SDK's per-process service.instance.id is replaced).
+    assert cli("run", str(path), "--out", str(tmp_path / "again"), "--quiet", "--traces", "all").returncode == 0
+    assert (tmp_path / "again" / "traces.jsonl").read_bytes() == (tmp_path / "all" / "traces.jsonl").read_bytes()
     for bad, said in (("most", "--traces: expected sampled, all, none or a share"), ("2", "got '2'")):
         proc = cli("run", str(path), "--quiet", "--traces", bad)
         assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
