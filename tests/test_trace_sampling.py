@@ -21,7 +21,7 @@ from testbed.observe.traces import run_sampler, traced_requests
 from testbed.records.attempts import attempts_frame
 from testbed.report import write_run
 from testbed.sim import simulate
-from testbed.spec import Scenario, SpecError
+from testbed.spec import ObservabilitySpec, Scenario, SpecError
 
 ROOT = Path(__file__).resolve().parents[1]
 REGION = {"name": "r", "zones": [{"name": "a", "racks": [{"name": "k", "nodes": 2, "device": "H100", "devices_per_node": 4}]}]}
@@ -34,7 +34,7 @@ def scenario(**observability) -> Scenario:
         "topology": {"name": "t", "providers": [{"name": "p", "regions": [REGION]}]},
         "workload": {"arrival": {"kind": "poisson", "rate": "40/s"}, "prompt_tokens": {"kind": "fixed", "value": 128},
                      "output_tokens": {"kind": "uniform", "low": 8, "high": 64}},
-        "serving": {"retries": {"max_attempts": 2}, "hedging": {"enabled": True, "delay": "150ms"}},
+        "serving": {"retries": {"max_attempts": 2}, "hedging": {"enabled": True, "delay": "20ms"}},
         "faults": [{"kind": "error_injection", "target": "p/r/a/k/node-0", "rate": 0.3, "status": 503, "at": "20s", "duration": "60s"}],
         "duration": "100s",
         "seed": 5,
@@ -85,8 +85,8 @@ def test_all_and_none_trace_every_request_or_none(tmp_path):
     write_run(everything, tmp_path)
     lines = (tmp_path / "traces.jsonl").read_text().splitlines()
     assert len(lines) == len(everything.requests)
-    ids = {a["value"]["intValue"] for line in lines for a in json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["attributes"]
-           if a["key"] == "testbed.request_id"}
+    ids = {a["value"]["intValue"] for line in lines for span in json.loads(line)["resourceSpans"][0]["scopeSpans"][0]["spans"]
+           for a in span["attributes"] if a["key"] == "testbed.request_id"}
     assert ids == {str(i) for i in everything.requests["request_id"]}
     nothing = run(traces="none")
     assert run_sampler(nothing).exports is False and traced_requests(nothing).empty
@@ -95,6 +95,7 @@ def test_all_and_none_trace_every_request_or_none(tmp_path):
 
 
 def test_the_traces_option_and_field_refuse_bad_values(tmp_path):
+    assert (ObservabilitySpec().traces, ObservabilitySpec().trace_sample) == ("sampled", 0.001)  # the documented default
     assert parse_traces_option("ALL") == {"traces": "all"}
     assert parse_traces_option("5%") == {"traces": "sampled", "trace_sample": pytest.approx(0.05)}
     assert parse_traces_option("0.2") == {"traces": "sampled", "trace_sample": 0.2}

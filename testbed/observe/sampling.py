@@ -3,10 +3,12 @@
 A 300k-request run would write hundreds of megabytes of spans for requests that went straight
 through, which nobody opens; the requests an on-call engineer opens a trace for are the ones
 that failed, were retried, hedged, migrated, failed over, or degraded. So by default
-(``observability.traces: sampled``) those are all traced, plus ``trace_sample`` (1% unless set)
-of the others, chosen by a hash of the request id and the seed: the same seed traces the same
-requests, and the simulated and the live run of one draw trace the same ids. ``all`` traces
-every request, ``none`` writes no traces.
+(``observability.traces: sampled``) those are all traced, plus ``trace_sample`` (0.1% unless
+set) of the others, chosen by a hash of the request id and the seed: the same seed traces the
+same requests, and the simulated and the live run of one draw trace the same ids. 0.1% is
+enough healthy traces to see what normal looks like (300 of a 300k-request run) and few enough
+that a fleet-day of 200M requests writes 200k of them, not the 2M a 1% share would. ``all``
+traces every request, ``none`` writes no traces.
 
 Both planes use :class:`TraceSampler`: the simulation's exporter and ``testbed live`` on the
 records (:func:`notable_requests`), the live gateway's span exporter per finished request
@@ -42,7 +44,7 @@ class TraceSampler:
     """The trace decision of one run: ``mode``, the share of unremarkable requests, the seed."""
 
     mode: TraceMode = "sampled"
-    share: float = 0.01
+    share: float = 0.001
     seed: int = 0
 
     @classmethod

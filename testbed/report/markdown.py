@@ -131,8 +131,12 @@ def _elastic_lines(stats: dict) -> list[str]:
     ]
 
 
-def markdown_report(result: Result) -> str:
-    """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load."""
+def markdown_report(result: Result, latency: pd.DataFrame | None = None) -> str:
+    """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load.
+
+    ``latency`` is the run's :func:`latency_summary` when the caller has it already (write_run
+    computes it once for both reports).
+    """
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
     lines = [
@@ -161,7 +165,7 @@ def markdown_report(result: Result) -> str:
         lines.append("| (no objectives) | | | | |")
     lines += _elastic_lines(result.stats)
     lines += ["", "## Latency of successful requests", "", "| class | requests | ttft p50 | ttft p99 | tpot p50 | tpot p99 | e2e p50 | e2e p99 |", "|---|---|---|---|---|---|---|---|"]
-    for r in latency_summary(requests).to_dict("records"):
+    for r in (latency_summary(requests) if latency is None else latency).to_dict("records"):
         cells = [format_value(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
         lines.append(f"| {r['class']} | {r['requests']:,} | " + " | ".join(cells) + " |")
     lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]

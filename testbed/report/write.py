@@ -12,7 +12,7 @@ from typing import Any
 
 from testbed.records.result import Result
 from testbed.report.html import write_html_report
-from testbed.report.markdown import markdown_report
+from testbed.report.markdown import latency_summary, markdown_report
 
 
 def write_run(result: Result, out_dir: str | Path) -> list[Path]:
@@ -39,12 +39,13 @@ def write_run(result: Result, out_dir: str | Path) -> list[Path]:
     }
     paths["scenario"].write_text(result.scenario.to_yaml(), encoding="utf-8")  # what testbed report/compare read back
     paths["verdicts"].write_text(json.dumps(verdicts, indent=2, default=_json_number) + "\n")
-    paths["report"].write_text(markdown_report(result))
+    latency = latency_summary(result.requests)  # both reports' latency table
+    paths["report"].write_text(markdown_report(result, latency))
     if result.observation is not None:
         from testbed.observe.pipeline import write_observation
 
         paths |= write_observation(result, out)
-    if not write_html_report(result, paths["html_report"]):
+    if not write_html_report(result, paths["html_report"], latency):
         del paths["html_report"]  # plotly (the explore extra) is not installed
     return list(paths.values())
 
