@@ -127,7 +127,7 @@ class _Groups:
         order = np.argsort(names.astype(str), kind="stable")
         rank = np.empty(len(names), dtype=np.int64)
         rank[order] = np.arange(len(names))
-        codes, index = np.unique(time_code * len(names) + rank[key], return_inverse=True)
+        codes, index = _unique_codes(time_code * len(names) + rank[key], len(times) * len(names))
         return cls(index, order[codes % len(names)], times[codes // len(names)], np.bincount(index, minlength=len(codes)))
 
     def count(self, rows: np.ndarray) -> np.ndarray:
@@ -161,6 +161,15 @@ class _Groups:
     def reduce(self, values: np.ndarray, how: str) -> np.ndarray:
         """Each group's ``how`` ("sum" or "mean"): pandas' compensated summation, on integer codes."""
         return pd.Series(values).groupby(self.index, sort=True).agg(how).to_numpy(dtype=float)
+
+
+def _unique_codes(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for integers in [0, bound): by counting, without
+    a sort, when the range is no larger than a few times the number of values."""
+    if bound > max(4 * len(values), 1 << 16):
+        return np.unique(values, return_inverse=True)
+    present = np.bincount(values, minlength=bound) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[values]
 
 
 def stable_order(codes: np.ndarray, distinct: int) -> np.ndarray:
