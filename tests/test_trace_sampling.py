@@ -137,10 +137,11 @@ def test_run_traces_flag_chooses_the_traces_and_a_bad_value_exits_2(tmp_path):
     assert proc.returncode == 2 and "observability.traces" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_serve_refuses_a_bad_traces_option_before_starting_anything(tmp_path):
+def test_live_and_serve_refuse_a_bad_traces_option_before_starting_anything(tmp_path):
     for args, said in (
-        (["--traces", "most", "--trace-file", str(tmp_path / "spans.jsonl")], "--traces: expected sampled, all, none or a share"),
-        (["--traces", "all"], "give --trace-file too"),
+        (["serve", "--port", "0", "--traces", "most", "--trace-file", str(tmp_path / "spans.jsonl")], "--traces: expected sampled, all, none or a share"),
+        (["serve", "--port", "0", "--traces", "all"], "give --trace-file too"),
+        (["live", str(ROOT / "faults" / "live-replica-crash.yaml"), "--traces", "150%"], "--traces: expected sampled, all, none or a share"),
     ):
-        proc = cli("serve", "--port", "0", *args)
-        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr
+        proc = cli(*args)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
