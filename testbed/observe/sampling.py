@@ -26,7 +26,10 @@ import pandas as pd
 from testbed.spec.observability import ObservabilitySpec, TraceMode
 
 TRACE_MODES: tuple[str, ...] = get_args(TraceMode)
-TRACES_OPTION_HELP = "sampled (default: every failed/retried/hedged/migrated/degraded request + trace_sample of the rest), all, none, or a share such as 0.05 or 5%"
+TRACES_OPTION_HELP = (
+    "sampled (the default: every failed, retried, hedged, migrated or degraded request, and trace_sample of the rest), "
+    "all, none, or a share of the rest such as 0.05 or 5%"
+)
 
 
 def in_share(request_ids: np.ndarray, share: float, seed: int) -> np.ndarray:

@@ -75,10 +75,10 @@ def emit_spans(result: Result, exporter: SpanExporter, sampler: TraceSampler | N
     """Export the traced requests' spans through ``exporter``, a trace at a time; returns how many requests.
 
     The spans are the SDK's own :class:`ReadableSpan` records, made finished: a run's requests
-    are over, so nothing needs a live span, a context or a span processor — which cost about
-    five times as much per span as the span itself. Ids are drawn in the order a tracer would
-    draw them (trace id, then each span's id as it starts), so the file is the one a
-    ``TracerProvider`` with :class:`SeededIds` writes.
+    are over, so nothing needs a live span, a context or a span processor (through a tracer, a
+    trace took four times as long: 0.29 ms against 0.07 ms on the baseline, encoding included).
+    Ids are drawn in the order a tracer draws them (the trace id, then each span's id as it
+    starts), so the spans are those a ``TracerProvider`` with :class:`SeededIds` makes.
     """
     scenario = result.scenario
     # The SDK gives every process a random service.instance.id; the run's own keeps the file a function of the seed.
