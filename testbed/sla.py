@@ -82,6 +82,7 @@ def evaluate(
 ) -> list[Verdict]:
     """A verdict for each objective over the requests that arrived within ``window``."""
     start, end = window
+    requests = judged_columns(requests)
     in_window = requests[(requests["arrival"] >= start) & (requests["arrival"] < end)]
     windows = fault_windows(faults)
     verdicts = []
@@ -89,6 +90,15 @@ def evaluate(
         selected, span = _restrict(in_window, objective.window, windows, (start, end))
         verdicts.append(_verdict(objective, selected, span))
     return verdicts
+
+
+# The columns a verdict reads; the rest of the records need not be copied with every selection.
+JUDGED = ("session_id", "turn", "stage", "request_class", "arrival", "first_token", "finish", "output_tokens", "status", "degraded")
+
+
+def judged_columns(requests: pd.DataFrame) -> pd.DataFrame:
+    """``requests`` with only the columns a verdict reads (those it has)."""
+    return requests[[c for c in JUDGED if c in requests.columns]]
 
 
 def fault_windows(faults: pd.DataFrame | None) -> list[tuple[float, float]]:
@@ -132,6 +142,7 @@ def recovery_times(
     start when the SLA never broke; NaN when it had not recovered by the end of the records.
     """
     checked = [o for o in objectives if o.metric not in ("throughput", "token_throughput")]
+    requests = judged_columns(requests)
     last = float(requests["arrival"].max()) if len(requests) else 0.0
     arrival = requests["arrival"].to_numpy()
     recovered = []

@@ -30,7 +30,7 @@ def test_a_block_is_replaced_in_place_and_the_prose_kept(tmp_path: Path) -> None
 
 def test_the_shipped_pages_hold_a_block_for_every_benchmark() -> None:
     benchmarks = (ROOT / "docs" / "benchmarks.md").read_text()
-    for script in ("sim_throughput", "observe_overhead", "campaign_scaling", "live_batching", "live_failover", "chaos_proxy"):
+    for script in ("sim_throughput", "observe_overhead", "run_overhead", "campaign_scaling", "live_batching", "live_failover", "chaos_proxy"):
         assert f"<!-- begin: {script} -->" in benchmarks, script
         assert f"python benchmarks/{script}.py" in benchmarks, script
     assert "<!-- begin: fidelity -->" in (ROOT / "docs" / "fidelity.md").read_text()

@@ -198,7 +198,7 @@ def test_records_read_from_another_thread_are_copied_on_the_stacks_loop(stack, c
 def test_serve_prints_endpoints_replica_deaths_and_restarts_and_ctrl_c_leaves_no_process_behind(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     trace_file = tmp_path / "spans.jsonl"
-    command = [sys.executable, "-m", "testbed", "serve", "--replicas", "1", "--port", "0", "--trace-file", str(trace_file)]
+    command = [sys.executable, "-m", "testbed", "serve", "--replicas", "1", "--port", "0", "--trace-file", str(trace_file), "--traces", "all"]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         lines = []

@@ -16,7 +16,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from testbed.observe.metrics import Placement, window_metrics  # noqa: E402
 from testbed.observe.prometheus import exposition, parse_histogram_count  # noqa: E402
-from testbed.observe.traces import emit_spans, sampled, traced_requests  # noqa: E402
+from testbed.observe.sampling import TraceSampler, in_share as sampled  # noqa: E402
+from testbed.observe.traces import emit_spans, traced_requests  # noqa: E402
 from testbed.records.schema import empty_requests  # noqa: E402
 from testbed.report import write_run  # noqa: E402
 from testbed.sim import simulate  # noqa: E402
@@ -105,7 +106,7 @@ def test_traces_export_the_sample_and_every_retried_request_as_nested_spans():
     spans = exporter.get_finished_spans()
     retried = result.requests[result.requests["retries"] > 0]
     assert len(retried) > 20
-    expected = traced_requests(result, 0.05)
+    expected = traced_requests(result, TraceSampler("sampled", 0.05, result.seed))
     assert exported == len(expected) and set(retried["request_id"]) <= set(expected["request_id"])
     roots = [s for s in spans if s.parent is None]
     assert len(roots) == exported

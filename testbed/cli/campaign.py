@@ -7,7 +7,7 @@ failed or a run errored, 2 on a bad campaign file or option (one message, never 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -15,12 +15,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from testbed.campaign.driver import CampaignResult, run_campaign
-from testbed.campaign.executors import EXECUTORS
-from testbed.campaign.matrix import short_key
-from testbed.campaign.spec import load_campaign
 from testbed.cli.output import EXIT_BAD_INPUT, EXIT_INTERRUPTED, EXIT_PASS, EXIT_SLA_VIOLATED, console, errors
 from testbed.spec import SpecError
+
+if TYPE_CHECKING:
+    from testbed.campaign.driver import CampaignResult
 
 
 def campaign(
@@ -51,6 +50,12 @@ def campaign_command(
     errors: Console,
 ) -> int:
     """Run the campaign at ``path``; print a verdict table; return the exit code."""
+    # Imported here: the campaign machinery (scipy's statistics among it) would otherwise load
+    # with every command, `testbed run` included, since the CLI imports all of them.
+    from testbed.campaign.driver import run_campaign
+    from testbed.campaign.executors import EXECUTORS
+    from testbed.campaign.spec import load_campaign
+
     if executor not in EXECUTORS:
         return _bad(errors, f"--executor: expected one of {list(EXECUTORS)}, got {executor!r}")
     if workers < 1:
@@ -92,6 +97,8 @@ def campaign_command(
 
 def print_cells(result: CampaignResult, console: Console) -> None:
     """The verdict of every cell, and a one-line account of the whole campaign."""
+    from testbed.campaign.matrix import short_key
+
     keys = list(result.campaign.spec.matrix)
     table = Table(title=f"campaign {result.campaign.spec.name}: verdicts per cell", title_justify="left")
     for column in ("cell", *(short_key(k) for k in keys), "passed", "errored", "verdict"):

@@ -9,7 +9,7 @@ the SLA held for every schedule within the budget, 2 on bad input.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -18,9 +18,10 @@ from rich.table import Table
 
 from testbed.cli.output import EXIT_BAD_INPUT, EXIT_FOUND, EXIT_NONE_FOUND, console, errors
 from testbed.explain import fault_parameters, reproduce_command
-from testbed.hunt import HuntResult, hunt
 from testbed.spec import Scenario, SpecError
-from testbed.strategies import DEFAULT_KINDS
+
+if TYPE_CHECKING:
+    from testbed.hunt import HuntResult
 
 
 def hunt_command(
@@ -44,6 +45,8 @@ def hunt_command(
 
 def parse_kinds(text: str | None) -> list[str] | None:
     """``"node_crash, outage"`` -> ["node_crash", "outage"]; None keeps every kind."""
+    from testbed.strategies import DEFAULT_KINDS  # hypothesis: loaded only by the hunt, not by every command
+
     if text is None:
         return None
     kinds = [k.strip() for k in text.split(",") if k.strip()]
@@ -71,6 +74,9 @@ def run_hunt(
     errors: Console,
 ) -> int:
     """Load, hunt, print, write ``minimal-failure.yaml``; return the exit code."""
+    from testbed.hunt import hunt
+    from testbed.strategies import DEFAULT_KINDS
+
     try:
         scenario = Scenario.from_yaml(scenario_file)
         chosen = parse_kinds(kinds)

@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from testbed.cli.output import EXIT_BAD_INPUT, EXIT_PASS, EXIT_SLA_VIOLATED, console, errors, fail, print_verdicts
+from testbed.observe.sampling import TRACES_OPTION_HELP, with_traces_option
 from testbed.report import write_run
 from testbed.spec import Scenario, SpecError
 from testbed.units import parse_duration
@@ -34,6 +35,7 @@ def live(
     journal: Annotated[Optional[Path], typer.Option(help="with --target: the journal file (default <out>/journal.jsonl)")] = None,
     rollback: Annotated[Optional[Path], typer.Option(help="undo what the run that wrote this journal left in force")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="no fault or counter lines while the replay runs")] = False,
+    traces: Annotated[Optional[str], typer.Option(help=f"override observability.traces: {TRACES_OPTION_HELP}")] = None,
 ) -> None:
     """Replay a scenario on real replicas in wall-clock time, with its faults; same records and verdicts as run.
 
@@ -49,10 +51,10 @@ def live(
         if engine != "torch" or scale is not None:
             raise fail("--engine and --scale choose the project's own replicas; with --target your deployment serves as it is")
 
-        raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, compare, console, errors))
+        raise typer.Exit(target_command(scenario_file, target, mode, dry_run, allow_remote, journal, seed, out, duration, compare, console, errors, traces))
     if scenario_file is None:
         raise fail("give a scenario YAML (or --rollback JOURNAL)")
-    raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors, quiet))
+    raise typer.Exit(live_command(scenario_file, engine, scale, compare, seed, out, duration, console, errors, quiet, traces))
 
 
 def live_command(
@@ -66,6 +68,7 @@ def live_command(
     console: Console,
     errors: Console,
     quiet: bool = False,
+    traces: str | None = None,
 ) -> int:
     """Replay a scenario live (optionally beside its simulation) and print verdicts and fidelity."""
     from testbed.live.injector import LiveUnsupported
@@ -74,6 +77,8 @@ def live_command(
 
     try:
         scenario = Scenario.from_yaml(scenario_file)
+        if traces is not None:
+            scenario = scenario.model_copy(update={"observability": with_traces_option(scenario.observability, traces)})
         override = parse_duration(duration) if duration is not None else None
         out_dir = out or Path("out") / f"{scenario.name}-live"
         result = run_live(

@@ -15,6 +15,7 @@ import typer
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from testbed.cli.output import EXIT_PASS, EXIT_SLA_VIOLATED, console, errors, fail, print_verdicts, print_warnings
+from testbed.observe.sampling import TRACES_OPTION_HELP, with_traces_option
 from testbed.records.result import Result
 from testbed.report import write_run
 from testbed.sim import simulate
@@ -28,11 +29,14 @@ def run(
     out: Annotated[Optional[Path], typer.Option(help="output directory (default out/<scenario name>)")] = None,
     duration: Annotated[Optional[str], typer.Option(help="override the duration, e.g. 90s or 30min")] = None,
     quiet: Annotated[bool, typer.Option(help="no progress bar")] = False,
+    traces: Annotated[Optional[str], typer.Option(help=f"override observability.traces: {TRACES_OPTION_HELP}")] = None,
 ) -> None:
     """Simulate a scenario, print its SLA verdicts and write records and a report."""
     try:
         scenario = Scenario.from_yaml(scenario_file)
-    except SpecError as exc:
+        if traces is not None:
+            scenario = scenario.model_copy(update={"observability": with_traces_option(scenario.observability, traces)})
+    except (SpecError, ValueError) as exc:
         raise fail(str(exc)) from None
     print_warnings(scenario_file, scenario.warnings())
     override = None

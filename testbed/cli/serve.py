@@ -17,7 +17,8 @@ import typer
 from rich.console import Console
 
 from testbed.cli.output import console, fail
-from testbed.spec import Scenario, SpecError
+from testbed.observe.sampling import TRACES_OPTION_HELP, TraceSampler, with_traces_option
+from testbed.spec import ObservabilitySpec, Scenario, SpecError
 
 if TYPE_CHECKING:
     from testbed.live.stack import LiveStack
@@ -32,10 +33,11 @@ def serve(
     model: Annotated[str, typer.Option(help="built-in model (tiny, small) or a local HF directory")] = "tiny",
     port: Annotated[int, typer.Option(help="gateway port on 127.0.0.1 (0 picks a free one)")] = 8000,
     scenario: Annotated[Optional[Path], typer.Option(help="take the serving policies from this scenario YAML")] = None,
-    trace_file: Annotated[Optional[Path], typer.Option(help="write OpenTelemetry spans here as JSON lines")] = None,
+    trace_file: Annotated[Optional[Path], typer.Option(help="write OpenTelemetry spans here as JSON lines, sampled as observability.traces says (--traces)")] = None,
+    traces: Annotated[Optional[str], typer.Option(help=f"with --trace-file, which requests' spans: {TRACES_OPTION_HELP}")] = None,
 ) -> None:
     """Start replicas, a chaos proxy each and the gateway; print the endpoints; Ctrl-C stops it all."""
-    raise typer.Exit(run_serve(replicas, regions, engine, fallback, model, port, scenario, trace_file, console, fail))
+    raise typer.Exit(run_serve(replicas, regions, engine, fallback, model, port, scenario, trace_file, console, fail, traces))
 
 
 def run_serve(
@@ -49,18 +51,31 @@ def run_serve(
     trace_file: Path | None,
     console: Console,
     fail: Callable[[str], typer.Exit],
+    traces: str | None = None,
 ) -> int:
-    """Serve until stopped; returns the exit code (bad options raise ``fail``'s exit 2)."""
+    """Serve until stopped; returns the exit code (bad options raise ``fail``'s exit 2).
+
+    Spans go to ``trace_file`` under the scenario's ``observability.traces`` setting (its
+    defaults without ``--scenario``), ``traces`` overriding it, as ``testbed run`` samples.
+    """
     # The live plane needs the live extra (fastapi, torch): imported here so the other commands run without it.
     from testbed.live.gateway import JsonLinesSpanExporter
     from testbed.live.stack import LiveStack, plan_replicas, run_until_stopped
     from testbed.live.supervisor import ReplicaStartError
+    from testbed.live.trace_sampling import SampledSpanExporter
 
+    if traces is not None and trace_file is None:
+        raise fail("--traces chooses which spans go to --trace-file; give --trace-file too")
     try:
-        spec = Scenario.from_yaml(scenario).serving if scenario is not None else None
+        spec = Scenario.from_yaml(scenario) if scenario is not None else None
+        settings = spec.observability if spec is not None else ObservabilitySpec()
+        if traces is not None:
+            settings = with_traces_option(settings, traces)
         plans = plan_replicas(replicas, regions, fallback)
-        exporter = JsonLinesSpanExporter(trace_file) if trace_file is not None else None
-        stack = LiveStack(spec, plans, model=model, engine=engine, gateway_port=port, span_exporter=exporter)
+        seed = 0  # the gateway policy's random stream, and the traces' sample, as a stack started without one
+        exporter = SampledSpanExporter(JsonLinesSpanExporter(trace_file), TraceSampler.of(settings, seed)) if trace_file is not None else None
+        stack = LiveStack(spec.serving if spec is not None else None, plans, model=model, engine=engine, gateway_port=port,
+                          seed=seed, span_exporter=exporter)
     except (SpecError, ValueError) as exc:
         raise fail(str(exc)) from None
     try:

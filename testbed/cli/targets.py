@@ -32,8 +32,10 @@ def target_command(
     compare: bool,
     console: Console,
     errors: Console,
+    traces: str | None = None,
 ) -> int:
     from testbed.cli.output import print_verdicts
+    from testbed.observe.sampling import with_traces_option
     from testbed.live.injector import LiveUnsupported
     from testbed.live.targets.plan import plan_target
     from testbed.live.targets.run import SteadyStateFailed, run_target, write
@@ -49,6 +51,8 @@ def target_command(
         return fail(f"--mode: expected client or gateway, got {mode!r}")
     try:
         scenario = Scenario.from_yaml(scenario_file)
+        if traces is not None:
+            scenario = scenario.model_copy(update={"observability": with_traces_option(scenario.observability, traces)})
         target = load_target(target_file, allow_remote=allow_remote)
         override = parse_duration(duration) if duration is not None else None
         if override is not None:

@@ -463,6 +463,7 @@ class LiveGateway:
                 "testbed.retries": action.retries,
                 "testbed.hedged": action.hedged,
                 "testbed.failed_over": action.failed_over,
+                "testbed.fallback": row.fallback,
                 "testbed.replica": self.upstreams[row.replica].name if row.replica >= 0 else "",
             }
         )

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from testbed.observe.metrics import BAD_DIRECTION, window_end
-from testbed.records.schema import latency_columns
+from testbed.records.schema import latency_columns, string_values
 from testbed.spec import ChangePointSpec, DetectorsSpec, Objective
 from testbed.topology import Topology
 
@@ -88,23 +88,21 @@ def detect(
 # --------------------------------------------------------------------------- burn rate
 
 
-def _bad_events(objective: Objective, requests: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, float] | None:
-    """(end times of the objective's events, which were bad, error budget), or None if it has none."""
-    selected = requests
+def _bad_events(objective: Objective, requests: pd.DataFrame, status: np.ndarray) -> tuple[np.ndarray, np.ndarray, float] | None:
+    """(which requests are the objective's events, which of those were bad, error budget), or
+    None if it has none; masks over all of ``requests`` (``status`` is its status column as text)."""
+    events = np.ones(len(requests), dtype=bool)
     if objective.request_class is not None:
-        selected = selected[selected["request_class"] == objective.request_class]
+        events &= (requests["request_class"] == objective.request_class).to_numpy()
     if objective.stage is not None:
-        selected = selected[selected["stage"] == objective.stage]
-    status = selected["status"].astype(str).to_numpy()
-    finish = selected["finish"].to_numpy()
+        events &= (requests["stage"] == objective.stage).to_numpy()
     if objective.metric == "availability":
-        return finish, status != "ok", 1.0 - float(objective.min)  # type: ignore[arg-type]
+        return events, status != "ok", 1.0 - float(objective.min)  # type: ignore[arg-type]
     if objective.metric == "error_rate" and objective.max is not None:
-        return finish, np.isin(status, ("failed", "timeout")), float(objective.max)
+        return events, np.isin(status, ("failed", "timeout")), float(objective.max)
     if objective.metric in ("ttft", "tpot", "e2e") and objective.percentile is not None:
-        ok = status == "ok"
-        latency = latency_columns(selected[ok])[objective.metric].to_numpy()
-        return finish[ok], latency > float(objective.max), 1.0 - objective.percentile / 100  # type: ignore[arg-type]
+        latency = latency_columns(requests)[objective.metric].to_numpy()
+        return events & (status == "ok"), latency > float(objective.max), 1.0 - objective.percentile / 100  # type: ignore[arg-type]
     return None
 
 
@@ -113,16 +111,21 @@ def burn_rate_alerts(spec: DetectorsSpec, objectives: list[Objective], requests:
     ends = span.ends()
     alerts = []
     seen: set[str] = set()
+    status = string_values(requests["status"])
+    finished = requests["finish"].to_numpy()
+    # Requests in order of their end, once: an objective's events, taken in this order, are in
+    # the order a stable sort of their own end times would give.
+    by_finish = np.argsort(finished, kind="stable")
     for objective in objectives:
-        events = _bad_events(objective, requests)
+        events = _bad_events(objective, requests, status)
         if events is None or objective.label in seen:
             continue
         seen.add(objective.label)
-        finish, bad, budget = events
+        member, bad, budget = events
         if budget <= 0:
             continue
-        order = np.argsort(finish, kind="stable")
-        finish, bad_cum = finish[order], np.concatenate([[0], np.cumsum(bad[order])])
+        order = by_finish[member[by_finish]]
+        finish, bad_cum = finished[order], np.concatenate([[0], np.cumsum(bad[order])])
 
         def counts(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             a = np.searchsorted(finish, lo, side="right")

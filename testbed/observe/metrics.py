@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from testbed.records.schema import latency_columns
+from testbed.records.schema import latency_columns, string_values
 from testbed.topology import Topology
 
 METRIC_COLUMNS = ("time", "scope", "target", "metric", "value")
@@ -117,11 +117,17 @@ class _Groups:
     def of(cls, key: np.ndarray, time: np.ndarray, names: np.ndarray) -> _Groups:
         """Groups numbered as ``groupby(["time", "target"], sort=True)`` numbers them: pandas'
         compensated sums depend on that numbering in the last bit."""
+        times, time_code = np.unique(time, return_inverse=True)
+        return cls.coded(key, time_code, times, names)
+
+    @classmethod
+    def coded(cls, key: np.ndarray, time_code: np.ndarray, times: np.ndarray, names: np.ndarray) -> _Groups:
+        """:meth:`of` for times given as codes into the sorted ``times``, which may hold times no
+        row has (one coding of a run's times serves every scope)."""
         order = np.argsort(names.astype(str), kind="stable")
         rank = np.empty(len(names), dtype=np.int64)
         rank[order] = np.arange(len(names))
-        times, time_code = np.unique(time, return_inverse=True)
-        codes, index = np.unique(time_code * len(names) + rank[key], return_inverse=True)
+        codes, index = _unique_codes(time_code * len(names) + rank[key], len(times) * len(names))
         return cls(index, order[codes % len(names)], times[codes // len(names)], np.bincount(index, minlength=len(codes)))
 
     def count(self, rows: np.ndarray) -> np.ndarray:
@@ -135,7 +141,7 @@ class _Groups:
         sort by group then leaves each group's values in order, without a two-key sort per scope.
         """
         order = by_value[~np.isnan(values[by_value])]
-        order = order[np.argsort(self.index[order], kind="stable")]
+        order = order[stable_order(self.index[order], len(self.key))]
         ordered = values[order]
         counts = np.bincount(self.index[order], minlength=len(self.key))
         starts = np.cumsum(counts) - counts
@@ -155,6 +161,23 @@ class _Groups:
     def reduce(self, values: np.ndarray, how: str) -> np.ndarray:
         """Each group's ``how`` ("sum" or "mean"): pandas' compensated summation, on integer codes."""
         return pd.Series(values).groupby(self.index, sort=True).agg(how).to_numpy(dtype=float)
+
+
+def _unique_codes(values: np.ndarray, bound: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)`` for integers in [0, bound): by counting, without
+    a sort, when the range is no larger than a few times the number of values."""
+    if bound > max(4 * len(values), 1 << 16):
+        return np.unique(values, return_inverse=True)
+    present = np.bincount(values, minlength=bound) > 0
+    return np.flatnonzero(present), (np.cumsum(present) - 1)[values]
+
+
+def stable_order(codes: np.ndarray, distinct: int) -> np.ndarray:
+    """``np.argsort(codes, kind="stable")`` for codes in [0, distinct): as 16-bit integers when
+    they fit, which numpy sorts by radix, six times faster on a 300k-row run than 64-bit ones."""
+    if distinct <= np.iinfo(np.uint16).max:
+        codes = codes.astype(np.uint16)
+    return np.argsort(codes, kind="stable")
 
 
 # A scope's target for each row: (code per row, -1 for none; the name of each code).
@@ -188,7 +211,7 @@ def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, w
     if ended.empty:
         return
     lat = latency_columns(ended)
-    status = ended["status"].astype(str).to_numpy()
+    status = string_values(ended["status"])
     replica = ended["replica"].to_numpy()
     time = window_end(ended["finish"].to_numpy(), window)
     flags = {
@@ -199,7 +222,8 @@ def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, w
     }
     ok = status == "ok"
     latency = {name: np.where(ok, lat[name].to_numpy(dtype=float), np.nan) for name in LATENCY_METRICS}
-    by_latency = {name: np.argsort(values, kind="stable") for name, values in latency.items()}
+    # Any sort will do: tied values are equal, so which of them comes first cannot move a quantile.
+    by_latency = {name: np.argsort(values) for name, values in latency.items()}
     keys = {
         "fleet": _fleet(len(ended)),
         "client_region": _codes(ended["client_region"]),
@@ -210,9 +234,10 @@ def _request_metrics(out: _Rows, requests: pd.DataFrame, placement: Placement, w
         stage = _codes(ended["stage"])
         if (stage[0] >= 0).any():
             keys["stage"] = stage
+    times, time_code = np.unique(time, return_inverse=True)
     for scope, (codes, names) in keys.items():
         rows = codes >= 0
-        groups = _Groups.of(codes[rows], time[rows], names)
+        groups = _Groups.coded(codes[rows], time_code[rows], times, names)
         requests_n = groups.size
         out.add(groups, scope, names, "request_rate", requests_n / window)
         out.add(groups, scope, names, "throughput", groups.count(ok[rows]) / window)
@@ -234,8 +259,8 @@ def _attempt_metrics(out: _Rows, requests: pd.DataFrame, attempts: pd.DataFrame,
     An attempt cancelled because its request timed out counts as failed where it was: that is
     how a hung replica shows up, since it never answers at all.
     """
-    status = requests.set_index("request_id")["status"].astype(str)
-    outcome = attempts["outcome"].astype(str).to_numpy()
+    status = pd.Series(string_values(requests["status"]), index=requests["request_id"])
+    outcome = string_values(attempts["outcome"])
     request_ok = status.reindex(attempts["request_id"]).to_numpy() == "ok"
     failed = np.isin(outcome, ("failed", "unavailable")) | ((outcome == "cancelled") & ~request_ok)
     served = (requests["status"] == "ok").to_numpy()

@@ -3,7 +3,8 @@
 Both planes' records reach :func:`observe` through :func:`testbed.finish.finish_run`, the tail
 they share, so detectors are validated on the same records whichever plane produced them. :func:`write_observation`
 writes what an operator's tools would read: ``metrics.parquet``, ``alerts.parquet``,
-``scorecard.parquet`` (+ ``scorecard.json``), ``metrics.prom`` and ``traces.jsonl``.
+``scorecard.parquet`` (+ ``scorecard.json``), ``metrics.prom`` and ``traces.jsonl`` (unless
+``observability.traces`` is ``none``).
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def observe(result: Records | Result, spec: Scenario | None = None) -> Observati
 def write_observation(result: Result, out: Path) -> dict[str, Path]:
     """Write the observation's files into ``out``; returns name → path."""
     from testbed.observe.prometheus import exposition
-    from testbed.observe.traces import write_traces
+    from testbed.observe.traces import run_sampler, write_traces
 
     observation: Observation = result.observation
     paths = {
@@ -82,7 +83,10 @@ def write_observation(result: Result, out: Path) -> dict[str, Path]:
     observation.scorecard.to_parquet(paths["scorecard"], index=False)
     paths["scorecard_summary"].write_text(json.dumps(as_jsonable(observation.summary.as_dict()), indent=2) + "\n")
     paths["prometheus"].write_bytes(exposition(result))
-    write_traces(result, paths["traces"])
+    if run_sampler(result).exports:
+        write_traces(result, paths["traces"])
+    else:  # traces: none; a file left by an earlier run into the same directory would be mistaken for this one's
+        paths.pop("traces").unlink(missing_ok=True)
     return paths
 
 

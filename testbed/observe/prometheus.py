@@ -18,7 +18,7 @@ import pandas as pd
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from testbed.records.schema import latency_columns
+from testbed.records.schema import latency_columns, string_labels
 from testbed.topology import Topology
 
 if TYPE_CHECKING:
@@ -40,12 +40,12 @@ class RunCollector:
     def collect(self) -> Iterator[Metric]:
         requests = self.result.requests
         labels = ["model_name", "region"]
-        served = requests[requests["status"] == "ok"]
-        region = served["region"].astype(str)
+        served = requests.loc[(requests["status"] == "ok").to_numpy(), ["region", "arrival", "first_token", "finish", "prompt_tokens", "output_tokens"]]
+        region = string_labels(served["region"])
         success = CounterMetricFamily("vllm:request_success", "Requests that finished ok.", labels=labels + ["finished_reason"])
         prompt = CounterMetricFamily("vllm:prompt_tokens", "Prefill tokens processed.", labels=labels)
         generation = CounterMetricFamily("vllm:generation_tokens", "Generation tokens produced.", labels=labels)
-        for name, group in served.groupby(region, sort=True):
+        for name, group in served.groupby(region, sort=True, observed=True):
             success.add_metric([self.model, name, "length"], len(group))
             prompt.add_metric([self.model, name], float(group["prompt_tokens"].sum()))
             generation.add_metric([self.model, name], float(group["output_tokens"].sum()))
@@ -61,7 +61,7 @@ class RunCollector:
             ("vllm:e2e_request_latency_seconds", "e2e", E2E_BUCKETS, "End-to-end request latency."),
         ):
             family = HistogramMetricFamily(name, text, labels=labels)
-            for region_name, values in latency[column].groupby(region, sort=True):
+            for region_name, values in latency[column].groupby(region, sort=True, observed=True):
                 family.add_metric([self.model, region_name], *_histogram(values.dropna().to_numpy(), buckets))
             yield family
         yield from self._gauges()

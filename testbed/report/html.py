@@ -181,9 +181,12 @@ def observed_frame(result: Result, name: str) -> pd.DataFrame | None:
     return None
 
 
-def html_report(result: Result) -> str:
+def html_report(result: Result, latency: pd.DataFrame | None = None) -> str:
     """The report.html of a run: verdicts, outcome ledger, where requests were served, latency,
-    fleet load and availability over time per region, faults, detection and the topology."""
+    fleet load and availability over time per region, faults, detection and the topology.
+
+    ``latency`` is the run's :func:`~testbed.report.markdown.latency_summary` if the caller has it.
+    """
     import testbed.report.plots as plots  # plotly comes with the explore extra; see write_html_report
 
     scenario, requests = result.scenario, result.requests
@@ -209,7 +212,7 @@ def html_report(result: Result) -> str:
         page.section("Where requests were served")
         page.add(_table(served.assign(**{c: served[c].map("{:,}".format) for c in served.columns[1:]})))
     page.section("Latency of successful requests")
-    page.add(_table(_latency_table(requests)))
+    page.add(_table(_latency_table(latency_summary(requests) if latency is None else latency)))
     page.section("Latency over time")
     page.add(*(_figure(plots.percentiles_over_time(requests, result.faults, metric), first=i == 0)
                for i, metric in enumerate(("ttft", "e2e"))))
@@ -257,8 +260,7 @@ def html_report(result: Result) -> str:
     )
 
 
-def _latency_table(requests: pd.DataFrame) -> pd.DataFrame:
-    summary = latency_summary(requests)
+def _latency_table(summary: pd.DataFrame) -> pd.DataFrame:
     columns = ["ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99"]
     table = summary[["class", "requests"]].copy()
     table["requests"] = table["requests"].map("{:,}".format)
@@ -267,10 +269,10 @@ def _latency_table(requests: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def write_html_report(result: Result, path: str | Path) -> bool:
+def write_html_report(result: Result, path: str | Path, latency: pd.DataFrame | None = None) -> bool:
     """Write report.html; False (nothing written) when plotly, of the explore extra, is missing,
     so a core install still runs scenarios and writes report.md."""
     if importlib.util.find_spec("plotly") is None:
         return False
-    Path(path).write_text(html_report(result), encoding="utf-8")
+    Path(path).write_text(html_report(result, latency), encoding="utf-8")
     return True

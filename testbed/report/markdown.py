@@ -11,21 +11,23 @@ import math
 import pandas as pd
 
 from testbed.records.result import Result
-from testbed.records.schema import STATUSES, latency_columns
+from testbed.records.schema import STATUSES, latency_columns, string_labels
 from testbed.units import format_duration
 
 
 def latency_summary(requests: pd.DataFrame, percentiles: tuple[float, ...] = (50, 90, 99)) -> pd.DataFrame:
     """TTFT / TPOT / e2e percentiles (seconds) of successful requests, one row per SLA class."""
-    ok = requests[requests["status"] == "ok"]
-    latencies = latency_columns(ok)
-    latencies["request_class"] = ok["request_class"].astype(str)
+    ok = (requests["status"] == "ok").to_numpy()
+    latencies = latency_columns(requests.loc[ok, ["arrival", "first_token", "finish", "output_tokens"]])
+    classes = string_labels(requests["request_class"][ok])
+    qs = [p / 100 for p in percentiles]
     rows = []
-    for name, group in [("all", latencies), *latencies.groupby("request_class", observed=True)]:
+    for name, group in [("all", latencies), *latencies.groupby(classes, observed=True)]:
         row: dict[str, object] = {"class": name, "requests": len(group)}
+        values = group.quantile(qs) if len(group) else None  # one call for every metric and percentile
         for metric in ("ttft", "tpot", "e2e"):
-            for p in percentiles:
-                row[f"{metric}_p{p:g}"] = group[metric].quantile(p / 100) if len(group) else math.nan
+            for p, q in zip(percentiles, qs):
+                row[f"{metric}_p{p:g}"] = values.at[q, metric] if values is not None else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -39,6 +41,18 @@ def outcome_counts(requests: pd.DataFrame) -> dict[str, int]:
 def availability_by(requests: pd.DataFrame, column: str) -> pd.Series:
     """Share of requests ending ok, grouped by ``column`` (e.g. region)."""
     return (requests["status"] == "ok").groupby(requests[column], observed=True).mean()
+
+
+def availability_by_provider(requests: pd.DataFrame) -> pd.Series:
+    """Share of requests ending ok per client provider (the first part of the client region).
+
+    Counted per client region, then summed per provider: the same shares as grouping every
+    row by its provider's name, without splitting a string per request.
+    """
+    ok = (requests["status"] == "ok").groupby(string_labels(requests["client_region"]), observed=True).agg(["sum", "count"])
+    provider = ok.index.astype(str).str.split("/").str[0]
+    totals = ok.groupby(provider).sum()
+    return (totals["sum"] / totals["count"]).rename("status")
 
 
 def served_by_region(requests: pd.DataFrame) -> pd.DataFrame:
@@ -117,8 +131,12 @@ def _elastic_lines(stats: dict) -> list[str]:
     ]
 
 
-def markdown_report(result: Result) -> str:
-    """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load."""
+def markdown_report(result: Result, latency: pd.DataFrame | None = None) -> str:
+    """The report.md of a run: outcome, verdicts, latency, per-region availability, fleet load.
+
+    ``latency`` is the run's :func:`latency_summary` when the caller has it already (write_run
+    computes it once for both reports).
+    """
     scenario, requests = result.scenario, result.requests
     counts = outcome_counts(requests)
     lines = [
@@ -147,14 +165,13 @@ def markdown_report(result: Result) -> str:
         lines.append("| (no objectives) | | | | |")
     lines += _elastic_lines(result.stats)
     lines += ["", "## Latency of successful requests", "", "| class | requests | ttft p50 | ttft p99 | tpot p50 | tpot p99 | e2e p50 | e2e p99 |", "|---|---|---|---|---|---|---|---|"]
-    for r in latency_summary(requests).to_dict("records"):
+    for r in (latency_summary(requests) if latency is None else latency).to_dict("records"):
         cells = [format_value(r[c], "s") for c in ("ttft_p50", "ttft_p99", "tpot_p50", "tpot_p99", "e2e_p50", "e2e_p99")]
         lines.append(f"| {r['class']} | {r['requests']:,} | " + " | ".join(cells) + " |")
     lines += ["", "## Availability by client region", "", "| client region | availability |", "|---|---|"]
     for region, share in availability_by(requests, "client_region").items():
         lines.append(f"| {region} | {format_value(share, 'share')} |")
-    providers = requests["client_region"].astype(str).str.split("/").str[0]
-    by_provider = (requests["status"] == "ok").groupby(providers).mean()
+    by_provider = availability_by_provider(requests)
     lines += ["", "| client provider | availability |", "|---|---|"]
     lines += [f"| {provider} | {format_value(share, 'share')} |" for provider, share in by_provider.items()]
     served = served_by_region(requests)

@@ -17,7 +17,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from testbed.records.schema import latency_columns
+from testbed.records.schema import latency_columns, string_labels
 from testbed.sla import fault_windows
 from testbed.topology import ROOT, Topology
 
@@ -51,9 +51,9 @@ def _runs(requests: pd.DataFrame | Mapping[str, pd.DataFrame]) -> dict[str, pd.D
     return {"": requests} if isinstance(requests, pd.DataFrame) else dict(requests)
 
 
-def _ok_latency(requests: pd.DataFrame, metric: str) -> np.ndarray:
-    ok = requests[requests["status"] == "ok"]
-    return latency_columns(ok)[metric].dropna().to_numpy()
+def _ok_latency(requests: pd.DataFrame, metric: str) -> pd.Series:
+    """``metric`` of each request, NaN where it did not end ok (or the metric is undefined)."""
+    return latency_columns(requests)[metric].where(requests["status"] == "ok")
 
 
 def latency_cdf(
@@ -75,11 +75,12 @@ def latency_cdf(
     probabilities = np.unique(np.concatenate([np.linspace(0, 1, CDF_POINTS + 1), [0.99, 0.999]]))
     fig = go.Figure()
     for label, frame in _runs(requests).items():
-        groups = [("all", frame)]
-        if by is not None and by in frame and frame[by].astype(str).nunique() > 1:
-            groups += [(str(name), group) for name, group in frame.groupby(by, observed=True)]
+        latency = _ok_latency(frame, metric)  # once per run; each group takes its rows
+        groups = [("all", latency)]
+        if by is not None and by in frame and frame[by].nunique() > 1:
+            groups += [(str(name), group) for name, group in latency.groupby(frame[by], observed=True)]
         for group_name, group in groups:
-            values = _ok_latency(group, metric)
+            values = group.dropna().to_numpy()
             if len(values) == 0:
                 continue
             answered = len(values) / len(group) if counting_failures else 1.0
@@ -289,7 +290,7 @@ def availability_by_region(
     fig = go.Figure()
     lowest = 1.0 if target is None else target
     for label, frame in _runs(requests).items():
-        share = (frame["status"] == "ok").groupby(frame[column].astype(str)).mean()
+        share = (frame["status"] == "ok").groupby(string_labels(frame[column]), observed=True).mean()
         lowest = min([lowest, *share.tolist()])
         fig.add_trace(
             go.Bar(
@@ -322,7 +323,7 @@ def replicas_up(timeseries: pd.DataFrame, health: pd.DataFrame | None, by: str =
     change. It is the gateway's view, which both planes record, so it lags a fault by the
     detection time — as a real dashboard does.
     """
-    total = timeseries.groupby(timeseries[by].astype(str), observed=True)["replica"].nunique()
+    total = timeseries.groupby(string_labels(timeseries[by]), observed=True)["replica"].nunique()
     rows = [(0.0, group, int(n)) for group, n in total.items()]
     if health is not None and not health.empty:
         down: dict[str, set[int]] = {group: set() for group in total.index}
@@ -354,7 +355,7 @@ def fleet_over_time(
     if timeseries.empty:
         fig.update_layout(title="no fleet samples in this run")
         return fig
-    frame = timeseries.assign(group=timeseries[by].astype(str))
+    frame = timeseries.assign(group=string_labels(timeseries[by]))
     lengths = _interval_lengths(frame["time"].to_numpy())
     per_sample = frame.groupby(["group", "time"], observed=True).agg(
         completed=("completed", "sum"), queue_depth=("queue_depth", "sum"), utilisation=("utilisation", "mean")
@@ -399,7 +400,7 @@ def availability_over_time(
     horizon = float(requests["arrival"].max()) if len(requests) else 1.0
     width = bin_s or _time_bin(horizon)
     bins = (requests["arrival"] // width * width + width / 2).rename("bin")
-    share = (requests["status"] == "ok").groupby([requests[by].astype(str), bins], observed=True).mean()
+    share = (requests["status"] == "ok").groupby([string_labels(requests[by]), bins], observed=True).mean()
     for group, series in share.groupby(level=0):
         fig.add_trace(go.Scatter(x=series.index.get_level_values(1), y=series.to_numpy(), mode="lines", name=group))
     if target is not None:

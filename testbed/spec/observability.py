@@ -93,12 +93,21 @@ class ObservabilityObjective(Strict):
         return self
 
 
+TraceMode = Literal["sampled", "all", "none"]
+
+
 class ObservabilitySpec(Strict):
     """Telemetry, detectors and the observability SLA of a scenario (testbed/observe/)."""
 
     enabled: bool = True
     window: Duration | None = Field(None, gt=0, description="metrics window; default the timeseries_interval")
-    trace_sample: Fraction = Field(0.01, description="share of requests exported as traces (plus all failed/retried/hedged)")
+    traces: TraceMode = Field(
+        "sampled",
+        description="which requests leave an OpenTelemetry trace: sampled (every failed, retried, hedged, migrated, failed-over "
+        "or degraded request plus trace_sample of the rest, by a seeded hash of the request id), all, or none",
+    )
+    # 0.1%: a fleet-day (issue 17: ~200M requests) at 1% would write two million traces, ~6 GB.
+    trace_sample: Fraction = Field(0.001, description="with traces: sampled, the share of the other requests traced too")
     match_grace: Duration = Field(60.0, ge=0, description="an alert this long after a fault ends still belongs to it")
     detectors: DetectorsSpec = DetectorsSpec()
     objectives: list[ObservabilityObjective] = Field(default_factory=list)
