@@ -58,7 +58,7 @@ class AttemptTokens:
 
 class LiveMigration:
     """The gateway's migration state: the limit (per request), the checker, what each migrated
-    request should have received (for :meth:`verdict`)."""
+    request should have received (for :meth:`stats`)."""
 
     def __init__(self, spec: MigrationSpec) -> None:
         self.policy = MigrationPolicy.from_spec(spec)
