@@ -31,10 +31,11 @@ under their ``routing.policy`` names when this module is imported (the gateway i
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Generic
 
 from testbed.policy.prefix_cache import Prefix
@@ -42,6 +43,9 @@ from testbed.policy.routing import NONE_EXCLUDED, Exclude, R, _tier_pools, _two_
 
 _MASK = (1 << 64) - 1
 RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small fleet
+# CacheAware: a chain block believed held by at most this many replicas has them scored one by
+# one; a block held more widely is left to the load order (see CacheAware's docstring).
+FEW_HOLDERS = 16
 
 
 def _mix(value: int) -> int:
@@ -67,21 +71,83 @@ def _first_available(pools: tuple[list[R], list[R]], rng: random.Random, exclude
     return None
 
 
+def _all(pools: tuple[list[R], list[R]]) -> list[R]:
+    return [r for pool in pools for r in pool]
+
+
+class _Census(Generic[R]):
+    """Per tier, the replicas available and their outstanding requests in all, kept from the
+    driver's change reports (``moved``) so a request does not count them over the pool."""
+
+    def __init__(self, pools: tuple[list[R], list[R]]) -> None:
+        self.tier = {r.index: tier for tier, pool in enumerate(pools) for r in pool}
+        self.view = {r.index: r for pool in pools for r in pool}
+        self._last = {r.index: (r.available, r.outstanding) for pool in pools for r in pool}
+        self.available = [sum(1 for r in pool if r.available) for pool in pools]
+        self.load = [sum(r.outstanding for r in pool if r.available) for pool in pools]
+
+    def moved(self, replica: R) -> None:
+        tier = self.tier[replica.index]
+        was_available, was_load = self._last[replica.index]
+        if was_available:
+            self.available[tier] -= 1
+            self.load[tier] -= was_load
+        if replica.available:
+            self.available[tier] += 1
+            self.load[tier] += replica.outstanding
+        self._last[replica.index] = (replica.available, replica.outstanding)
+
+    def live(self, tier: int, exclude: Exclude) -> tuple[int, int]:
+        """(available replicas of ``tier`` outside ``exclude``, their outstanding requests)."""
+        count, load = self.available[tier], self.load[tier]
+        for index in set(exclude):
+            replica = self.view.get(index)
+            if replica is not None and replica.available and self.tier[index] == tier:
+                count -= 1
+                load -= replica.outstanding
+        return count, load
+
+
 class PrefixAffinity(Generic[R]):
-    """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids."""
+    """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids.
+
+    The bound needs the mean load of the tier's available replicas. Unwatched, a call counts them
+    over the pool, O(n); once a driver calls :meth:`watch` and reports every change to
+    :meth:`moved` (the gateway does), a census keeps the count and the sum, and a call costs
+    O(blocks + exclusions + ring points walked): with a load factor above 1, fewer than
+    ``1 / load_factor`` of the replicas can be at the bound, so the walk stops after a few.
+    """
 
     def __init__(self, replicas: Sequence[R], rng: random.Random, prefix_blocks: int, load_factor: float) -> None:
         self._pools = _tier_pools(replicas)
         self._rng = rng
         self._blocks = prefix_blocks
         self._factor = load_factor
+        self._census: _Census[R] | None = None
         self._rings: list[tuple[list[int], list[R]]] = []
         for pool in self._pools:
             points = sorted((_mix((r.index << 16) | v), r.index, r) for r in pool for v in range(RING_POINTS))
             self._rings.append(([p for p, _, _ in points], [r for _, _, r in points]))
 
+    def watch(self) -> list[R]:
+        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._census = _Census(self._pools)
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        assert self._census is not None
+        self._census.moved(replica)
+
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
+
+    def _live(self, tier: int, pool: list[R], exclude: Exclude) -> tuple[int, int]:
+        """(available replicas of the tier outside ``exclude``, their outstanding requests)."""
+        if self._census is not None:
+            return self._census.live(tier, exclude)
+        live = [r for r in pool if r.available and r.index not in exclude]
+        return len(live), sum(r.outstanding for r in live)
 
     def choose_for(
         self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
@@ -89,11 +155,11 @@ class PrefixAffinity(Generic[R]):
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
         key = prefix_key(prefix.leading(self._blocks))
-        for pool, (points, owners) in zip(self._pools, self._rings):
-            live = [r for r in pool if r.available and r.index not in exclude]
+        for tier, (pool, (points, owners)) in enumerate(zip(self._pools, self._rings)):
+            live, load = self._live(tier, pool, exclude)
             if not live:
                 continue
-            bound = math.ceil(self._factor * (sum(r.outstanding for r in live) + 1) / len(live))
+            bound = math.ceil(self._factor * (load + 1) / live)
             start = bisect.bisect_left(points, key)
             best: R | None = None
             seen: set[int] = set()
@@ -106,19 +172,29 @@ class PrefixAffinity(Generic[R]):
                     return replica
                 if best is None or replica.outstanding < best.outstanding:
                     best = replica
-                if len(seen) == len(live):
+                if len(seen) == live:
                     break
             return best
         return None
 
 
 class CacheBelief:
-    """What the gateway believes one replica caches: an LRU of block ids it routed there."""
+    """What the gateway believes one replica caches: an LRU of block ids it routed there.
 
-    def __init__(self, capacity_tokens: int) -> None:
+    ``holders`` (block id -> replicas believed to hold it), when given, is kept in step with
+    every block that enters or leaves, under this replica's ``index``.
+    """
+
+    def __init__(self, capacity_tokens: int, index: int = -1, holders: dict[int, set[int]] | None = None) -> None:
         self.capacity_tokens = capacity_tokens  # 0: unbounded
+        self.index = index
+        self.holders = holders
         self._blocks: OrderedDict[int, int] = OrderedDict()
         self._tokens = 0
+
+    def __iter__(self) -> Iterator[int]:
+        """The block ids believed cached, least recently routed first."""
+        return iter(self._blocks)
 
     def matched(self, prefix: Prefix) -> int:
         """Leading ids of the chain believed cached."""
@@ -130,20 +206,46 @@ class CacheBelief:
         return count
 
     def add(self, prefix: Prefix) -> None:
-        blocks = self._blocks
+        blocks, holders = self._blocks, self.holders
         for block in reversed(list(prefix.ids())):  # the root most recent, as the replica's LRU keeps it
             if block in blocks:
                 blocks.move_to_end(block)
             else:
                 blocks[block] = prefix.block_tokens
                 self._tokens += prefix.block_tokens
+                if holders is not None:
+                    holders.setdefault(block, set()).add(self.index)
         while self.capacity_tokens and self._tokens > self.capacity_tokens and blocks:
-            _, size = blocks.popitem(last=False)
+            block, size = blocks.popitem(last=False)
             self._tokens -= size
+            if holders is not None:
+                held = holders[block]
+                held.discard(self.index)
+                if not held:
+                    del holders[block]
 
 
 class CacheAware(Generic[R]):
-    """Weighted score of believed-cached share against load (see module docstring)."""
+    """Weighted score of believed-cached share against load (see module docstring).
+
+    Unwatched, a call scores every replica, O(n · blocks). Watched (the gateway calls
+    :meth:`watch` and reports changes to :meth:`moved`), it keeps which replicas are believed to
+    hold each block and, per tier, a heap of available replicas by load, and finds the same
+    replica without scoring the fleet:
+
+    1. From the chain's last block back, the replicas believed to hold a block are scored one by
+       one while they are few (at most :data:`FEW_HOLDERS`): every replica believed to hold more
+       of the chain than the first widely held block (``depth``) is among them.
+    2. Every other replica is believed to hold at most ``depth`` leading blocks, so its score is
+       at most ``cache_weight * depth / len(chain)`` less its load term. They are taken from the
+       load heap, least loaded first, scored, and the search stops when that bound falls below the
+       best score found (ties: fewer outstanding, then lower index, as the scan breaks them).
+
+    The cost is O(blocks · (FEW_HOLDERS + replicas taken) · log n); a block held by nearly every
+    replica (a shared system prompt) stops step 2 after about one replica, a block held by a few
+    is settled in step 1. The same choice as the scan as long as no two different loads round to
+    the same score (load weights below ~1e-6 of the cache weight with thousands of slots).
+    """
 
     def __init__(
         self,
@@ -158,7 +260,39 @@ class CacheAware(Generic[R]):
         self._cache_weight = cache_weight
         self._load_weight = load_weight
         tokens = belief_tokens or {}
-        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
+        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0), r.index) for r in replicas}
+        self._where = {r.index: (tier, pos) for tier, pool in enumerate(self._pools) for pos, r in enumerate(pool)}
+        self._holders: dict[int, set[int]] | None = None  # once watched: block id -> believed holders
+        self._heaps: list[list[tuple[float, int, int]]] = []  # once watched, per tier: (load term, outstanding, pos)
+
+    def watch(self) -> list[R]:
+        """Index from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        holders: dict[int, set[int]] = {}
+        for index, belief in self.beliefs.items():
+            belief.holders = holders
+            for block in belief:
+                holders.setdefault(block, set()).add(index)
+        self._holders = holders
+        self._heaps = [self._heap_of(pool) for pool in self._pools]
+        return _all(self._pools)
+
+    def _load_term(self, replica: R) -> float:
+        slots = getattr(replica, "capacity", 1) or 1
+        return self._load_weight * replica.outstanding / slots
+
+    def _heap_of(self, pool: list[R]) -> list[tuple[float, int, int]]:
+        heap = [(self._load_term(r), r.outstanding, pos) for pos, r in enumerate(pool) if r.available]
+        heapq.heapify(heap)
+        return heap
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        tier, pos = self._where[replica.index]
+        heap = self._heaps[tier]
+        if len(heap) > 2 * len(self._pools[tier]) + 64:  # mostly stale entries: rebuild, O(1) amortised
+            heap[:] = self._heap_of(self._pools[tier])
+        elif replica.available:
+            heapq.heappush(heap, (self._load_term(replica), replica.outstanding, pos))
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
@@ -173,18 +307,69 @@ class CacheAware(Generic[R]):
     ) -> R | None:
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
-        for pool in self._pools:
-            best: R | None = None
-            best_key: tuple[float, int, int] | None = None
-            for replica in pool:
-                if not replica.available or replica.index in exclude:
-                    continue
-                key = (-self.score(replica, prefix), replica.outstanding, replica.index)
-                if best_key is None or key < best_key:
-                    best, best_key = replica, key
+        for tier, pool in enumerate(self._pools):
+            if self._holders is None:
+                best = self._scan(pool, prefix, exclude)
+            else:
+                best = self._search(tier, pool, prefix, exclude)
             if best is not None:
                 return best
         return None
+
+    def _scan(self, pool: list[R], prefix: Prefix, exclude: Exclude) -> R | None:
+        best: R | None = None
+        best_key: tuple[float, int, int] | None = None
+        for replica in pool:
+            if not replica.available or replica.index in exclude:
+                continue
+            key = (-self.score(replica, prefix), replica.outstanding, replica.index)
+            if best_key is None or key < best_key:
+                best, best_key = replica, key
+        return best
+
+    def _search(self, tier: int, pool: list[R], prefix: Prefix, exclude: Exclude) -> R | None:
+        """The scan's pick among ``pool`` from the holder index and the load heap (class docstring)."""
+        assert self._holders is not None
+        best: R | None = None
+        best_key: tuple[float, int, int] | None = None
+        scored: set[int] = set()
+
+        def consider(replica: R) -> None:
+            nonlocal best, best_key
+            scored.add(replica.index)
+            if replica.available and replica.index not in exclude:
+                key = (-self.score(replica, prefix), replica.outstanding, replica.index)
+                if best_key is None or key < best_key:
+                    best, best_key = replica, key
+
+        ids = list(prefix.ids())
+        depth = len(ids)
+        while depth > 0:
+            held = self._holders.get(ids[depth - 1], ())
+            if len(held) > FEW_HOLDERS:
+                break
+            for index in held:
+                tier_pos = self._where.get(index)
+                if index not in scored and tier_pos is not None and tier_pos[0] == tier:
+                    consider(pool[tier_pos[1]])
+            depth -= 1
+        ceiling = self._cache_weight * (depth / len(ids))  # the most an unscored replica's cache term is
+        heap = self._heaps[tier]
+        taken: list[tuple[float, int, int]] = []
+        while heap:
+            load, outstanding, pos = heap[0]
+            replica = pool[pos]
+            if not replica.available or replica.outstanding != outstanding:
+                heapq.heappop(heap)  # stale
+                continue
+            if best_key is not None and (-(ceiling - load), outstanding, replica.index) > best_key:
+                break  # nothing from here on can beat the best
+            taken.append(heapq.heappop(heap))
+            if replica.index not in scored:
+                consider(replica)
+        for entry in taken:
+            heapq.heappush(heap, entry)
+        return best
 
     def routed(self, replica: int, prefix: Prefix) -> None:
         """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""
@@ -193,16 +378,36 @@ class CacheAware(Generic[R]):
 
 
 class SessionAffinity(Generic[R]):
-    """Pin each session to a replica; spill over (and re-pin) when it is down or loaded."""
+    """Pin each session to a replica; spill over (and re-pin) when it is down or loaded.
+
+    The tier rule asks whether any primary replica is available again; watched (see
+    :meth:`watch`), a census answers that in O(1) instead of a pass over the primaries.
+    """
 
     def __init__(self, replicas: Sequence[R], rng: random.Random, spill_threshold: int) -> None:
         self._pools = _tier_pools(replicas)
         self._rng = rng
         self._threshold = spill_threshold
+        self._census: _Census[R] | None = None
         self.pins: dict[int, R] = {}  # one entry per session seen
+
+    def watch(self) -> list[R]:
+        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._census = _Census(self._pools)
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        assert self._census is not None
+        self._census.moved(replica)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
+
+    def _primary_available(self) -> bool:
+        if self._census is not None:
+            return self._census.available[0] > 0
+        return any(r.available for r in self._pools[0])
 
     def choose_for(
         self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
@@ -212,7 +417,7 @@ class SessionAffinity(Generic[R]):
         pinned = self.pins.get(prefix.session)
         usable = pinned is not None and pinned.available and pinned.index not in exclude
         if pinned is not None and usable and pinned.outstanding < self._threshold:
-            primary_back = pinned.tier != "primary" and any(r.available for r in self._pools[0])
+            primary_back = pinned.tier != "primary" and self._primary_available()
             if not primary_back:  # the tier rule: leave the fallback tier once a primary serves again
                 return pinned
         pick = self.choose(client_region, now, exclude)

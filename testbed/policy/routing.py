@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import heapq
 import random
-from collections.abc import Callable, Container, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from testbed.spec import RoutingSpec
@@ -56,7 +56,7 @@ R = TypeVar("R", bound=ReplicaView)
 R_co = TypeVar("R_co", bound=ReplicaView, covariant=True)
 
 
-Exclude = Container[int]  # replica indices a request must not be sent to
+Exclude = Collection[int]  # replica indices a request must not be sent to (indexed routers iterate them)
 NONE_EXCLUDED: tuple[int, ...] = ()
 
 
