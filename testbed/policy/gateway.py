@@ -458,6 +458,8 @@ class Gateway:
         else:
             breaker.on_failure(now)
         self.outliers.on_result(replica, ok, now)
+        if ok and replica not in self._timed:
+            return  # a success leaves a closed breaker closed and nothing ejected or refused: no change
         self._refresh(replica, now)
 
     def _refresh(self, replica: int, now: float) -> None:

@@ -128,7 +128,7 @@ class _Run:
         self._half_rtt: dict[str, list[float]] = {}
         self.attempt_log = AttemptLog()
         self.hedged = np.zeros(self.total, dtype=bool)
-        self.failed_over = np.zeros(self.total, dtype=bool)
+        self.failed_over = bytearray(self.total)  # a bool per request, set per request: bytes are cheap to set
         self.sessions = self._session_driver()
         self.elastic = ElasticFleet(self, scenario.elastic) if scenario.elastic is not None else None
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
@@ -618,7 +618,7 @@ class _Run:
                 "region": pd.Categorical.from_codes(region_of_replica[log["replica"]], self.topology.regions),
                 "retries": log["retries"],
                 "hedged": self.hedged,
-                "failed_over": self.failed_over,
+                "failed_over": np.frombuffer(self.failed_over, dtype=bool),
                 "fallback": tier_fallback[log["replica"]],
                 "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
             }
