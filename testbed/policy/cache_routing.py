@@ -31,11 +31,10 @@ under their ``routing.policy`` names when this module is imported (the gateway i
 from __future__ import annotations
 
 import bisect
-import heapq
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Generic
 
 from testbed.policy.prefix_cache import Prefix
@@ -43,9 +42,6 @@ from testbed.policy.routing import NONE_EXCLUDED, Exclude, R, _tier_pools, _two_
 
 _MASK = (1 << 64) - 1
 RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small fleet
-# CacheAware: a chain block believed held by at most this many replicas has them scored one by
-# one; a block held more widely is left to the load order (see CacheAware's docstring).
-FEW_HOLDERS = 16
 
 
 def _mix(value: int) -> int:
@@ -179,72 +175,47 @@ class PrefixAffinity(Generic[R]):
 
 
 class CacheBelief:
-    """What the gateway believes one replica caches: an LRU of block ids it routed there.
+    """What the gateway believes one replica caches: an LRU of block ids it routed there."""
 
-    ``holders`` (block id -> replicas believed to hold it), when given, is kept in step with
-    every block that enters or leaves, under this replica's ``index``.
-    """
-
-    def __init__(self, capacity_tokens: int, index: int = -1, holders: dict[int, set[int]] | None = None) -> None:
+    def __init__(self, capacity_tokens: int) -> None:
         self.capacity_tokens = capacity_tokens  # 0: unbounded
-        self.index = index
-        self.holders = holders
         self._blocks: OrderedDict[int, int] = OrderedDict()
         self._tokens = 0
 
-    def __iter__(self) -> Iterator[int]:
-        """The block ids believed cached, least recently routed first."""
-        return iter(self._blocks)
-
     def matched(self, prefix: Prefix) -> int:
         """Leading ids of the chain believed cached."""
+        return self.matched_ids(list(prefix.ids()))
+
+    def matched_ids(self, ids: list[int]) -> int:
+        """Leading ids of the chain ``ids`` believed cached."""
         count = 0
-        for block in prefix.ids():
+        for block in ids:
             if block not in self._blocks:
                 break
             count += 1
         return count
 
     def add(self, prefix: Prefix) -> None:
-        blocks, holders = self._blocks, self.holders
+        blocks = self._blocks
         for block in reversed(list(prefix.ids())):  # the root most recent, as the replica's LRU keeps it
             if block in blocks:
                 blocks.move_to_end(block)
             else:
                 blocks[block] = prefix.block_tokens
                 self._tokens += prefix.block_tokens
-                if holders is not None:
-                    holders.setdefault(block, set()).add(self.index)
         while self.capacity_tokens and self._tokens > self.capacity_tokens and blocks:
-            block, size = blocks.popitem(last=False)
+            _, size = blocks.popitem(last=False)
             self._tokens -= size
-            if holders is not None:
-                held = holders[block]
-                held.discard(self.index)
-                if not held:
-                    del holders[block]
 
 
 class CacheAware(Generic[R]):
     """Weighted score of believed-cached share against load (see module docstring).
 
-    Unwatched, a call scores every replica, O(n · blocks). Watched (the gateway calls
-    :meth:`watch` and reports changes to :meth:`moved`), it keeps which replicas are believed to
-    hold each block and, per tier, a heap of available replicas by load, and finds the same
-    replica without scoring the fleet:
-
-    1. From the chain's last block back, the replicas believed to hold a block are scored one by
-       one while they are few (at most :data:`FEW_HOLDERS`): every replica believed to hold more
-       of the chain than the first widely held block (``depth``) is among them.
-    2. Every other replica is believed to hold at most ``depth`` leading blocks, so its score is
-       at most ``cache_weight * depth / len(chain)`` less its load term. They are taken from the
-       load heap, least loaded first, scored, and the search stops when that bound falls below the
-       best score found (ties: fewer outstanding, then lower index, as the scan breaks them).
-
-    The cost is O(blocks · (FEW_HOLDERS + replicas taken) · log n); a block held by nearly every
-    replica (a shared system prompt) stops step 2 after about one replica, a block held by a few
-    is settled in step 1. The same choice as the scan as long as no two different loads round to
-    the same score (load weights below ~1e-6 of the cache weight with thousands of slots).
+    Every available replica of a tier is scored: O(n) per request (a belief lookup each, and a
+    walk down the chain for those believed to hold its first block). No index is kept: the
+    replicas that hold a widely shared prefix are the ones this router loads most, so a search
+    by load for the best holder reaches them last, and a heap of holders per block would need an
+    update in every block a replica holds whenever its load changes.
     """
 
     def __init__(
@@ -260,45 +231,16 @@ class CacheAware(Generic[R]):
         self._cache_weight = cache_weight
         self._load_weight = load_weight
         tokens = belief_tokens or {}
-        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0), r.index) for r in replicas}
-        self._where = {r.index: (tier, pos) for tier, pool in enumerate(self._pools) for pos, r in enumerate(pool)}
-        self._holders: dict[int, set[int]] | None = None  # once watched: block id -> believed holders
-        self._heaps: list[list[tuple[float, int, int]]] = []  # once watched, per tier: (load term, outstanding, pos)
-
-    def watch(self) -> list[R]:
-        """Index from now on; the replicas whose changes must be reported to :meth:`moved`."""
-        holders: dict[int, set[int]] = {}
-        for index, belief in self.beliefs.items():
-            belief.holders = holders
-            for block in belief:
-                holders.setdefault(block, set()).add(index)
-        self._holders = holders
-        self._heaps = [self._heap_of(pool) for pool in self._pools]
-        return _all(self._pools)
-
-    def _load_term(self, replica: R) -> float:
-        slots = getattr(replica, "capacity", 1) or 1
-        return self._load_weight * replica.outstanding / slots
-
-    def _heap_of(self, pool: list[R]) -> list[tuple[float, int, int]]:
-        heap = [(self._load_term(r), r.outstanding, pos) for pos, r in enumerate(pool) if r.available]
-        heapq.heapify(heap)
-        return heap
-
-    def moved(self, replica: R) -> None:
-        """``replica``'s ``outstanding`` or ``available`` just changed."""
-        tier, pos = self._where[replica.index]
-        heap = self._heaps[tier]
-        if len(heap) > 2 * len(self._pools[tier]) + 64:  # mostly stale entries: rebuild, O(1) amortised
-            heap[:] = self._heap_of(self._pools[tier])
-        elif replica.available:
-            heapq.heappush(heap, (self._load_term(replica), replica.outstanding, pos))
+        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
 
     def score(self, replica: R, prefix: Prefix) -> float:
-        share = self.beliefs[replica.index].matched(prefix) / len(prefix)
+        return self._score(replica, list(prefix.ids()))
+
+    def _score(self, replica: R, ids: list[int]) -> float:
+        share = self.beliefs[replica.index].matched_ids(ids) / len(ids)
         slots = getattr(replica, "capacity", 1) or 1
         return self._cache_weight * share - self._load_weight * replica.outstanding / slots
 
@@ -307,69 +249,19 @@ class CacheAware(Generic[R]):
     ) -> R | None:
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
-        for tier, pool in enumerate(self._pools):
-            if self._holders is None:
-                best = self._scan(pool, prefix, exclude)
-            else:
-                best = self._search(tier, pool, prefix, exclude)
+        ids = list(prefix.ids())  # once per request, not once per replica
+        for pool in self._pools:
+            best: R | None = None
+            best_key: tuple[float, int, int] | None = None
+            for replica in pool:
+                if not replica.available or replica.index in exclude:
+                    continue
+                key = (-self._score(replica, ids), replica.outstanding, replica.index)
+                if best_key is None or key < best_key:
+                    best, best_key = replica, key
             if best is not None:
                 return best
         return None
-
-    def _scan(self, pool: list[R], prefix: Prefix, exclude: Exclude) -> R | None:
-        best: R | None = None
-        best_key: tuple[float, int, int] | None = None
-        for replica in pool:
-            if not replica.available or replica.index in exclude:
-                continue
-            key = (-self.score(replica, prefix), replica.outstanding, replica.index)
-            if best_key is None or key < best_key:
-                best, best_key = replica, key
-        return best
-
-    def _search(self, tier: int, pool: list[R], prefix: Prefix, exclude: Exclude) -> R | None:
-        """The scan's pick among ``pool`` from the holder index and the load heap (class docstring)."""
-        assert self._holders is not None
-        best: R | None = None
-        best_key: tuple[float, int, int] | None = None
-        scored: set[int] = set()
-
-        def consider(replica: R) -> None:
-            nonlocal best, best_key
-            scored.add(replica.index)
-            if replica.available and replica.index not in exclude:
-                key = (-self.score(replica, prefix), replica.outstanding, replica.index)
-                if best_key is None or key < best_key:
-                    best, best_key = replica, key
-
-        ids = list(prefix.ids())
-        depth = len(ids)
-        while depth > 0:
-            held = self._holders.get(ids[depth - 1], ())
-            if len(held) > FEW_HOLDERS:
-                break
-            for index in held:
-                tier_pos = self._where.get(index)
-                if index not in scored and tier_pos is not None and tier_pos[0] == tier:
-                    consider(pool[tier_pos[1]])
-            depth -= 1
-        ceiling = self._cache_weight * (depth / len(ids))  # the most an unscored replica's cache term is
-        heap = self._heaps[tier]
-        taken: list[tuple[float, int, int]] = []
-        while heap:
-            load, outstanding, pos = heap[0]
-            replica = pool[pos]
-            if not replica.available or replica.outstanding != outstanding:
-                heapq.heappop(heap)  # stale
-                continue
-            if best_key is not None and (-(ceiling - load), outstanding, replica.index) > best_key:
-                break  # nothing from here on can beat the best
-            taken.append(heapq.heappop(heap))
-            if replica.index not in scored:
-                consider(replica)
-        for entry in taken:
-            heapq.heappush(heap, entry)
-        return best
 
     def routed(self, replica: int, prefix: Prefix) -> None:
         """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 from testbed.policy.admission import AdmissionController
 from testbed.policy.breaker import CLOSED, CircuitBreaker, OutlierDetector
@@ -178,9 +179,10 @@ class Gateway:
         those that keep an index over their views (see ``LeastOutstanding.watch``)."""
         watchers: list[list[Callable[[ReplicaState], None]]] = [[] for _ in self.replicas]
         for router in {id(r): r for r in routers}.values():
-            if isinstance(router, Watched):
-                for replica in router.watch():
-                    watchers[replica.index].append(router.moved)
+            if hasattr(router, "watch"):  # a Watched router (a protocol checked by its methods)
+                indexed = cast(Watched[ReplicaState], router)
+                for replica in indexed.watch():
+                    watchers[replica.index].append(indexed.moved)
         return watchers
 
     def _moved(self, replica: ReplicaState) -> None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections.abc import Callable, Collection, Sequence
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from typing import Generic, Protocol, TypeVar
 
 from testbed.spec import RoutingSpec
 
@@ -66,7 +66,6 @@ class Router(Protocol[R_co]):
         None if no replica outside ``exclude`` is available."""
 
 
-@runtime_checkable
 class Watched(Protocol[R]):
     """A router that keeps an index over its views, fed by the driver (see :class:`LeastOutstanding`)."""
 
