@@ -8,9 +8,14 @@ to something measured in the same process:
   (``bare_queue.py``: 100,000 customers, rho 0.9), the yardstick of issue #17;
 * with ``--failures``, the same requests without and with a stochastic node-crash process on
   the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of crashes);
+* with ``--cache``, the same requests without and with the cache model: eight 512-token system
+  prompts per class and multi-turn chat (so requests share prefixes), prefix caching on every
+  replica, routed by the cache-aware scorer;
 * with ``--fleet-sizes``, marginal CPU µs per request on generated fleets of 2 to 2,304 replicas at
   the same load, which is flat when nothing per request is O(replicas);
-* with ``--policies``, the same table once per routing policy in the router registry.
+* with ``--policies``, the same table once per routing policy in the router registry, and once
+  more for each cache-aware router on the prefix workload of ``--cache`` (without prefixes they
+  route by power of two, which would leave their own cost out of the table).
 
 The summary line is machine-readable:
 
@@ -42,6 +47,14 @@ FLEET_SIZES = (2, 16, 144, 576, 1152, 2304)
 
 FAILURES = [{"kind": "failure_process", "level": "node", "effect": "node_crash", "mtbf": "2min", "mttr": "1min"}]
 
+# The prefix workload of --cache: shared system prompts (blocks every replica comes to hold) and
+# conversations (blocks a few replicas hold), for the cache model and the cache-aware routers.
+PREFIXES = {
+    "system_prompts": {"count": 8, "tokens": 512},
+    "chat": {"turns": {"kind": "uniform", "low": 1, "high": 4}, "max_context": 4096},
+}
+CACHE_ROUTERS = ("prefix_affinity", "cache_aware", "session_affinity")
+
 
 def generated_fleet(replicas: int) -> dict:
     """A one-region fleet of ``replicas`` H100s, 8 to a node (fewer when the fleet is smaller)."""
@@ -63,8 +76,10 @@ def fleet_scenario(
     failures: bool = False,
     topology: dict | None = None,
     routing: str = "power_of_two",
+    cache: bool = False,
 ) -> Scenario:
-    """The benchmark scenario: duration chosen so that about ``requests`` arrive."""
+    """The benchmark scenario: duration chosen so that about ``requests`` arrive; ``cache`` adds
+    the prefix workload and prefix caching (the arrival rate stays that of the plain workload)."""
     base = {
         "name": "sim-throughput",
         "topology": topology if topology is not None else str(FLEET),
@@ -87,17 +102,20 @@ def fleet_scenario(
     base["duration"] = requests / rate
     if failures:
         base["faults"] = FAILURES
+    if cache:
+        base["workload"]["prefix"] = PREFIXES
+        base["serving"]["batching"]["prefix_caching"] = True
     return Scenario.model_validate(base)
 
 
-def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str) -> float:
+def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str, cache: bool = False) -> float:
     """Marginal CPU µs per request on a generated fleet of ``replicas``: the extra CPU time
     ``2 * requests`` take over ``requests``, so building the fleet (O(replicas) once) cancels
     out. CPU time rather than wall time, because on a loaded machine the wall clock mostly
     measures the other processes."""
     cpu, counts = [], []
     for n in (requests, 2 * requests):
-        scenario = fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing)
+        scenario = fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache)
         started = time.process_time()
         result = simulate(scenario)
         cpu.append(time.process_time() - started)
@@ -105,13 +123,16 @@ def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, ro
     return (cpu[1] - cpu[0]) / (counts[1] - counts[0]) * 1e6
 
 
-def size_table(requests: int, load: float, seed: int, policies: list[str]) -> tuple[list[str], list[list[str]]]:
-    """Cost per request (µs) per fleet size (rows) and routing policy (columns), and each
-    policy's largest fleet against its smallest: near 1 when cost does not grow with the fleet."""
-    costs = {p: [cost_per_request_us(requests, load, seed, n, p) for n in FLEET_SIZES] for p in policies}
-    header = ["replicas", *(f"{p} CPU µs/request" for p in policies)]
-    rows = [[f"{n:,}", *(f"{costs[p][i]:.1f}" for p in policies)] for i, n in enumerate(FLEET_SIZES)]
-    rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *(f"{costs[p][-1] / costs[p][0]:.2f}×" for p in policies)])
+def size_table(
+    requests: int, load: float, seed: int, policies: list[tuple[str, bool]]
+) -> tuple[list[str], list[list[str]]]:
+    """Cost per request (µs) per fleet size (rows) and routing policy (columns; with the prefix
+    workload where the flag says so), and each column's largest fleet against its smallest: near
+    1 when cost does not grow with the fleet."""
+    costs = {(p, c): [cost_per_request_us(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
+    header = ["replicas", *(f"{p}{' + prefixes' if c else ''} CPU µs/request" for p, c in policies)]
+    rows = [[f"{n:,}", *(f"{costs[k][i]:.1f}" for k in policies)] for i, n in enumerate(FLEET_SIZES)]
+    rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *(f"{costs[k][-1] / costs[k][0]:.2f}×" for k in policies)])
     for line in table(header, rows).splitlines():
         print(line)
     return header, rows
@@ -123,6 +144,7 @@ def main() -> None:
     parser.add_argument("--load", type=float, default=0.7, help="offered load as a share of fleet capacity")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--failures", action="store_true", help="also run with a node-crash process and compare")
+    parser.add_argument("--cache", action="store_true", help="also run with shared prefixes and prefix caching and compare")
     parser.add_argument("--fleet-sizes", action="store_true", help="also print cost per request for fleets of 2 to 2,304 replicas")
     parser.add_argument("--policies", action="store_true", help="the fleet-size table once per routing policy in the registry")
     parser.add_argument("--table-requests", type=int, default=20_000, help="requests per cell of the fleet-size table")
@@ -138,16 +160,27 @@ def main() -> None:
     result = simulate(scenario)
     bare_after = mmc_customers_per_second(args.customers)
     bare = (bare_before + bare_after) / 2
+    rate_plain = len(result.requests) / result.stats["wall_s"]
     if args.failures:
         faulty = simulate(fleet_scenario(args.requests, args.load, args.seed, failures=True))
         n_faulty = len(faulty.requests)
-        rate_plain = len(result.requests) / result.stats["wall_s"]
         rate_faulty = n_faulty / faulty.stats["wall_s"]
         ratio = f"{rate_faulty / rate_plain:.2f} × ({faulty.stats['faults']} node crashes)"
         print(
             f"with failures: {faulty.stats['faults']} node crashes, outcomes "
             f"{faulty.requests['status'].value_counts().to_dict()}; {rate_faulty:.0f} req/s vs {rate_plain:.0f} "
             f"fault-free: ratio {rate_faulty / rate_plain:.2f}"
+        )
+    cache_ratio = "not measured (no --cache)"
+    if args.cache:
+        cached = simulate(fleet_scenario(args.requests, args.load, args.seed, routing="cache_aware", cache=True))
+        rate_cached = len(cached.requests) / cached.stats["wall_s"]
+        hit = cached.requests["cached_tokens"].sum() / cached.requests["prompt_tokens"].sum()
+        cache_ratio = f"{rate_cached / rate_plain:.2f} × (hit rate {hit:.0%})"
+        print(
+            f"with the cache model (prefixes, prefix caching, cache_aware routing): hit rate {hit:.1%}, outcomes "
+            f"{cached.requests['status'].value_counts().to_dict()}; {rate_cached:.0f} req/s vs {rate_plain:.0f} "
+            f"without: ratio {rate_cached / rate_plain:.2f}"
         )
     n = len(result.requests)
     wall = result.stats["wall_s"]
@@ -162,14 +195,14 @@ def main() -> None:
           f"ratio={n / wall / bare:.4f} peak_rss_mb={peak_rss_mb:.1f}")
     sizes = None
     if args.fleet_sizes or args.policies:
-        policies = list(ROUTERS) if args.policies else ["power_of_two"]
+        policies = [(p, False) for p in ROUTERS] + [(p, True) for p in CACHE_ROUTERS] if args.policies else [("power_of_two", False)]
         print(f"cost per request, {args.table_requests:,} requests per cell at load {args.load}:")
         sizes = size_table(args.table_requests, args.load, args.seed, policies)
     if args.markdown:
         rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", f"{bare:,.0f}", f"{n / wall / bare:.3f}", ratio,
-                 f"{peak_rss_mb:.0f} MB"]]
+                 cache_ratio, f"{peak_rss_mb:.0f} MB"]]
         body = table(["requests", "simulated requests/s", "bare M/M/4 customers/s", "ratio", "with failures",
-                      "peak RSS"], rows)
+                      "with the cache model", "peak RSS"], rows)
         if sizes is not None:
             body += "\n\nCost per request by fleet size:\n\n" + table(*sizes)
         write_block(args.markdown, "sim_throughput", body + "\n\n" + provenance(load_before))

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from testbed.policy.routing import LeastOutstanding, PowerOfTwo, RegionAffine, RoundRobin, make_router
+from testbed.policy.routing import LeastOutstanding, PowerOfTwo, RegionAffine, RoundRobin, _below, make_router
 from testbed.spec import RoutingSpec
 
 POLICIES = ("round_robin", "least_outstanding", "power_of_two", "region_affine")
@@ -287,3 +287,11 @@ def test_region_affine_balances_within_the_region() -> None:
     loads = [v.outstanding for v in in_region(replicas, "a/west")]
     assert sum(loads) == 400 and max(loads) - min(loads) <= 2
 
+
+
+def test_below_is_randrange_draw_for_draw() -> None:
+    """Power-of-two picks draw with ``_below``: the very draws of ``randrange``, or records move."""
+    for n in (1, 2, 3, 7, 8, 1_152, 2_304, 10**6 + 3):
+        ours, theirs = random.Random(n), random.Random(n)
+        assert [_below(ours, n) for _ in range(500)] == [theirs.randrange(n) for _ in range(500)]
+        assert ours.random() == theirs.random()  # the streams are left in step too

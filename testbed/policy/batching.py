@@ -209,7 +209,7 @@ class ContinuousBatcher:
     @property
     def kv_used(self) -> int:
         """KV tokens held by the batch: decoding sequences and prefills under way."""
-        return self._running_kv + self._kv_prefilling
+        return self._kv_base + len(self._running) * self._clock + self._kv_prefilling  # _running_kv, inlined: hot
 
     def fits(self, seq: Sequence) -> bool:
         return seq.prompt_tokens + seq.output_tokens <= self.kv_capacity
@@ -224,10 +224,10 @@ class ContinuousBatcher:
         if self.chunked:
             return self._chunked_iteration()
         decode_seqs, context = len(self._running), self.kv_used
-        prefill = self._admit(room_for_decode=decode_seqs)
+        prefill, tokens = self._admit(room_for_decode=decode_seqs)
         if prefill:
             if self.cache is None:
-                return Iteration(prefill, decode_seqs, 1, sum(s.context for s in prefill), context)
+                return Iteration(prefill, decode_seqs, 1, tokens, context)
             chunks = [s.context - s.cached for s in prefill]
             return Iteration(prefill, decode_seqs, 1, sum(chunks), context, chunks)
         if not self._running:
@@ -253,32 +253,34 @@ class ContinuousBatcher:
             return seq.context
         return seq.context - self.cache.match(seq.prefix, seq.prompt_tokens)
 
-    def _admit(self, room_for_decode: int) -> list[Sequence]:
-        """Admit waiting sequences in order while slots, prefill budget and KV cache allow.
+    def _admit(self, room_for_decode: int) -> tuple[list[Sequence], int]:
+        """Admit waiting sequences in order while slots, prefill budget and KV cache allow;
+        returns them and their contexts' total.
 
         Each admitted sequence and each running one needs a KV slot for the token this
         iteration emits, hence the ``+ 1`` reservations.
         """
         admitted: list[Sequence] = []
         budget = self.max_num_batched_tokens
-        kv_used = self.kv_used
+        kv_used = start = self.kv_used
         caching = self.cache is not None
-        while self._waiting and len(self._running) < self.max_num_seqs:
-            seq = self._waiting[0]
-            need = seq.context
+        waiting = self._waiting
+        while waiting and len(self._running) < self.max_num_seqs:
+            seq = waiting[0]
+            need = seq.prompt_tokens + seq.generated  # its context
             # A cached prefix only lowers what a prefill computes: look it up only when it matters.
             compute = self._to_compute(seq) if caching and need > budget else need
             over_budget = compute > budget and admitted  # the first prompt may exceed the budget alone
             if over_budget or kv_used + need + len(admitted) + 1 + room_for_decode > self.kv_capacity:
                 break
-            self._waiting.popleft()
+            waiting.popleft()
             if caching:
                 self._acquire(seq)
             budget -= need - seq.cached
             kv_used += need
             self._start(seq)
             admitted.append(seq)
-        return admitted
+        return admitted, kv_used - start
 
     def _chunked_iteration(self) -> Iteration | None:
         """Decode tokens first, then chunks of prefills under way, then new prefills, in one budget."""
@@ -336,8 +338,8 @@ class ContinuousBatcher:
         self.preemptions += 1
 
     def _start(self, seq: Sequence) -> None:
-        seq.finish_at = self._clock + seq.remaining
-        self._kv_base += seq.context - self._clock
+        seq.finish_at = self._clock + seq.output_tokens - seq.generated  # clock + remaining
+        self._kv_base += seq.prompt_tokens + seq.generated - self._clock  # context - clock
         self._running[seq.key] = seq
         heapq.heappush(self._finishes, (seq.finish_at, seq.key))
 

@@ -67,21 +67,83 @@ def _first_available(pools: tuple[list[R], list[R]], rng: random.Random, exclude
     return None
 
 
+def _all(pools: tuple[list[R], list[R]]) -> list[R]:
+    return [r for pool in pools for r in pool]
+
+
+class _Census(Generic[R]):
+    """Per tier, the replicas available and their outstanding requests in all, kept from the
+    driver's change reports (``moved``) so a request does not count them over the pool."""
+
+    def __init__(self, pools: tuple[list[R], list[R]]) -> None:
+        self.tier = {r.index: tier for tier, pool in enumerate(pools) for r in pool}
+        self.view = {r.index: r for pool in pools for r in pool}
+        self._last = {r.index: (r.available, r.outstanding) for pool in pools for r in pool}
+        self.available = [sum(1 for r in pool if r.available) for pool in pools]
+        self.load = [sum(r.outstanding for r in pool if r.available) for pool in pools]
+
+    def moved(self, replica: R) -> None:
+        tier = self.tier[replica.index]
+        was_available, was_load = self._last[replica.index]
+        if was_available:
+            self.available[tier] -= 1
+            self.load[tier] -= was_load
+        if replica.available:
+            self.available[tier] += 1
+            self.load[tier] += replica.outstanding
+        self._last[replica.index] = (replica.available, replica.outstanding)
+
+    def live(self, tier: int, exclude: Exclude) -> tuple[int, int]:
+        """(available replicas of ``tier`` outside ``exclude``, their outstanding requests)."""
+        count, load = self.available[tier], self.load[tier]
+        for index in set(exclude):
+            replica = self.view.get(index)
+            if replica is not None and replica.available and self.tier[index] == tier:
+                count -= 1
+                load -= replica.outstanding
+        return count, load
+
+
 class PrefixAffinity(Generic[R]):
-    """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids."""
+    """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids.
+
+    The bound needs the mean load of the tier's available replicas. Unwatched, a call counts them
+    over the pool, O(n); once a driver calls :meth:`watch` and reports every change to
+    :meth:`moved` (the gateway does), a census keeps the count and the sum, and a call costs
+    O(blocks + exclusions + ring points walked): with a load factor above 1, fewer than
+    ``1 / load_factor`` of the replicas can be at the bound, so the walk stops after a few.
+    """
 
     def __init__(self, replicas: Sequence[R], rng: random.Random, prefix_blocks: int, load_factor: float) -> None:
         self._pools = _tier_pools(replicas)
         self._rng = rng
         self._blocks = prefix_blocks
         self._factor = load_factor
+        self._census: _Census[R] | None = None
         self._rings: list[tuple[list[int], list[R]]] = []
         for pool in self._pools:
             points = sorted((_mix((r.index << 16) | v), r.index, r) for r in pool for v in range(RING_POINTS))
             self._rings.append(([p for p, _, _ in points], [r for _, _, r in points]))
 
+    def watch(self) -> list[R]:
+        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._census = _Census(self._pools)
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        assert self._census is not None
+        self._census.moved(replica)
+
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
+
+    def _live(self, tier: int, pool: list[R], exclude: Exclude) -> tuple[int, int]:
+        """(available replicas of the tier outside ``exclude``, their outstanding requests)."""
+        if self._census is not None:
+            return self._census.live(tier, exclude)
+        live = [r for r in pool if r.available and r.index not in exclude]
+        return len(live), sum(r.outstanding for r in live)
 
     def choose_for(
         self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
@@ -89,11 +151,11 @@ class PrefixAffinity(Generic[R]):
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
         key = prefix_key(prefix.leading(self._blocks))
-        for pool, (points, owners) in zip(self._pools, self._rings):
-            live = [r for r in pool if r.available and r.index not in exclude]
+        for tier, (pool, (points, owners)) in enumerate(zip(self._pools, self._rings)):
+            live, load = self._live(tier, pool, exclude)
             if not live:
                 continue
-            bound = math.ceil(self._factor * (sum(r.outstanding for r in live) + 1) / len(live))
+            bound = math.ceil(self._factor * (load + 1) / live)
             start = bisect.bisect_left(points, key)
             best: R | None = None
             seen: set[int] = set()
@@ -106,7 +168,7 @@ class PrefixAffinity(Generic[R]):
                     return replica
                 if best is None or replica.outstanding < best.outstanding:
                     best = replica
-                if len(seen) == len(live):
+                if len(seen) == live:
                     break
             return best
         return None
@@ -122,8 +184,12 @@ class CacheBelief:
 
     def matched(self, prefix: Prefix) -> int:
         """Leading ids of the chain believed cached."""
+        return self.matched_ids(list(prefix.ids()))
+
+    def matched_ids(self, ids: list[int]) -> int:
+        """Leading ids of the chain ``ids`` believed cached."""
         count = 0
-        for block in prefix.ids():
+        for block in ids:
             if block not in self._blocks:
                 break
             count += 1
@@ -143,7 +209,14 @@ class CacheBelief:
 
 
 class CacheAware(Generic[R]):
-    """Weighted score of believed-cached share against load (see module docstring)."""
+    """Weighted score of believed-cached share against load (see module docstring).
+
+    Every available replica of a tier is scored: O(n) per request (a belief lookup each, and a
+    walk down the chain for those believed to hold its first block). No index is kept: the
+    replicas that hold a widely shared prefix are the ones this router loads most, so a search
+    by load for the best holder reaches them last, and a heap of holders per block would need an
+    update in every block a replica holds whenever its load changes.
+    """
 
     def __init__(
         self,
@@ -164,7 +237,10 @@ class CacheAware(Generic[R]):
         return _first_available(self._pools, self._rng, exclude)
 
     def score(self, replica: R, prefix: Prefix) -> float:
-        share = self.beliefs[replica.index].matched(prefix) / len(prefix)
+        return self._score(replica, list(prefix.ids()))
+
+    def _score(self, replica: R, ids: list[int]) -> float:
+        share = self.beliefs[replica.index].matched_ids(ids) / len(ids)
         slots = getattr(replica, "capacity", 1) or 1
         return self._cache_weight * share - self._load_weight * replica.outstanding / slots
 
@@ -173,13 +249,14 @@ class CacheAware(Generic[R]):
     ) -> R | None:
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
+        ids = list(prefix.ids())  # once per request, not once per replica
         for pool in self._pools:
             best: R | None = None
             best_key: tuple[float, int, int] | None = None
             for replica in pool:
                 if not replica.available or replica.index in exclude:
                     continue
-                key = (-self.score(replica, prefix), replica.outstanding, replica.index)
+                key = (-self._score(replica, ids), replica.outstanding, replica.index)
                 if best_key is None or key < best_key:
                     best, best_key = replica, key
             if best is not None:
@@ -193,16 +270,36 @@ class CacheAware(Generic[R]):
 
 
 class SessionAffinity(Generic[R]):
-    """Pin each session to a replica; spill over (and re-pin) when it is down or loaded."""
+    """Pin each session to a replica; spill over (and re-pin) when it is down or loaded.
+
+    The tier rule asks whether any primary replica is available again; watched (see
+    :meth:`watch`), a census answers that in O(1) instead of a pass over the primaries.
+    """
 
     def __init__(self, replicas: Sequence[R], rng: random.Random, spill_threshold: int) -> None:
         self._pools = _tier_pools(replicas)
         self._rng = rng
         self._threshold = spill_threshold
+        self._census: _Census[R] | None = None
         self.pins: dict[int, R] = {}  # one entry per session seen
+
+    def watch(self) -> list[R]:
+        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._census = _Census(self._pools)
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        assert self._census is not None
+        self._census.moved(replica)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
+
+    def _primary_available(self) -> bool:
+        if self._census is not None:
+            return self._census.available[0] > 0
+        return any(r.available for r in self._pools[0])
 
     def choose_for(
         self, client_region: str, prefix: Prefix | None, now: float, exclude: Exclude = NONE_EXCLUDED
@@ -212,7 +309,7 @@ class SessionAffinity(Generic[R]):
         pinned = self.pins.get(prefix.session)
         usable = pinned is not None and pinned.available and pinned.index not in exclude
         if pinned is not None and usable and pinned.outstanding < self._threshold:
-            primary_back = pinned.tier != "primary" and any(r.available for r in self._pools[0])
+            primary_back = pinned.tier != "primary" and self._primary_available()
             if not primary_back:  # the tier rule: leave the fallback tier once a primary serves again
                 return pinned
         pick = self.choose(client_region, now, exclude)

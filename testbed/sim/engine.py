@@ -40,6 +40,7 @@ from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
 from testbed.sim.replica import SimReplica
 from testbed.sim.sessions import SessionDriver
+from testbed.sim.timer import URGENT, Timer
 from testbed.spec import Scenario, SpecError
 from testbed.topology import Replica
 
@@ -125,14 +126,18 @@ class _Run:
         self.columns = columns
         self.arrival_time = columns["time"]  # NaN for agent calls until (unless) they are made
         self.attempts: dict[int, _Attempt] = {}
+        self._half_rtt: dict[str, list[float]] = {}
         self.attempt_log = AttemptLog()
         self.hedged = np.zeros(self.total, dtype=bool)
-        self.failed_over = np.zeros(self.total, dtype=bool)
+        self.failed_over = bytearray(self.total)  # a bool per request, set per request: bytes are cheap to set
         self.sessions = self._session_driver()
         self.elastic = ElasticFleet(self, scenario.elastic) if scenario.elastic is not None else None
         self.detected: list[tuple[int, float, str]] = []  # (replica, time, "unhealthy"/"healthy")
         self._deadlines: deque[tuple[float, int]] = deque()
         self._sweeper_armed = False
+        self._request_timeout = scenario.serving.timeouts.request
+        self._arrival_times: list[float] = []
+        self._due_arrival = 0  # the single request the pending arrival timer is for
         self.ended = 0
         self.dropped = 0  # planned agent calls that will never be made
         self.done = self.env.event()
@@ -229,17 +234,40 @@ class _Run:
 
     # ------------------------------------------------------------------ requests and the gateway
 
-    def _arrival_process(self) -> Iterator[simpy.Event]:
-        env = self.env
-        timeout = self.scenario.serving.timeouts.request
-        for rid, at in enumerate(self.arrivals.time.tolist()):
-            if at > env.now:
-                yield env.timeout(at - env.now)
-            self._deadlines.append((at + timeout, rid))
-            if not self._sweeper_armed:
-                self._arm_sweeper()
-            pool = "default" if self.elastic is None else self.elastic.on_arrival(rid, "default")
-            self._execute(self._arrive(rid, env.now, pool))
+    def _start_arrivals(self) -> None:
+        """Single requests enter at their drawn times, one timer at a time.
+
+        A chain of timers rather than a SimPy process (a generator resumed per arrival): the
+        first timer is URGENT at time 0, where the process's start would have been, and each
+        later one is set exactly as the process's ``timeout`` would have been, so the order of
+        events is the same.
+        """
+        self._arrival_times = self.arrivals.time.tolist()
+        Timer(self.env, 0.0, lambda _timer: self._arrivals_from(0), URGENT)
+
+    def _arrivals_from(self, rid: int) -> None:
+        """Admit request ``rid`` and the next ones while they are due; set a timer for the first that is not."""
+        env, times = self.env, self._arrival_times
+        while rid < len(times):
+            if times[rid] > env.now:
+                self._due_arrival = rid
+                Timer(env, times[rid] - env.now, self._on_arrival_due)
+                return
+            self._admit(rid)
+            rid += 1
+
+    def _on_arrival_due(self, _timer: Timer) -> None:
+        rid = self._due_arrival  # admitted without comparing times again: ``now`` is its time, to rounding
+        self._admit(rid)
+        self._arrivals_from(rid + 1)
+
+    def _admit(self, rid: int) -> None:
+        """Single request ``rid`` enters now."""
+        self._deadlines.append((self._arrival_times[rid] + self._request_timeout, rid))
+        if not self._sweeper_armed:
+            self._arm_sweeper()
+        pool = "default" if self.elastic is None else self.elastic.on_arrival(rid, "default")
+        self._execute(self._arrive(rid, self.env.now, pool))
 
     def _issue_call(self, session: int, rid: int, call: Call) -> None:
         """An agent's call enters now; a turn deadline shorter than the timeout gets its own timer."""
@@ -250,7 +278,7 @@ class _Run:
         if not self._sweeper_armed:
             self._arm_sweeper()
         if call.deadline is not None and call.deadline < timeout_at:
-            self._later(max(0.0, call.deadline - now), lambda: self._call_deadline(rid))
+            self._later(max(0.0, call.deadline - now), lambda _timer: self._call_deadline(rid))
         self._execute(self._arrive(rid, now, call.pool))
 
     def _arrive(self, rid: int, now: float, pool: str = "default") -> list[Action]:
@@ -287,7 +315,7 @@ class _Run:
         if action.hedge:
             self.hedged[rid] = True
         client_region = self._client_region[rid]
-        oneway = self.topology.rtt(client_region, replica.region) / 2
+        oneway = self._half_rtts(client_region)[action.replica]
         reachable = replica.alive or replica.refusing
         path = self.network.path(client_region, replica.region)
         if path is not None:
@@ -307,11 +335,18 @@ class _Run:
             self.attempt_log.traced.add(rid)
         self.attempts[action.attempt] = attempt
         if not reachable:
-            self._later(self.scenario.serving.timeouts.connect, lambda: self._attempt_ended(action.attempt, "unavailable"))
+            self._later(self.scenario.serving.timeouts.connect, lambda _timer: self._attempt_ended(action.attempt, "unavailable"))
         elif oneway > 0:
-            self._later(oneway, lambda: self._deliver(action.attempt))
+            self._later(oneway, lambda _timer: self._deliver(action.attempt))
         else:
             self._deliver(action.attempt)
+
+    def _half_rtts(self, client_region: str) -> list[float]:
+        """Half the RTT from ``client_region`` to each replica: looked up once per region, not per attempt."""
+        half = self._half_rtt.get(client_region)
+        if half is None:
+            half = self._half_rtt[client_region] = [self.topology.rtt(client_region, r.region) / 2 for r in self.replicas]
+        return half
 
     def _deliver(self, key: int) -> None:
         attempt = self.attempts.get(key)
@@ -324,9 +359,9 @@ class _Run:
         if not replica.batcher.fits(attempt.work):
             self._attempt_ended(key, Outcome.CLIENT_ERROR)  # a 400: the context does not fit this replica
             return
-        rate = self.injector.state.replicas[attempt.replica].error_rate
+        rate = replica.error_rate
         if rate and self.error_rng.random() < rate:
-            self._later(attempt.oneway, lambda: self._attempt_ended(key, "failed"))
+            self._later(attempt.oneway, lambda _timer: self._attempt_ended(key, "failed"))
             return
         attempt.delivered = True
         replica.submit(attempt.work)
@@ -369,7 +404,10 @@ class _Run:
                 replica.cancel(attempt.work)
 
     def _wake(self, action: Wake) -> None:
-        self._later(max(0.0, action.at - self.env.now), lambda: self._execute(self.gateway.on_timer(action.rid, action.tag, self.env.now)))
+        self._later(
+            max(0.0, action.at - self.env.now),
+            lambda _timer: self._execute(self.gateway.on_timer(action.rid, action.tag, self.env.now)),
+        )
 
     def _finish(self, action: Finish) -> None:
         rid, now = action.rid, self.env.now
@@ -396,8 +434,8 @@ class _Run:
         if self.ended + self.dropped == self.total and not self.done.triggered:
             self.done.succeed()
 
-    def _later(self, delay: float, callback: Callable[[], None]) -> None:
-        self.env.timeout(delay).callbacks.append(lambda _event: callback())
+    def _later(self, delay: float, callback: Callable[[Timer], None]) -> None:
+        Timer(self.env, delay, callback)
 
     # ------------------------------------------------------------------ deadlines and health
 
@@ -416,7 +454,7 @@ class _Run:
         self._sweeper_armed = True
         self._later(max(0.0, self._deadlines[0][0] - self.env.now), self._sweep)
 
-    def _sweep(self) -> None:
+    def _sweep(self, _timer: Timer) -> None:
         now, status = self.env.now, self.log.status
         while self._deadlines and self._deadlines[0][0] <= now:
             _, rid = self._deadlines.popleft()
@@ -446,7 +484,7 @@ class _Run:
                 else:
                     failing.append(index)
             if failing:
-                self._later(spec.timeout, lambda failing=failing: [self._probe(i, False) for i in failing])
+                self._later(spec.timeout, lambda _timer, failing=failing: [self._probe(i, False) for i in failing])
             self.gateway.on_tick(self.env.now)
             if self.gateway.queue is not None:
                 self._execute(self.gateway.drain(self.env.now))  # replicas back in service take waiting requests
@@ -464,7 +502,7 @@ class _Run:
             self.env, self.replicas, scenario.timeseries_interval, self.horizon, self.progress, caching=self.caching
         )
         started = time.perf_counter()
-        self.env.process(self._arrival_process())
+        self._start_arrivals()
         if self.sessions is not None:
             self.sessions.start()
         self.env.process(self._deadline(self.horizon))
@@ -520,7 +558,7 @@ class _Run:
         still running at the horizon (a drain shorter than the timeout) time out.
         """
         made = ~np.isnan(self.arrival_time)  # planned agent calls never made are not requests
-        pending = np.flatnonzero((self.log.status == PENDING) & made).tolist()
+        pending = np.flatnonzero((self.log.numpy("status") == PENDING) & made).tolist()
         lost = [rid for rid in pending if rid not in self.gateway.requests]
         if lost:
             raise ConservationError(f"{len(lost)} requests were lost: neither ended nor tracked by the gateway")
@@ -554,7 +592,8 @@ class _Run:
     def _requests_frame(self) -> pd.DataFrame:
         """One row per request that entered (agent calls never made have no row); ``fault_overlap``
         is the shared tail's to add."""
-        arrivals, log, arrival = self.arrivals, self.log, self.arrival_time
+        arrivals, arrival = self.arrivals, self.arrival_time
+        log = {column: self.log.numpy(column) for column in RequestLog.DTYPES}
         n = self.total
         region_of_replica = np.array([self.topology.regions.index(r.region) for r in self.replicas] + [-1])
         tier_fallback = np.array([p.tier == "fallback" for p in self.topology.replicas] + [False])
@@ -569,18 +608,18 @@ class _Run:
                 "priority": self.columns["priority"].astype(np.int16),
                 "client_region": pd.Categorical.from_codes(self.columns["client_region"], arrivals.region_names),
                 "arrival": arrival,
-                "first_token": log.first_token,
-                "finish": log.finish,
+                "first_token": log["first_token"],
+                "finish": log["finish"],
                 "prompt_tokens": self.columns["prompt_tokens"].astype(np.int32),
                 "output_tokens": self.columns["output_tokens"].astype(np.int32),
-                "cached_tokens": log.cached_tokens,
-                "status": status_names(log.status),
-                "replica": log.replica,
-                "region": pd.Categorical.from_codes(region_of_replica[log.replica], self.topology.regions),
-                "retries": log.retries,
+                "cached_tokens": log["cached_tokens"],
+                "status": status_names(log["status"]),
+                "replica": log["replica"],
+                "region": pd.Categorical.from_codes(region_of_replica[log["replica"]], self.topology.regions),
+                "retries": log["retries"],
                 "hedged": self.hedged,
-                "failed_over": self.failed_over,
-                "fallback": tier_fallback[log.replica],
+                "failed_over": np.frombuffer(self.failed_over, dtype=bool),
+                "fallback": tier_fallback[log["replica"]],
                 "degraded": agent["degraded"] if self.elastic is None else agent["degraded"] | self.elastic.degraded,
             }
         )

@@ -71,5 +71,7 @@ class FaultInjector:
                 replica.resume()
         if after.speeds != before.speeds:
             replica.set_speed(after.speed)
+        if after.errors != before.errors:
+            replica.error_rate = after.error_rate
         if after.kv_fractions != before.kv_fractions:
             replica.batcher.set_kv_capacity(int(self.kv_capacity[index] * after.kv_fraction))

@@ -1,10 +1,10 @@
 """A model replica in simulated time: one batcher, one performance model, SimPy timeouts.
 
 The replica is a small state machine rather than a SimPy process so that it can be cheap: an
-iteration (or a whole stretch of identical decode steps) is one ``env.timeout`` whose callback
-is :meth:`SimReplica._on_iteration_end`. When a new request arrives during a stretch and the
-batcher wants it admitted, the stretch is cut at the end of the step in progress by scheduling
-a new, earlier timeout; the old one is recognised as stale by its ticket and ignored.
+iteration (or a whole stretch of identical decode steps) is one :class:`~testbed.sim.timer.Timer`
+whose callback is :meth:`SimReplica._on_iteration_end`. When a new request arrives during a
+stretch and the batcher wants it admitted, the stretch is cut at the end of the step in progress
+by scheduling a new, earlier timer and cancelling the old one, which then fires nothing.
 
 Faults act on the replica through a handful of methods: :meth:`crash` (the process dies and its
 work is lost), :meth:`hang` / :meth:`resume` (a gray failure: work freezes but requests are still
@@ -25,6 +25,7 @@ import simpy
 
 from testbed.perf import PerfModel
 from testbed.policy.batching import Batcher, Iteration, Sequence
+from testbed.sim.timer import Callback, Timer
 
 if TYPE_CHECKING:
     from testbed.sim.host import SharedHost
@@ -58,6 +59,7 @@ class SimReplica:
         self.refusing = False
         self.hung = False
         self.speed = 1.0
+        self.error_rate = 0.0  # share of attempts an error injection fails on arrival (the fault state's)
         self.share = 1.0  # of its host's cores (see SharedHost)
         self.host: SharedHost | None = None
         # Elastic fleets (testbed/sim/elastic.py): a parked slot holds no replica, so a repair
@@ -75,7 +77,8 @@ class SimReplica:
         self._done = 0.0  # unit-speed seconds of it done before _started (re-timings)
         self._ends = 0.0
         self._frozen_for = 0.0  # time left of the iteration a hang interrupted
-        self._ticket = 0
+        self._timer: Timer | None = None  # the running iteration's end, or a batching delay's wake
+        self._startup_timer: Timer | None = None  # a restarted process begins serving
         self._wake_at: float | None = None
 
     @property
@@ -122,7 +125,7 @@ class SimReplica:
         self.refusing = refusing
         self.hung = False
         self._iteration = None
-        self._ticket += 1
+        self._cancel_timers()
         self._wake_at = None
         lost = self.batcher.evict_all()
         self._host_changed()
@@ -142,13 +145,12 @@ class SimReplica:
             self.alive, self.refusing = True, False
             return
         self.refusing = True  # the machine is back; nothing listens on the port yet
-        self._ticket += 1
-        ticket = self._ticket
-        self.env.timeout(startup).callbacks.append(lambda _event: self._started_up(ticket))
+        self._cancel_timers()
+        self._startup_timer = Timer(self.env, startup, self._started_up)
 
-    def _started_up(self, ticket: int) -> None:
-        if ticket == self._ticket:
-            self.alive, self.refusing = True, False
+    def _started_up(self, _timer: Timer) -> None:
+        self._startup_timer = None
+        self.alive, self.refusing = True, False
 
     def park(self) -> list[Sequence]:
         """The slot is emptied (scaled down, drained, preempted): what it still ran is returned."""
@@ -159,7 +161,7 @@ class SimReplica:
     def activate(self) -> None:
         """A replica has come up in this slot (its lifecycle reached serving)."""
         self.parked = False
-        self._ticket += 1  # a repair's start-up timer from before must not fire into it
+        self._cancel_timers()  # a repair's start-up timer from before must not fire into it
         self.alive, self.refusing, self.hung = True, False, False
 
     def hang(self) -> None:
@@ -170,7 +172,7 @@ class SimReplica:
         if self._iteration is not None:
             self._account_busy()
             self._frozen_for = max(0.0, self._ends - self.env.now)
-            self._ticket += 1
+            self._cancel_timers()
             self._host_changed()
 
     def resume(self) -> None:
@@ -252,11 +254,19 @@ class SimReplica:
         self._ends = max(ends, self.env.now)
         self._schedule(self._ends - self.env.now, self._on_iteration_end)
 
-    def _schedule(self, delay: float, handler: Callable[[int], None]) -> None:
-        self._ticket += 1
-        ticket = self._ticket
-        event = self.env.timeout(delay)
-        event.callbacks.append(lambda _event: handler(ticket))
+    def _cancel_timers(self) -> None:
+        """Whatever this replica was waiting for will not happen (it crashed, froze or re-planned)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._startup_timer is not None:
+            self._startup_timer.cancel()
+            self._startup_timer = None
+
+    def _schedule(self, delay: float, handler: Callback) -> None:
+        """The one pending timer from now on: an iteration's end or a wake replaces any other."""
+        self._cancel_timers()
+        self._timer = Timer(self.env, delay, handler)
 
     def _schedule_wake(self) -> None:
         wake = self.batcher.wake_time()
@@ -264,14 +274,14 @@ class SimReplica:
             self._wake_at = wake
             self._schedule(max(0.0, wake - self.env.now), self._on_wake)
 
-    def _on_wake(self, ticket: int) -> None:
-        if ticket == self._ticket and self._iteration is None and not self.hung:
+    def _on_wake(self, _timer: Timer) -> None:
+        self._timer = None
+        if self._iteration is None and not self.hung:
             self._wake_at = None
             self._start_next()
 
-    def _on_iteration_end(self, ticket: int) -> None:
-        if ticket != self._ticket:
-            return  # a stretch that was cut short, or frozen by a hang
+    def _on_iteration_end(self, _timer: Timer) -> None:
+        self._timer = None
         iteration = self._iteration
         assert iteration is not None
         now = self.env.now
