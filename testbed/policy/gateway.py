@@ -44,6 +44,7 @@ from testbed.policy.gateway_queue import GatewayQueue
 from testbed.policy.health import HealthChecker
 from testbed.policy.hedging import HedgePolicy
 from testbed.policy.outcomes import REPLICA_SUCCESS, Outcome, Status
+from testbed.policy.prefix_cache import Prefix
 from testbed.policy.retry import RetryBudget, RetryPolicy
 from testbed.policy.routing import Router, Watched, make_router
 from testbed.spec import ServingSpec
@@ -124,7 +125,7 @@ class RequestState:
     tried: list[int] = field(default_factory=list)  # replicas tried so far
     failed_over: bool = False
     home_refused: bool = False  # a home-region replica's breaker refused this request
-    prefix: object = None  # its block chain (a prefix_cache.Prefix), for cache-aware routers
+    prefix: Prefix | None = None  # its block chain, for cache-aware routers
     request_class: int = 0  # for the gateway queue's per-class turns
     placing: bool = False  # the gateway queue is dispatching it now
 
@@ -217,7 +218,7 @@ class Gateway:
         client_region: str,
         now: float,
         pool: str = "default",
-        prefix: object = None,
+        prefix: Prefix | None = None,
         request_class: int = 0,
     ) -> list[Action]:
         """A request for ``pool`` (the replica pool its model lives in) from ``client_region``.
