@@ -63,10 +63,8 @@ class SimReplica:
         self.share = 1.0  # of its host's cores (see SharedHost)
         self.host: SharedHost | None = None
         # Elastic fleets (testbed/sim/elastic.py): a parked slot holds no replica, so a repair
-        # does not bring it back; ``startup`` replaces the profile's constant with the lifecycle
-        # chain; ``boost`` is a degradation step's speed-up (a quantized variant).
+        # does not bring it back; ``boost`` is a degradation step's speed-up (a quantized variant).
         self.parked = False
-        self.startup: float | None = None
         self.boost = 1.0
         # Accounting for the fleet time series.
         self.busy_time = 0.0
@@ -140,7 +138,7 @@ class SimReplica:
         """
         if self.parked:
             return
-        startup = self.perf.startup_seconds if self.startup is None else self.startup
+        startup = self.perf.startup_seconds
         if startup <= 0:
             self.alive, self.refusing = True, False
             return
