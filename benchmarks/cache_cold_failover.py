@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from page import provenance, table, write_block
+from page import print_columns, provenance, table, write_block
 from testbed.sim import simulate
 from testbed.sla import fault_windows
 from testbed.spec import Scenario
@@ -58,10 +58,7 @@ def main() -> int:
         intro = (f"`{base.name}`, seed {base.seed}: TTFT p50 / p90 / p99 of ok requests in ms and the hit rate, "
                  "by when they arrived.")
         write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print_columns(header, rows)
     return 0
 
 

@@ -73,13 +73,32 @@ def overhead(stack: LiveStack, n: int) -> tuple[float, float]:
     return statistics.median(direct), statistics.median(via)
 
 
-class Load:
-    def __init__(self, url: str, workers: int) -> None:
-        self.client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
-        self.outcomes: list[str] = []
+class ClosedLoop:
+    """``workers`` threads, each sending its next request when the last one ended, until :meth:`finish`."""
+
+    def __init__(self, workers: int) -> None:
+        self.outcomes: list = []
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(workers)
         self.futures = [self.pool.submit(self._worker, i) for i in range(workers)]
+
+    def _worker(self, worker: int) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> list:
+        self.stop.set()
+        for future in self.futures:
+            future.result()
+        self.pool.shutdown()
+        return self.outcomes
+
+
+class Load(ClosedLoop):
+    """Completions, every other worker streaming; each outcome is ok, lost or failed."""
+
+    def __init__(self, url: str, workers: int) -> None:
+        self.client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=30)
+        super().__init__(workers)
 
     def _worker(self, worker: int) -> None:
         while not self.stop.is_set():
@@ -94,13 +113,6 @@ class Load:
                 self.outcomes.append("lost")
             except openai.APIError:  # a status with a message, or a stream's error event
                 self.outcomes.append("failed")
-
-    def finish(self) -> list[str]:
-        self.stop.set()
-        for future in self.futures:
-            future.result()
-        self.pool.shutdown()
-        return self.outcomes
 
 
 @dataclass
@@ -198,15 +210,12 @@ def stream_once(client: httpx.Client, url: str, prompt: str) -> tuple[str, list[
     return "ok", ids
 
 
-class Streams:
-    """Closed-loop greedy streams from ``workers`` threads, each outcome kept with its prompt."""
+class Streams(ClosedLoop):
+    """Closed-loop greedy streams, each outcome kept as (status, prompt, token ids)."""
 
     def __init__(self, url: str, workers: int) -> None:
         self.url = url
-        self.outcomes: list[tuple[str, str, list[int]]] = []  # (status, prompt, token ids)
-        self.stop = threading.Event()
-        self.pool = ThreadPoolExecutor(workers)
-        self.futures = [self.pool.submit(self._worker, i) for i in range(workers)]
+        super().__init__(workers)
 
     def _worker(self, worker: int) -> None:
         with httpx.Client(timeout=60) as client:
@@ -216,13 +225,6 @@ class Streams:
                 status, ids = stream_once(client, self.url, prompt)
                 self.outcomes.append((status, prompt, ids))
                 turn += 1
-
-    def finish(self) -> list[tuple[str, str, list[int]]]:
-        self.stop.set()
-        for future in self.futures:
-            future.result()
-        self.pool.shutdown()
-        return self.outcomes
 
 
 @dataclass

@@ -38,6 +38,13 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def print_columns(header: list[str], rows: list[list[str]]) -> None:
+    """The same table for a terminal: columns padded to their widest cell."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    for line in [header, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(line, widths)))
+
+
 def write_block(page: Path, name: str, body: str) -> None:
     """Replace block ``name`` of ``page`` with ``body`` (append it when the page lacks it)."""
     begin, end = _markers(name)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from page import provenance, table, write_block  # noqa: E402
+from page import print_columns, provenance, table, write_block  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
 from testbed.live.sizing import replica_count, scale  # noqa: E402
 from testbed.records.result import Result  # noqa: E402
@@ -95,10 +95,7 @@ def main() -> int:
         intro = (f"`{base.name}`: {replica_count(base)} replicas, {span}, the same seed in both planes; hit rate is "
                  "cached / prompt tokens of ok requests, errors `sim / live - 1`.")
         write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print("  ".join(h.ljust(w) for h, w in zip(header, widths)))
-    for row in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)))
+    print_columns(header, rows)
     return 0
 
 

@@ -104,7 +104,24 @@ class _Census(Generic[R]):
         return count, load
 
 
-class PrefixAffinity(Generic[R]):
+class _CensusWatched(Generic[R]):
+    """What the gateway calls on a router that keeps a census of its tiers (see :class:`_Census`)."""
+
+    _pools: tuple[list[R], list[R]]
+    _census: _Census[R] | None
+
+    def watch(self) -> list[R]:
+        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._census = _Census(self._pools)
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        assert self._census is not None
+        self._census.moved(replica)
+
+
+class PrefixAffinity(_CensusWatched[R]):
     """Consistent hashing with bounded loads on the leading ``prefix_blocks`` block ids.
 
     The bound needs the mean load of the tier's available replicas. Unwatched, a call counts them
@@ -124,16 +141,6 @@ class PrefixAffinity(Generic[R]):
         for pool in self._pools:
             points = sorted((_mix((r.index << 16) | v), r.index, r) for r in pool for v in range(RING_POINTS))
             self._rings.append(([p for p, _, _ in points], [r for _, _, r in points]))
-
-    def watch(self) -> list[R]:
-        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
-        self._census = _Census(self._pools)
-        return _all(self._pools)
-
-    def moved(self, replica: R) -> None:
-        """``replica``'s ``outstanding`` or ``available`` just changed."""
-        assert self._census is not None
-        self._census.moved(replica)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
@@ -269,7 +276,7 @@ class CacheAware(Generic[R]):
             self.beliefs[replica].add(prefix)
 
 
-class SessionAffinity(Generic[R]):
+class SessionAffinity(_CensusWatched[R]):
     """Pin each session to a replica; spill over (and re-pin) when it is down or loaded.
 
     The tier rule asks whether any primary replica is available again; watched (see
@@ -282,16 +289,6 @@ class SessionAffinity(Generic[R]):
         self._threshold = spill_threshold
         self._census: _Census[R] | None = None
         self.pins: dict[int, R] = {}  # one entry per session seen
-
-    def watch(self) -> list[R]:
-        """Keep a census from now on; the replicas whose changes must be reported to :meth:`moved`."""
-        self._census = _Census(self._pools)
-        return _all(self._pools)
-
-    def moved(self, replica: R) -> None:
-        """``replica``'s ``outstanding`` or ``available`` just changed."""
-        assert self._census is not None
-        self._census.moved(replica)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
