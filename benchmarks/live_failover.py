@@ -74,16 +74,13 @@ def overhead(stack: LiveStack, n: int) -> tuple[float, float]:
 
 
 class ClosedLoop:
-    """``workers`` threads, each sending its next request when the last one ended, until :meth:`finish`."""
+    """``workers`` threads, each running the subclass's ``_worker(i)`` loop until :meth:`finish`."""
 
     def __init__(self, workers: int) -> None:
         self.outcomes: list = []
         self.stop = threading.Event()
         self.pool = ThreadPoolExecutor(workers)
         self.futures = [self.pool.submit(self._worker, i) for i in range(workers)]
-
-    def _worker(self, worker: int) -> None:
-        raise NotImplementedError
 
     def finish(self) -> list:
         self.stop.set()
