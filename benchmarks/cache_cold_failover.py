@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from page import print_columns, provenance, table, write_block
+from page import print_columns, write_table
 from testbed.sim import simulate
 from testbed.sla import fault_windows
 from testbed.spec import Scenario
@@ -57,7 +57,7 @@ def main() -> int:
     if args.markdown:
         intro = (f"`{base.name}`, seed {base.seed}: TTFT p50 / p90 / p99 of ok requests in ms and the hit rate, "
                  "by when they arrived.")
-        write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
+        write_table(args.markdown, args.block, intro, header, rows, load_before)
     print_columns(header, rows)
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from page import print_columns, provenance, table, write_block  # noqa: E402
+from page import print_columns, write_table  # noqa: E402
 from testbed.capacity import fleet_capacity  # noqa: E402
 from testbed.live.fidelity import compare  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
@@ -115,7 +115,7 @@ def main() -> int:
     if args.markdown:
         intro = (f"`{base.name}`: {replicas} replicas on {cores} cores, Poisson load at a share of the profile's capacity "
                  f"({capacity:.1f} req/s), {args.duration}, errors `sim / live - 1`, latencies in ms.")
-        write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
+        write_table(args.markdown, args.block, intro, header, rows, load_before)
     print_columns(header, rows)
     return 0
 

@@ -38,6 +38,11 @@ def table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def write_table(page: Path, name: str, intro: str, header: list[str], rows: list[list[str]], load_before: float) -> None:
+    """Block ``name`` of ``page``: a line saying what was run, the table, and how it was measured."""
+    write_block(page, name, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
+
+
 def print_columns(header: list[str], rows: list[list[str]]) -> None:
     """The same table for a terminal: columns padded to their widest cell."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]

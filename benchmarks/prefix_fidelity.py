@@ -24,7 +24,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from page import print_columns, provenance, table, write_block  # noqa: E402
+from page import print_columns, write_table  # noqa: E402
 from testbed.live.replay import run_live  # noqa: E402
 from testbed.live.sizing import replica_count, scale  # noqa: E402
 from testbed.records.result import Result  # noqa: E402
@@ -94,7 +94,7 @@ def main() -> int:
         span = args.duration or f"{base.duration:g} s"
         intro = (f"`{base.name}`: {replica_count(base)} replicas, {span}, the same seed in both planes; hit rate is "
                  "cached / prompt tokens of ok requests, errors `sim / live - 1`.")
-        write_block(args.markdown, args.block, intro + "\n\n" + table(header, rows) + "\n\n" + provenance(load_before))
+        write_table(args.markdown, args.block, intro, header, rows, load_before)
     print_columns(header, rows)
     return 0
 
