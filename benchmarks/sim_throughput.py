@@ -12,7 +12,7 @@ to something measured in the same process:
   prompts per class and multi-turn chat (so requests share prefixes), prefix caching on every
   replica, routed by prefix affinity (in CPU time per request; the cache-aware scorer's own cost,
   O(replicas), is in the ``--policies`` table);
-* with ``--fleet-sizes``, marginal CPU µs per request on generated fleets of 2 to 2,304 replicas at
+* with ``--fleet-sizes``, steady-state CPU µs per request on generated fleets of 2 to 2,304 replicas at
   the same load, which is flat when nothing per request is O(replicas);
 * with ``--policies``, the same table once per routing policy in the router registry, and once
   more for each cache-aware router on the prefix workload of ``--cache`` (without prefixes they
@@ -117,25 +117,38 @@ def cpu_timed(scenario: Scenario) -> tuple[Result, float]:
     return result, time.process_time() - started
 
 
+# The size table measures a window of steady state: a fleet starts empty, and until its batches
+# have filled (about the longest request, ~4 simulated s here) each request costs more, because
+# small batches mean more iterations per token. A fixed number of requests would measure a large
+# fleet only in that ramp, which once made cost look like it grew with the fleet.
+WARM_UP_S = 4.0
+MIN_WINDOW_S = 3.0
+SAMPLE_S = 0.5
+
+
 def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str, cache: bool = False) -> float:
-    """Marginal CPU µs per request on a generated fleet of ``replicas``: the extra CPU time
-    ``2 * requests`` take over ``requests``, so building the fleet (O(replicas) once) cancels
-    out. CPU time rather than wall time, because on a loaded machine the wall clock mostly
-    measures the other processes."""
-    cpu, counts = [], []
-    for n in (requests, 2 * requests):
-        scenario = fleet_scenario(n, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache)
-        started = time.process_time()
-        result = simulate(scenario)
-        cpu.append(time.process_time() - started)
-        counts.append(len(result.requests))
-    return (cpu[1] - cpu[0]) / (counts[1] - counts[0]) * 1e6
+    """CPU µs per request in steady state on a generated fleet of ``replicas``: the CPU time
+    between the first sample after :data:`WARM_UP_S` and the end of the run, over the requests
+    that arrived in that window (at least ``requests`` and :data:`MIN_WINDOW_S` of them). CPU
+    time rather than wall time, because on a loaded machine the wall clock mostly measures the
+    other processes."""
+    probe = fleet_scenario(requests, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache)
+    window = max(MIN_WINDOW_S, probe.duration)
+    scenario = probe.model_copy(update={"duration": WARM_UP_S + window, "timeseries_interval": SAMPLE_S})
+    cpu_at: list[float] = []  # CPU s at each sample, taken every SAMPLE_S simulated s
+    result = simulate(scenario, progress=lambda _: cpu_at.append(time.process_time()))
+    marks = [((i + 1) * SAMPLE_S, cpu) for i, cpu in enumerate(cpu_at) if (i + 1) * SAMPLE_S <= scenario.duration]
+    started_at, started = next((t, cpu) for t, cpu in marks if t >= WARM_UP_S)
+    ended_at, ended = marks[-1]
+    arrivals = result.requests["arrival"]
+    counted = int(((arrivals >= started_at) & (arrivals < ended_at)).sum())
+    return (ended - started) / counted * 1e6
 
 
 def size_table(
     requests: int, load: float, seed: int, policies: list[tuple[str, bool]]
 ) -> tuple[list[str], list[list[str]]]:
-    """Cost per request (µs) per fleet size (rows) and routing policy (columns; with the prefix
+    """Steady-state cost per request (µs) per fleet size (rows) and routing policy (columns; with the prefix
     workload where the flag says so), and each column's largest fleet against its smallest: near
     1 when cost does not grow with the fleet."""
     costs = {(p, c): [cost_per_request_us(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
@@ -156,7 +169,7 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="also run with shared prefixes and prefix caching and compare")
     parser.add_argument("--fleet-sizes", action="store_true", help="also print cost per request for fleets of 2 to 2,304 replicas")
     parser.add_argument("--policies", action="store_true", help="the fleet-size table once per routing policy in the registry")
-    parser.add_argument("--table-requests", type=int, default=20_000, help="requests per cell of the fleet-size table")
+    parser.add_argument("--table-requests", type=int, default=20_000, help="requests at least in each cell's steady-state window")
     parser.add_argument("--customers", type=int, default=100_000, help="customers of the bare M/M/4 queue")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
     args = parser.parse_args()
