@@ -35,6 +35,7 @@ from testbed.records.result import Result
 from testbed.records.schema import OK, PENDING, STATUSES, RequestLog, status_names
 from testbed.sim.elastic import ElasticFleet
 from testbed.sim.fleet import FleetSampler
+from testbed.sim.gc_pause import cyclic_gc_paused
 from testbed.sim.host import SharedHost
 from testbed.sim.injector import FaultInjector
 from testbed.sim.network import BYTES_PER_TOKEN, NetworkState
@@ -513,7 +514,8 @@ class _Run:
             self.elastic.start()
         if self.total == 0:
             self.done.succeed()
-        self.env.run(until=self.done)
+        with cyclic_gc_paused():
+            self.env.run(until=self.done)
         self._time_out_unfinished()
         sampler.sample()
         wall = time.perf_counter() - started
