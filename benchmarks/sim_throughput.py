@@ -13,7 +13,8 @@ to something measured in the same process:
   replica, routed by prefix affinity (in CPU time per request; the cache-aware scorer's own cost,
   O(replicas), is in the ``--policies`` table);
 * with ``--fleet-sizes``, steady-state CPU µs per request on generated fleets of 2 to 2,304 replicas at
-  the same load, which is flat when nothing per request is O(replicas);
+  the same load, and Python calls per request (cProfile's count, in runs of their own), which
+  are flat when nothing per request is O(replicas);
 * with ``--policies``, the same table once per routing policy in the router registry, and once
   more for each cache-aware router on the prefix workload of ``--cache`` (without prefixes they
   route by power of two, which would leave their own cost out of the table).
@@ -28,7 +29,10 @@ Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures] [--flee
 from __future__ import annotations
 
 import argparse
+import cProfile
+import math
 import os
+import pstats
 import resource
 import time
 from pathlib import Path
@@ -126,22 +130,49 @@ MIN_WINDOW_S = 3.0
 SAMPLE_S = 0.5
 
 
-def cost_per_request_us(requests: int, load: float, seed: int, replicas: int, routing: str, cache: bool = False) -> float:
-    """CPU µs per request in steady state on a generated fleet of ``replicas``: the CPU time
-    between the first sample after :data:`WARM_UP_S` and the end of the run, over the requests
-    that arrived in that window (at least ``requests`` and :data:`MIN_WINDOW_S` of them). CPU
+class _Window:
+    """A run's progress callback (called every :data:`SAMPLE_S` simulated s) that notes the CPU
+    time at the start and the end of the window and, if asked, profiles the window alone."""
+
+    def __init__(self, starts: float, ends: float, profile: bool) -> None:
+        self.starts, self.ends = starts, ends
+        self.profiler = cProfile.Profile() if profile else None
+        self.samples = 0
+        self.cpu: list[float] = []
+
+    def __call__(self, _done: float) -> None:
+        self.samples += 1
+        at = self.samples * SAMPLE_S
+        if math.isclose(at, self.starts) or math.isclose(at, self.ends):
+            self.cpu.append(time.process_time())
+            if self.profiler is not None:
+                self.profiler.enable() if len(self.cpu) == 1 else self.profiler.disable()
+
+    def calls(self) -> int:
+        assert self.profiler is not None
+        return sum(calls for _, calls, _, _, _ in pstats.Stats(self.profiler).stats.values())  # type: ignore[attr-defined]
+
+
+def cost_per_request(
+    requests: int, load: float, seed: int, replicas: int, routing: str, cache: bool = False, profile: bool = False
+) -> float:
+    """Steady-state CPU µs per request on a generated fleet of ``replicas`` — or, with
+    ``profile``, Python calls per request (cProfile's count; its own overhead spoils the time).
+
+    The window starts after :data:`WARM_UP_S` and holds at least ``requests`` arrivals and
+    :data:`MIN_WINDOW_S`; cost is the CPU time in it over the requests that arrived in it. CPU
     time rather than wall time, because on a loaded machine the wall clock mostly measures the
     other processes."""
     probe = fleet_scenario(requests, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache)
-    window = max(MIN_WINDOW_S, probe.duration)
+    window = math.ceil(max(MIN_WINDOW_S, probe.duration) / SAMPLE_S) * SAMPLE_S
     scenario = probe.model_copy(update={"duration": WARM_UP_S + window, "timeseries_interval": SAMPLE_S})
-    cpu_at: list[float] = []  # CPU s at each sample, taken every SAMPLE_S simulated s
-    result = simulate(scenario, progress=lambda _: cpu_at.append(time.process_time()))
-    marks = [((i + 1) * SAMPLE_S, cpu) for i, cpu in enumerate(cpu_at) if (i + 1) * SAMPLE_S <= scenario.duration]
-    started_at, started = next((t, cpu) for t, cpu in marks if t >= WARM_UP_S)
-    ended_at, ended = marks[-1]
+    marks = _Window(WARM_UP_S, scenario.duration, profile)
+    result = simulate(scenario, progress=marks)
     arrivals = result.requests["arrival"]
-    counted = int(((arrivals >= started_at) & (arrivals < ended_at)).sum())
+    counted = int(((arrivals >= WARM_UP_S) & (arrivals < scenario.duration)).sum())
+    if profile:
+        return marks.calls() / counted
+    started, ended = marks.cpu
     return (ended - started) / counted * 1e6
 
 
@@ -151,10 +182,19 @@ def size_table(
     """Steady-state cost per request (µs) per fleet size (rows) and routing policy (columns; with the prefix
     workload where the flag says so), and each column's largest fleet against its smallest: near
     1 when cost does not grow with the fleet."""
-    costs = {(p, c): [cost_per_request_us(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
-    header = ["replicas", *(f"{p}{' + prefixes' if c else ''} CPU µs/request" for p, c in policies)]
-    rows = [[f"{n:,}", *(f"{costs[k][i]:.1f}" for k in policies)] for i, n in enumerate(FLEET_SIZES)]
-    rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *(f"{costs[k][-1] / costs[k][0]:.2f}×" for k in policies)])
+    costs = {(p, c): [cost_per_request(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
+    # The work itself, apart from what the machine's caches make of it: Python calls per request
+    # with the first policy (flat when nothing per request is O(replicas)).
+    first = policies[0]
+    calls = [cost_per_request(requests, load, seed, n, *first, profile=True) for n in FLEET_SIZES]
+    header = [
+        "replicas",
+        f"{first[0]} Python calls/request",
+        *(f"{p}{' + prefixes' if c else ''} CPU µs/request" for p, c in policies),
+    ]
+    rows = [[f"{n:,}", f"{calls[i]:.0f}", *(f"{costs[k][i]:.1f}" for k in policies)] for i, n in enumerate(FLEET_SIZES)]
+    ratio = [f"{calls[-1] / calls[0]:.2f}×", *(f"{costs[k][-1] / costs[k][0]:.2f}×" for k in policies)]
+    rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *ratio])
     for line in table(header, rows).splitlines():
         print(line)
     return header, rows
