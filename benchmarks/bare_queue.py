@@ -14,12 +14,20 @@ from __future__ import annotations
 import argparse
 import random
 import time
+from collections.abc import Callable
 
 import simpy
 
 
-def mmc_customers_per_second(customers: int = 100_000, servers: int = 4, rho: float = 0.9, seed: int = 1) -> float:
-    """Wall-clock customers per second of an M/M/``servers`` queue at utilisation ``rho``."""
+def mmc_customers_per_second(
+    customers: int = 100_000,
+    servers: int = 4,
+    rho: float = 0.9,
+    seed: int = 1,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
+    """Customers per second of ``clock`` (wall time unless told) of an M/M/``servers`` queue at
+    utilisation ``rho``."""
     rng = random.Random(seed)
     env = simpy.Environment()
     pool = simpy.Resource(env, capacity=servers)
@@ -40,9 +48,9 @@ def mmc_customers_per_second(customers: int = 100_000, servers: int = 4, rho: fl
             env.process(customer())
 
     env.process(arrivals())
-    started = time.perf_counter()
+    started = clock()
     env.run()
-    wall = time.perf_counter() - started
+    wall = clock() - started
     assert done == customers, f"{customers - done} customers never left the queue"
     return customers / wall
 

@@ -13,8 +13,9 @@ to something measured in the same process:
   replica, routed by prefix affinity (in CPU time per request; the cache-aware scorer's own cost,
   O(replicas), is in the ``--policies`` table);
 * with ``--fleet-sizes``, steady-state CPU µs per request on generated fleets of 2 to 2,304 replicas at
-  the same load, and Python calls per request (cProfile's count, in runs of their own), which
-  are flat when nothing per request is O(replicas);
+  the same load, Python calls per request (cProfile's count, in runs of their own), which are
+  flat when nothing per request is O(replicas), and for scale a bare SimPy M/M/c queue's CPU µs
+  per customer with a server per replica (O(1) work per customer, and still dearer on a larger c);
 * with ``--policies``, the same table once per routing policy in the router registry, and once
   more for each cache-aware router on the prefix workload of ``--cache`` (without prefixes they
   route by power of two, which would leave their own cost out of the table).
@@ -177,23 +178,32 @@ def cost_per_request(
 
 
 def size_table(
-    requests: int, load: float, seed: int, policies: list[tuple[str, bool]]
+    requests: int, load: float, seed: int, policies: list[tuple[str, bool]], customers: int
 ) -> tuple[list[str], list[list[str]]]:
-    """Steady-state cost per request (µs) per fleet size (rows) and routing policy (columns; with the prefix
-    workload where the flag says so), and each column's largest fleet against its smallest: near
-    1 when cost does not grow with the fleet."""
+    """Steady-state cost per request (µs) per fleet size (rows) and routing policy (columns; with
+    the prefix workload where the flag says so), beside the first policy's Python calls per
+    request and a bare SimPy M/M/c queue's cost per customer with as many servers; the last row
+    is each column's largest fleet against its smallest."""
     costs = {(p, c): [cost_per_request(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
     # The work itself, apart from what the machine's caches make of it: Python calls per request
     # with the first policy (flat when nothing per request is O(replicas)).
     first = policies[0]
     calls = [cost_per_request(requests, load, seed, n, *first, profile=True) for n in FLEET_SIZES]
+    # And what SimPy itself makes of more at once: a bare M/M/c queue with a server per replica
+    # does O(1) work per customer, yet its cost grows with c as the event heap and the live
+    # state outgrow the CPU's caches.
+    bare = [1e6 / mmc_customers_per_second(customers, servers=n, clock=time.process_time) for n in FLEET_SIZES]
     header = [
         "replicas",
+        "bare M/M/c CPU µs/customer (c = replicas)",
         f"{first[0]} Python calls/request",
         *(f"{p}{' + prefixes' if c else ''} CPU µs/request" for p, c in policies),
     ]
-    rows = [[f"{n:,}", f"{calls[i]:.0f}", *(f"{costs[k][i]:.1f}" for k in policies)] for i, n in enumerate(FLEET_SIZES)]
-    ratio = [f"{calls[-1] / calls[0]:.2f}×", *(f"{costs[k][-1] / costs[k][0]:.2f}×" for k in policies)]
+    rows = [
+        [f"{n:,}", f"{bare[i]:.1f}", f"{calls[i]:.0f}", *(f"{costs[k][i]:.1f}" for k in policies)]
+        for i, n in enumerate(FLEET_SIZES)
+    ]
+    ratio = [f"{bare[-1] / bare[0]:.2f}×", f"{calls[-1] / calls[0]:.2f}×", *(f"{costs[k][-1] / costs[k][0]:.2f}×" for k in policies)]
     rows.append([f"{FLEET_SIZES[-1]:,} / {FLEET_SIZES[0]}", *ratio])
     for line in table(header, rows).splitlines():
         print(line)
@@ -261,7 +271,7 @@ def main() -> None:
     if args.fleet_sizes or args.policies:
         policies = [(p, False) for p in ROUTERS] + [(p, True) for p in CACHE_ROUTERS] if args.policies else [("power_of_two", False)]
         print(f"cost per request, {args.table_requests:,} requests per cell at load {args.load}:")
-        sizes = size_table(args.table_requests, args.load, args.seed, policies)
+        sizes = size_table(args.table_requests, args.load, args.seed, policies, args.customers)
     if args.markdown:
         rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", f"{bare:,.0f}", f"{n / wall / bare:.3f}", ratio,
                  cache_ratio, f"{peak_rss_mb:.0f} MB"]]
