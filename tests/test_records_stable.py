@@ -30,6 +30,7 @@ FAULTS = Path(__file__).resolve().parent.parent / "faults"
 EXPECTED = {  # scenario[+variant]: (duration, sha256 of requests.parquet)
     "agent-adaptation-agent": (180.0, "cda8db7f1ec9bf5d3e27e2dc6baae29d936c127e5e273b11247e2433fea9f987"),
     "gray-failure+hedging": (90.0, "e5ad0affa0e712bf3b93ca8d4a00fa939e021a715a6c2cb35c4795bdacef93bb"),
+    "cache-cold-failover+prefix_affinity": (240.0, "da04ab7b60887058ff85c5c41d44c7c787a781eae7960feca94f18d42ea4ea61"),
     "cache-cold-failover": (240.0, "aa6be5bb725a0093133f59c6c8a27de3f16d932fd32e5661c7c8282379a23796"),
     "gray-failure": (90.0, "d935444d976498c21743a7fa9752ea894904b74a7fb53384eba45e9f5ed99956"),
     "region-partition": (150.0, "3a0c5c449305ae5ed5a91c67d10b0194f2b353eee82197f41d67dbc9b8139909"),
@@ -38,7 +39,10 @@ EXPECTED = {  # scenario[+variant]: (duration, sha256 of requests.parquet)
 
 
 # Variants: the scenario's serving with these fields replaced.
-SERVING = {"hedging": {"hedging": {"enabled": True, "delay": "250ms"}}}
+SERVING = {
+    "hedging": {"hedging": {"enabled": True, "delay": "250ms"}},
+    "prefix_affinity": {"routing": {"policy": "prefix_affinity"}},
+}
 
 
 def shrunk(label: str, duration: float) -> Scenario:

@@ -164,21 +164,47 @@ class PrefixAffinity(_CensusWatched[R]):
                 continue
             bound = math.ceil(self._factor * (load + 1) / live)
             start = bisect.bisect_left(points, key)
-            best: R | None = None
-            seen: set[int] = set()
-            for step in range(len(points)):
-                replica = owners[(start + step) % len(points)]
-                if replica.index in seen or not replica.available or replica.index in exclude:
-                    continue
-                seen.add(replica.index)
-                if replica.outstanding < bound:
-                    return replica
-                if best is None or replica.outstanding < best.outstanding:
-                    best = replica
-                if len(seen) == live:
-                    break
-            return best
+            below = _first_below(owners, start, bound, exclude)
+            return below if below is not None else _least_loaded(owners, start, live, exclude)
         return None
+
+
+_CHUNK = 32  # ring points read per slice of the walk: a short copy, then a plain loop over it
+
+
+def _first_below(owners: list[R], start: int, bound: int, exclude: Exclude) -> R | None:
+    """The first replica clockwise from ``start`` that is usable and has fewer than ``bound``
+    outstanding requests, or None.
+
+    A prefix shared by much of the traffic (a system prompt) fills the replicas after its point
+    one by one, so its walk passes every replica already at the bound — a hundred on a
+    thousand-GPU fleet. Nothing changes during a walk, so a replica met again on a later point
+    of its own is still at the bound: the walk needs no set of replicas seen, only the test.
+    """
+    n = len(owners)
+    for offset in range(0, n, _CHUNK):
+        at = (start + offset) % n
+        chunk = owners[at : at + _CHUNK] if at + _CHUNK <= n else owners[at:] + owners[: at + _CHUNK - n]
+        for replica in chunk[: n - offset]:
+            if replica.outstanding < bound and replica.available and replica.index not in exclude:
+                return replica
+    return None
+
+
+def _least_loaded(owners: list[R], start: int, live: int, exclude: Exclude) -> R | None:
+    """With every usable replica at the bound: the least loaded, the first met clockwise on ties."""
+    best: R | None = None
+    seen: set[int] = set()
+    for step in range(len(owners)):
+        replica = owners[(start + step) % len(owners)]
+        if replica.index in seen or not replica.available or replica.index in exclude:
+            continue
+        seen.add(replica.index)
+        if best is None or replica.outstanding < best.outstanding:
+            best = replica
+        if len(seen) == live:
+            break
+    return best
 
 
 class CacheBelief:
