@@ -185,7 +185,7 @@ def _first_below(owners: list[R], start: int, bound: int, exclude: Exclude) -> R
     for offset in range(0, n, _CHUNK):
         at = (start + offset) % n
         chunk = owners[at : at + _CHUNK] if at + _CHUNK <= n else owners[at:] + owners[: at + _CHUNK - n]
-        for replica in chunk[: n - offset]:
+        for replica in chunk:  # the last slice may wrap onto points already tested: harmless
             if replica.outstanding < bound and replica.available and replica.index not in exclude:
                 return replica
     return None
