@@ -24,14 +24,31 @@ simulated replicas run:
 * **Cold after a restart.** :meth:`PrefixCache.clear` forgets everything (the process's GPU
   memory is gone).
 
-Sans-IO and O(blocks of the request) per call: a dict of referenced ids and an ``OrderedDict``
-of unreferenced ones.
+Sans-IO, and every call costs O(runs of the request + segments it touches), not O(blocks): the
+cache is held as **segments**, ranges of consecutive ids in the same state, never per block:
+
+* A segment ``[start, end)`` has one ``size`` (tokens per block, fixed when its blocks were
+  cached) and one ``refs`` count: ``refs > 0`` referenced, ``refs == 0`` free (evictable).
+* Segments are disjoint; a sorted list of their starts maps an id to its segment by bisection.
+  A call on part of a segment first splits it at the part's ends.
+* Free segments sit in one LRU list, oldest first. A free segment's own blocks are in LRU order
+  from its top down (``end - 1`` is its least recently used block), because a release queues a
+  run tail first: eviction takes blocks off the top of the oldest segment, one by one in effect
+  (in bulk in fact). Splitting a free segment leaves its upper part just before its lower part
+  in the list, so no block changes place.
+* Neighbours merge when that changes nothing observable: referenced ones with the same ``refs``
+  and ``size``; free ones with the same ``size`` when the upper one is just older than the lower
+  one in the list. A chain's run released in one piece is then one segment again.
+
+Everything observable — return values, counters, ``len``, ``in``, which block is evicted when —
+is what the same model kept per block would give (``tests/test_prefix_cache_runs.py`` holds the
+per-block model and checks the two against each other).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -65,6 +82,18 @@ class Prefix:
     def __len__(self) -> int:
         return sum(count for _, count in self.runs)
 
+    def leading_runs(self, blocks: int) -> tuple[tuple[int, int], ...]:
+        """The runs of the first ``blocks`` ids (the last one cut short where the limit falls)."""
+        out: list[tuple[int, int]] = []
+        left = blocks
+        for first, count in self.runs:
+            if left <= 0:
+                break
+            take = min(count, left)
+            out.append((first, take))
+            left -= take
+        return tuple(out)
+
     def leading(self, blocks: int) -> tuple[int, ...]:
         """The first ``blocks`` ids (fewer if the chain is shorter)."""
         out: list[int] = []
@@ -90,6 +119,18 @@ def chain_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE) ->
     return ids
 
 
+class _Segment:
+    """Blocks ``start .. end - 1``, all of ``size`` tokens and ``refs`` references; free ones are
+    linked into the LRU list through ``older`` and ``newer``."""
+
+    __slots__ = ("start", "end", "size", "refs", "older", "newer")
+
+    def __init__(self, start: int, end: int, size: int, refs: int) -> None:
+        self.start, self.end, self.size, self.refs = start, end, size, refs
+        self.older: _Segment = self
+        self.newer: _Segment = self
+
+
 class PrefixCache:
     """One replica's cached KV blocks (see module docstring).
 
@@ -103,9 +144,10 @@ class PrefixCache:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
         self.capacity_tokens = capacity_tokens
-        self._refs: dict[int, int] = {}  # referenced id -> count
-        self._free: OrderedDict[int, int] = OrderedDict()  # unreferenced id -> tokens, LRU first
-        self._sizes: dict[int, int] = {}  # referenced id -> tokens
+        self._starts: list[int] = []  # segment starts, ascending
+        self._segments: list[_Segment] = []  # the segment at each start
+        self._lru = _Segment(0, 0, 0, 0)  # sentinel of the free list: .newer oldest, .older newest
+        self._blocks = 0
         self.cached_tokens = 0  # tokens held by all cached blocks
         self.free_tokens = 0  # of which unreferenced
         # Cumulative counters for hit rates: prompt tokens looked up and tokens found cached.
@@ -114,10 +156,11 @@ class PrefixCache:
         self.evicted_blocks = 0
 
     def __len__(self) -> int:
-        return len(self._refs) + len(self._free)
+        return self._blocks
 
     def __contains__(self, block: int) -> bool:
-        return block in self._refs or block in self._free
+        at = bisect_right(self._starts, block) - 1
+        return at >= 0 and self._segments[at].end > block
 
     def cacheable_blocks(self, prefix: Prefix, prompt_tokens: int) -> int:
         """How many leading ids of the chain are full blocks of this prompt."""
@@ -129,11 +172,11 @@ class PrefixCache:
     def match(self, prefix: Prefix, prompt_tokens: int) -> int:
         """Tokens of this prompt found cached, without touching anything (for inspection)."""
         matched = 0
-        refs, free = self._refs, self._free
-        for block in prefix.ids(self.cacheable_blocks(prefix, prompt_tokens)):
-            if block not in refs and block not in free:
+        for first, count in prefix.leading_runs(self.cacheable_blocks(prefix, prompt_tokens)):
+            found = self._cached_from(first, first + count)
+            matched += found
+            if found < count:
                 break
-            matched += 1
         return min(matched * prefix.block_tokens, prompt_tokens - 1)
 
     def acquire(self, prefix: Prefix, prompt_tokens: int, at_most: int | None = None) -> tuple[int, int]:
@@ -146,22 +189,12 @@ class PrefixCache:
         """
         size = prefix.block_tokens
         held = self.cacheable_blocks(prefix, prompt_tokens)
-        refs, free, sizes = self._refs, self._free, self._sizes
         matched, hitting = 0, True
-        for block in prefix.ids(held):
-            count = refs.get(block)
-            if count is not None:
-                refs[block] = count + 1
-            elif block in free:
-                sizes[block] = free.pop(block)
-                self.free_tokens -= size
-                refs[block] = 1
-            else:
-                hitting = False
-                refs[block], sizes[block] = 1, size
-                self.cached_tokens += size
+        for first, count in prefix.leading_runs(held):
+            found = self._acquire_run(first, first + count, size)
             if hitting:
-                matched += 1
+                matched += found
+                hitting = found == count
         cached = min(matched * size, prompt_tokens - 1) if prompt_tokens > 0 else 0
         if at_most is not None:
             cached = min(cached, at_most)
@@ -174,38 +207,150 @@ class PrefixCache:
         """The sequence stopped (finished, preempted or cancelled): its blocks become evictable."""
         if held <= 0:
             return
-        refs, free, sizes = self._refs, self._free, self._sizes
-        for block in reversed(list(prefix.ids(held))):  # tail first, so the tail is evicted first
-            count = refs.get(block)
-            if count is None:
-                continue  # cleared by a restart while the sequence ran
-            if count > 1:
-                refs[block] = count - 1
-                continue
-            del refs[block]
-            size = sizes.pop(block)
-            free[block] = size
-            self.free_tokens += size
+        for first, count in reversed(prefix.leading_runs(held)):  # tail first: the tail is evicted first
+            self._release_run(first, first + count)
         self._evict_over(self.capacity_tokens)
 
     def fit(self, free_memory_tokens: int) -> None:
         """Evict unreferenced blocks until they fit in ``free_memory_tokens`` of KV memory."""
-        while self.free_tokens > max(0, free_memory_tokens) and self._free:
-            self._evict_one()
-
-    def _evict_over(self, limit: int) -> None:
-        while self.cached_tokens > limit and self._free:
-            self._evict_one()
-
-    def _evict_one(self) -> None:
-        _, size = self._free.popitem(last=False)
-        self.free_tokens -= size
-        self.cached_tokens -= size
-        self.evicted_blocks += 1
+        limit = max(0, free_memory_tokens)
+        while self.free_tokens > limit and self._lru.newer is not self._lru:
+            self._evict_top(self._lru.newer, self.free_tokens - limit)
 
     def clear(self) -> None:
         """The replica restarted or was replaced: its KV memory is gone, the cache is cold."""
-        self._refs.clear()
-        self._free.clear()
-        self._sizes.clear()
-        self.cached_tokens = self.free_tokens = 0
+        self._starts.clear()
+        self._segments.clear()
+        self._lru.older = self._lru.newer = self._lru
+        self._blocks = self.cached_tokens = self.free_tokens = 0
+
+    # ------------------------------------------------------------------ runs of ids
+
+    def _cached_from(self, first: int, end: int) -> int:
+        """How many leading ids of ``first .. end - 1`` are cached."""
+        segments = self._segments
+        at, pos = self._index(first), first
+        while pos < end and at < len(segments) and segments[at].start <= pos:
+            pos = segments[at].end
+            at += 1
+        return min(pos, end) - first
+
+    def _acquire_run(self, first: int, end: int, size: int) -> int:
+        """Reference ``first .. end - 1``, caching what is not; returns how many leading ids were cached."""
+        if first >= end:
+            return 0
+        segments = self._segments
+        at = self._index(first)
+        if at < len(segments) and segments[at].start < first:
+            self._split(at, first)
+            at += 1
+        low, pos, found = at, first, end - first
+        while pos < end:
+            segment = segments[at] if at < len(segments) else None
+            if segment is None or segment.start > pos:  # a gap: cache it
+                stop = end if segment is None else min(end, segment.start)
+                self._insert(at, _Segment(pos, stop, size, 1))
+                self._blocks += stop - pos
+                self.cached_tokens += (stop - pos) * size
+                found = min(found, pos - first)
+            else:
+                if segment.end > end:
+                    self._split(at, end)
+                if segment.refs:
+                    segment.refs += 1
+                else:
+                    self._unlink(segment)
+                    segment.refs = 1
+                    self.free_tokens -= (segment.end - segment.start) * segment.size
+            pos = segments[at].end
+            at += 1
+        self._merge_around(low, at - 1)
+        return found
+
+    def _release_run(self, first: int, end: int) -> None:
+        """Drop a reference to the referenced blocks of ``first .. end - 1``, from the top down."""
+        segments = self._segments
+        at = bisect_left(self._starts, end) - 1
+        top = at
+        while at >= 0 and segments[at].end > first:
+            segment = segments[at]
+            if segment.refs:
+                if segment.end > end:
+                    self._split(at, end)
+                if segment.start < first:
+                    self._split(at, first)
+                    segment = segments[at + 1]
+                    top += 1
+                if segment.refs > 1:
+                    segment.refs -= 1
+                else:
+                    segment.refs = 0
+                    self._link_newest(segment)
+                    self.free_tokens += (segment.end - segment.start) * segment.size
+            at -= 1
+        self._merge_around(at + 1, top)
+
+    # ------------------------------------------------------------------ eviction
+
+    def _evict_over(self, limit: int) -> None:
+        while self.cached_tokens > limit and self._lru.newer is not self._lru:
+            self._evict_top(self._lru.newer, self.cached_tokens - limit)
+
+    def _evict_top(self, segment: _Segment, excess: int) -> None:
+        """Evict the fewest blocks off the top of ``segment`` that cover ``excess`` tokens (all, at most)."""
+        count = min(segment.end - segment.start, -(-excess // segment.size))
+        segment.end -= count
+        self._blocks -= count
+        self.free_tokens -= count * segment.size
+        self.cached_tokens -= count * segment.size
+        self.evicted_blocks += count
+        if segment.end == segment.start:
+            self._unlink(segment)
+            self._remove(bisect_left(self._starts, segment.start))
+
+    # ------------------------------------------------------------------ segments
+
+    def _index(self, block: int) -> int:
+        """The index of the first segment ending after ``block`` (the one holding it, if any)."""
+        at = bisect_right(self._starts, block) - 1
+        return at if at >= 0 and self._segments[at].end > block else at + 1
+
+    def _insert(self, at: int, segment: _Segment) -> None:
+        self._starts.insert(at, segment.start)
+        self._segments.insert(at, segment)
+
+    def _remove(self, at: int) -> None:
+        del self._starts[at]
+        del self._segments[at]
+
+    def _split(self, at: int, block: int) -> None:
+        """Cut segment ``at`` at ``block``: the upper part becomes segment ``at + 1``."""
+        lower = self._segments[at]
+        upper = _Segment(block, lower.end, lower.size, lower.refs)
+        lower.end = block
+        self._insert(at + 1, upper)
+        if not upper.refs:  # the upper part's blocks are older than the lower part's
+            upper.older, upper.newer = lower.older, lower
+            lower.older.newer = lower.older = upper
+
+    def _merge_around(self, low: int, high: int) -> None:
+        """Merge what can be merged among segments ``low - 1 .. high + 1``."""
+        for at in range(min(high, len(self._segments) - 2), max(low - 1, 0) - 1, -1):
+            lower, upper = self._segments[at], self._segments[at + 1]
+            if lower.end != upper.start or lower.size != upper.size or lower.refs != upper.refs:
+                continue
+            if not lower.refs:
+                if upper.newer is not lower:
+                    continue
+                self._unlink(upper)
+            lower.end = upper.end
+            self._remove(at + 1)
+
+    def _link_newest(self, segment: _Segment) -> None:
+        lru = self._lru
+        segment.older, segment.newer = lru.older, lru
+        lru.older.newer = lru.older = segment
+
+    @staticmethod
+    def _unlink(segment: _Segment) -> None:
+        segment.older.newer, segment.newer.older = segment.newer, segment.older
