@@ -96,12 +96,7 @@ class Prefix:
 
     def leading(self, blocks: int) -> tuple[int, ...]:
         """The first ``blocks`` ids (fewer if the chain is shorter)."""
-        out: list[int] = []
-        for block in self.ids():
-            if len(out) == blocks:
-                break
-            out.append(block)
-        return tuple(out)
+        return tuple(block for first, count in self.leading_runs(blocks) for block in range(first, first + count))
 
 
 def chain_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE) -> list[int]:
