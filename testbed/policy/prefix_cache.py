@@ -29,9 +29,10 @@ cache is held as **segments**, ranges of consecutive ids in the same state, neve
 
 * A segment ``[start, end)`` has one ``size`` (tokens per block, fixed when its blocks were
   cached) and one ``refs`` count: ``refs > 0`` referenced, ``refs == 0`` free (evictable).
-* Segments are disjoint; a sorted list of their starts maps an id to its segment by bisection.
-  A call on part of a segment first splits it at the part's ends.
-* Free segments sit in one LRU list, oldest first. A free segment's own blocks are in LRU order
+* Segments are disjoint; a sorted list of their starts maps an id to its segment by bisection
+  (a split or merge inserts into or deletes from that list: a memmove, not Python work, per
+  segment). A call on part of a segment first splits it at the part's ends.
+* Free segments sit in one doubly linked LRU list, oldest first. A free segment's own blocks are in LRU order
   from its top down (``end - 1`` is its least recently used block), because a release queues a
   run tail first: eviction takes blocks off the top of the oldest segment, one by one in effect
   (in bulk in fact). Splitting a free segment leaves its upper part just before its lower part
