@@ -131,14 +131,16 @@ def expanded(cache: PrefixCache) -> tuple[dict[int, tuple[int, int]], list[tuple
     assert all(s.start < s.end for s in segments), "empty segment"
     assert all(a.end <= b.start for a, b in zip(segments, segments[1:])), "segments overlap or unsorted"
     referenced = {b: (s.refs, s.size) for s in segments if s.refs for b in range(s.start, s.end)}
+    assert cache._ranks == sorted(cache._free) == sorted(s.rank for s in segments if not s.refs)
     free: list[tuple[int, int]] = []
-    node = cache._lru.newer
-    while node is not cache._lru:
-        assert node.refs == 0 and node in segments, "the free list holds a segment not in the index"
-        assert node.newer.older is node, "free list links broken"
-        free.extend((b, node.size) for b in range(node.end - 1, node.start - 1, -1))
-        node = node.newer
-    assert len(free) == sum(s.end - s.start for s in segments if not s.refs), "a free segment is not in the list"
+    ranks: list[int] = []  # each free block's, in the order the LRU takes them: must rise
+    for rank in cache._ranks:
+        segment = cache._free[rank]
+        assert segment.refs == 0 and segment.rank == rank and segment in segments
+        for block in range(segment.end - 1, segment.start - 1, -1):
+            free.append((block, segment.size))
+            ranks.append(rank - (block - segment.start))
+    assert ranks == sorted(set(ranks)), "block ranks out of LRU order"
     return referenced, free
 
 

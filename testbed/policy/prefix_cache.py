@@ -32,14 +32,18 @@ cache is held as **segments**, ranges of consecutive ids in the same state, neve
 * Segments are disjoint; a sorted list of their starts maps an id to its segment by bisection
   (a split or merge inserts into or deletes from that list: a memmove, not Python work, per
   segment). A call on part of a segment first splits it at the part's ends.
-* Free segments sit in one doubly linked LRU list, oldest first. A free segment's own blocks are in LRU order
-  from its top down (``end - 1`` is its least recently used block), because a release queues a
-  run tail first: eviction takes blocks off the top of the oldest segment, one by one in effect
-  (in bulk in fact). Splitting a free segment leaves its upper part just before its lower part
-  in the list, so no block changes place.
+* A released block gets the next **rank** of a counter that only grows: LRU order is rank
+  order, oldest first. A release queues a run tail first, so a free segment's blocks are in
+  rank order from its top down (``end - 1`` is its least recently used block), and the segment
+  keeps one number, ``rank``, its lowest block's; block ``b`` has ``rank - (b - start)``.
+  Splitting a free segment keeps every block's rank. Free segments are kept by rank in a sorted
+  list (and a dict from rank to segment): eviction takes blocks off the top of the lowest-ranked
+  segment, one by one in effect (in bulk in fact).
 * Neighbours merge when that changes nothing observable: referenced ones with the same ``refs``
-  and ``size``; free ones with the same ``size`` when the upper one is just older than the lower
-  one in the list. A chain's run released in one piece is then one segment again.
+  and ``size``; free ones with the same ``size`` whose ranks run on from the upper one's lowest
+  block to the lower one's top block. A chain's run released in one piece is one segment again.
+* Segments refer to no other segment: no reference cycles, so nothing waits for the cyclic
+  collector (the simulator's event loop pauses it).
 
 Everything observable — return values, counters, ``len``, ``in``, which block is evicted when —
 is what the same model kept per block would give (``tests/test_prefix_cache_runs.py`` holds the
@@ -49,7 +53,7 @@ per-block model and checks the two against each other).
 from __future__ import annotations
 
 import hashlib
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -116,15 +120,13 @@ def chain_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE) ->
 
 
 class _Segment:
-    """Blocks ``start .. end - 1``, all of ``size`` tokens and ``refs`` references; free ones are
-    linked into the LRU list through ``older`` and ``newer``."""
+    """Blocks ``start .. end - 1``, all of ``size`` tokens and ``refs`` references; a free one's
+    ``rank`` is its lowest block's place in LRU order."""
 
-    __slots__ = ("start", "end", "size", "refs", "older", "newer")
+    __slots__ = ("start", "end", "size", "refs", "rank")
 
-    def __init__(self, start: int, end: int, size: int, refs: int) -> None:
-        self.start, self.end, self.size, self.refs = start, end, size, refs
-        self.older: _Segment = self
-        self.newer: _Segment = self
+    def __init__(self, start: int, end: int, size: int, refs: int, rank: int = 0) -> None:
+        self.start, self.end, self.size, self.refs, self.rank = start, end, size, refs, rank
 
 
 class PrefixCache:
@@ -142,7 +144,9 @@ class PrefixCache:
         self.capacity_tokens = capacity_tokens
         self._starts: list[int] = []  # segment starts, ascending
         self._segments: list[_Segment] = []  # the segment at each start
-        self._lru = _Segment(0, 0, 0, 0)  # sentinel of the free list: .newer oldest, .older newest
+        self._ranks: list[int] = []  # free segments' ranks, ascending: least recently used first
+        self._free: dict[int, _Segment] = {}  # the free segment of each rank
+        self._next_rank = 0
         self._blocks = 0
         self.cached_tokens = 0  # tokens held by all cached blocks
         self.free_tokens = 0  # of which unreferenced
@@ -210,14 +214,15 @@ class PrefixCache:
     def fit(self, free_memory_tokens: int) -> None:
         """Evict unreferenced blocks until they fit in ``free_memory_tokens`` of KV memory."""
         limit = max(0, free_memory_tokens)
-        while self.free_tokens > limit and self._lru.newer is not self._lru:
-            self._evict_top(self._lru.newer, self.free_tokens - limit)
+        while self.free_tokens > limit and self._ranks:
+            self._evict_top(self.free_tokens - limit)
 
     def clear(self) -> None:
         """The replica restarted or was replaced: its KV memory is gone, the cache is cold."""
         self._starts.clear()
         self._segments.clear()
-        self._lru.older = self._lru.newer = self._lru
+        self._ranks.clear()
+        self._free.clear()
         self._blocks = self.cached_tokens = self.free_tokens = 0
 
     # ------------------------------------------------------------------ runs of ids
@@ -281,7 +286,7 @@ class PrefixCache:
                     segment.refs -= 1
                 else:
                     segment.refs = 0
-                    self._link_newest(segment)
+                    self._queue(segment)
                     self.free_tokens += (segment.end - segment.start) * segment.size
             at -= 1
         self._merge_around(at + 1, top)
@@ -289,11 +294,13 @@ class PrefixCache:
     # ------------------------------------------------------------------ eviction
 
     def _evict_over(self, limit: int) -> None:
-        while self.cached_tokens > limit and self._lru.newer is not self._lru:
-            self._evict_top(self._lru.newer, self.cached_tokens - limit)
+        while self.cached_tokens > limit and self._ranks:
+            self._evict_top(self.cached_tokens - limit)
 
-    def _evict_top(self, segment: _Segment, excess: int) -> None:
-        """Evict the fewest blocks off the top of ``segment`` that cover ``excess`` tokens (all, at most)."""
+    def _evict_top(self, excess: int) -> None:
+        """Evict the fewest blocks off the top of the least recently used free segment that cover
+        ``excess`` tokens (all its blocks, at most)."""
+        segment = self._free[self._ranks[0]]
         count = min(segment.end - segment.start, -(-excess // segment.size))
         segment.end -= count
         self._blocks -= count
@@ -301,7 +308,7 @@ class PrefixCache:
         self.cached_tokens -= count * segment.size
         self.evicted_blocks += count
         if segment.end == segment.start:
-            self._unlink(segment)
+            del self._free[self._ranks.pop(0)]
             self._remove(bisect_left(self._starts, segment.start))
 
     # ------------------------------------------------------------------ segments
@@ -322,12 +329,12 @@ class PrefixCache:
     def _split(self, at: int, block: int) -> None:
         """Cut segment ``at`` at ``block``: the upper part becomes segment ``at + 1``."""
         lower = self._segments[at]
-        upper = _Segment(block, lower.end, lower.size, lower.refs)
+        upper = _Segment(block, lower.end, lower.size, lower.refs, lower.rank - (block - lower.start))
         lower.end = block
         self._insert(at + 1, upper)
-        if not upper.refs:  # the upper part's blocks are older than the lower part's
-            upper.older, upper.newer = lower.older, lower
-            lower.older.newer = lower.older = upper
+        if not upper.refs:
+            insort(self._ranks, upper.rank)
+            self._free[upper.rank] = upper
 
     def _merge_around(self, low: int, high: int) -> None:
         """Merge what can be merged among segments ``low - 1 .. high + 1``."""
@@ -336,17 +343,20 @@ class PrefixCache:
             if lower.end != upper.start or lower.size != upper.size or lower.refs != upper.refs:
                 continue
             if not lower.refs:
-                if upper.newer is not lower:
+                if lower.rank - upper.rank != lower.end - lower.start:  # not next in LRU order
                     continue
                 self._unlink(upper)
             lower.end = upper.end
             self._remove(at + 1)
 
-    def _link_newest(self, segment: _Segment) -> None:
-        lru = self._lru
-        segment.older, segment.newer = lru.older, lru
-        lru.older.newer = lru.older = segment
+    def _queue(self, segment: _Segment) -> None:
+        """Make ``segment`` the most recently used free one, its top block first."""
+        self._next_rank += segment.end - segment.start
+        segment.rank = self._next_rank - 1
+        self._ranks.append(segment.rank)
+        self._free[segment.rank] = segment
 
-    @staticmethod
-    def _unlink(segment: _Segment) -> None:
-        segment.older.newer, segment.newer.older = segment.newer, segment.older
+    def _unlink(self, segment: _Segment) -> None:
+        """Take ``segment`` out of the LRU order (it is referenced again, or merged)."""
+        del self._ranks[bisect_left(self._ranks, segment.rank)]
+        del self._free[segment.rank]
