@@ -24,14 +24,36 @@ simulated replicas run:
 * **Cold after a restart.** :meth:`PrefixCache.clear` forgets everything (the process's GPU
   memory is gone).
 
-Sans-IO and O(blocks of the request) per call: a dict of referenced ids and an ``OrderedDict``
-of unreferenced ones.
+Sans-IO, and every call costs O(runs of the request + segments it touches), not O(blocks): the
+cache is held as **segments**, ranges of consecutive ids in the same state, never per block:
+
+* A segment ``[start, end)`` has one ``size`` (tokens per block, fixed when its blocks were
+  cached) and one ``refs`` count: ``refs > 0`` referenced, ``refs == 0`` free (evictable).
+* Segments are disjoint; a sorted list of their starts maps an id to its segment by bisection
+  (a split or merge inserts into or deletes from that list: a memmove, not Python work, per
+  segment). A call on part of a segment first splits it at the part's ends.
+* A released block gets the next **rank** of a counter that only grows: LRU order is rank
+  order, oldest first. A release queues a run tail first, so a free segment's blocks are in
+  rank order from its top down (``end - 1`` is its least recently used block), and the segment
+  keeps one number, ``rank``, its lowest block's; block ``b`` has ``rank - (b - start)``.
+  Splitting a free segment keeps every block's rank. Free segments are kept by rank in a sorted
+  list (and a dict from rank to segment): eviction takes blocks off the top of the lowest-ranked
+  segment, one by one in effect (in bulk in fact).
+* Neighbours merge when that changes nothing observable: referenced ones with the same ``refs``
+  and ``size``; free ones with the same ``size`` whose ranks run on from the upper one's lowest
+  block to the lower one's top block. A chain's run released in one piece is one segment again.
+* Segments refer to no other segment: no reference cycles, so nothing waits for the cyclic
+  collector (the simulator's event loop pauses it).
+
+Everything observable — return values, counters, ``len``, ``in``, which block is evicted when —
+is what the same model kept per block would give (``tests/test_prefix_cache_runs.py`` holds the
+per-block model and checks the two against each other).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -65,14 +87,21 @@ class Prefix:
     def __len__(self) -> int:
         return sum(count for _, count in self.runs)
 
+    def leading_runs(self, blocks: int) -> tuple[tuple[int, int], ...]:
+        """The runs of the first ``blocks`` ids (the last one cut short where the limit falls)."""
+        out: list[tuple[int, int]] = []
+        left = blocks
+        for first, count in self.runs:
+            if left <= 0:
+                break
+            take = min(count, left)
+            out.append((first, take))
+            left -= take
+        return tuple(out)
+
     def leading(self, blocks: int) -> tuple[int, ...]:
         """The first ``blocks`` ids (fewer if the chain is shorter)."""
-        out: list[int] = []
-        for block in self.ids():
-            if len(out) == blocks:
-                break
-            out.append(block)
-        return tuple(out)
+        return tuple(block for first, count in self.leading_runs(blocks) for block in range(first, first + count))
 
 
 def chain_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE) -> list[int]:
@@ -90,6 +119,16 @@ def chain_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE) ->
     return ids
 
 
+class _Segment:
+    """Blocks ``start .. end - 1``, all of ``size`` tokens and ``refs`` references; a free one's
+    ``rank`` is its lowest block's place in LRU order."""
+
+    __slots__ = ("start", "end", "size", "refs", "rank")
+
+    def __init__(self, start: int, end: int, size: int, refs: int, rank: int = 0) -> None:
+        self.start, self.end, self.size, self.refs, self.rank = start, end, size, refs, rank
+
+
 class PrefixCache:
     """One replica's cached KV blocks (see module docstring).
 
@@ -103,9 +142,12 @@ class PrefixCache:
             raise ValueError("block_size must be positive")
         self.block_size = block_size
         self.capacity_tokens = capacity_tokens
-        self._refs: dict[int, int] = {}  # referenced id -> count
-        self._free: OrderedDict[int, int] = OrderedDict()  # unreferenced id -> tokens, LRU first
-        self._sizes: dict[int, int] = {}  # referenced id -> tokens
+        self._starts: list[int] = []  # segment starts, ascending
+        self._segments: list[_Segment] = []  # the segment at each start
+        self._ranks: list[int] = []  # free segments' ranks, ascending: least recently used first
+        self._free: dict[int, _Segment] = {}  # the free segment of each rank
+        self._next_rank = 0
+        self._blocks = 0
         self.cached_tokens = 0  # tokens held by all cached blocks
         self.free_tokens = 0  # of which unreferenced
         # Cumulative counters for hit rates: prompt tokens looked up and tokens found cached.
@@ -114,10 +156,11 @@ class PrefixCache:
         self.evicted_blocks = 0
 
     def __len__(self) -> int:
-        return len(self._refs) + len(self._free)
+        return self._blocks
 
     def __contains__(self, block: int) -> bool:
-        return block in self._refs or block in self._free
+        at = bisect_right(self._starts, block) - 1
+        return at >= 0 and self._segments[at].end > block
 
     def cacheable_blocks(self, prefix: Prefix, prompt_tokens: int) -> int:
         """How many leading ids of the chain are full blocks of this prompt."""
@@ -129,11 +172,11 @@ class PrefixCache:
     def match(self, prefix: Prefix, prompt_tokens: int) -> int:
         """Tokens of this prompt found cached, without touching anything (for inspection)."""
         matched = 0
-        refs, free = self._refs, self._free
-        for block in prefix.ids(self.cacheable_blocks(prefix, prompt_tokens)):
-            if block not in refs and block not in free:
+        for first, count in prefix.leading_runs(self.cacheable_blocks(prefix, prompt_tokens)):
+            found = self._cached_from(first, first + count)
+            matched += found
+            if found < count:
                 break
-            matched += 1
         return min(matched * prefix.block_tokens, prompt_tokens - 1)
 
     def acquire(self, prefix: Prefix, prompt_tokens: int, at_most: int | None = None) -> tuple[int, int]:
@@ -146,22 +189,12 @@ class PrefixCache:
         """
         size = prefix.block_tokens
         held = self.cacheable_blocks(prefix, prompt_tokens)
-        refs, free, sizes = self._refs, self._free, self._sizes
         matched, hitting = 0, True
-        for block in prefix.ids(held):
-            count = refs.get(block)
-            if count is not None:
-                refs[block] = count + 1
-            elif block in free:
-                sizes[block] = free.pop(block)
-                self.free_tokens -= size
-                refs[block] = 1
-            else:
-                hitting = False
-                refs[block], sizes[block] = 1, size
-                self.cached_tokens += size
+        for first, count in prefix.leading_runs(held):
+            found = self._acquire_run(first, first + count, size)
             if hitting:
-                matched += 1
+                matched += found
+                hitting = found == count
         cached = min(matched * size, prompt_tokens - 1) if prompt_tokens > 0 else 0
         if at_most is not None:
             cached = min(cached, at_most)
@@ -174,38 +207,156 @@ class PrefixCache:
         """The sequence stopped (finished, preempted or cancelled): its blocks become evictable."""
         if held <= 0:
             return
-        refs, free, sizes = self._refs, self._free, self._sizes
-        for block in reversed(list(prefix.ids(held))):  # tail first, so the tail is evicted first
-            count = refs.get(block)
-            if count is None:
-                continue  # cleared by a restart while the sequence ran
-            if count > 1:
-                refs[block] = count - 1
-                continue
-            del refs[block]
-            size = sizes.pop(block)
-            free[block] = size
-            self.free_tokens += size
+        for first, count in reversed(prefix.leading_runs(held)):  # tail first: the tail is evicted first
+            self._release_run(first, first + count)
         self._evict_over(self.capacity_tokens)
 
     def fit(self, free_memory_tokens: int) -> None:
         """Evict unreferenced blocks until they fit in ``free_memory_tokens`` of KV memory."""
-        while self.free_tokens > max(0, free_memory_tokens) and self._free:
-            self._evict_one()
-
-    def _evict_over(self, limit: int) -> None:
-        while self.cached_tokens > limit and self._free:
-            self._evict_one()
-
-    def _evict_one(self) -> None:
-        _, size = self._free.popitem(last=False)
-        self.free_tokens -= size
-        self.cached_tokens -= size
-        self.evicted_blocks += 1
+        limit = max(0, free_memory_tokens)
+        while self.free_tokens > limit and self._ranks:
+            self._evict_top(self.free_tokens - limit)
 
     def clear(self) -> None:
         """The replica restarted or was replaced: its KV memory is gone, the cache is cold."""
-        self._refs.clear()
+        self._starts.clear()
+        self._segments.clear()
+        self._ranks.clear()
         self._free.clear()
-        self._sizes.clear()
-        self.cached_tokens = self.free_tokens = 0
+        self._blocks = self.cached_tokens = self.free_tokens = 0
+
+    # ------------------------------------------------------------------ runs of ids
+
+    def _cached_from(self, first: int, end: int) -> int:
+        """How many leading ids of ``first .. end - 1`` are cached."""
+        segments = self._segments
+        at, pos = self._index(first), first
+        while pos < end and at < len(segments) and segments[at].start <= pos:
+            pos = segments[at].end
+            at += 1
+        return min(pos, end) - first
+
+    def _acquire_run(self, first: int, end: int, size: int) -> int:
+        """Reference ``first .. end - 1``, caching what is not; returns how many leading ids were cached."""
+        if first >= end:
+            return 0
+        segments = self._segments
+        at = self._index(first)
+        if at < len(segments) and segments[at].start < first:
+            self._split(at, first)
+            at += 1
+        low, pos, found = at, first, end - first
+        while pos < end:
+            segment = segments[at] if at < len(segments) else None
+            if segment is None or segment.start > pos:  # a gap: cache it
+                stop = end if segment is None else min(end, segment.start)
+                self._insert(at, _Segment(pos, stop, size, 1))
+                self._blocks += stop - pos
+                self.cached_tokens += (stop - pos) * size
+                found = min(found, pos - first)
+            else:
+                if segment.end > end:
+                    self._split(at, end)
+                if segment.refs:
+                    segment.refs += 1
+                else:
+                    self._unlink(segment)
+                    segment.refs = 1
+                    self.free_tokens -= (segment.end - segment.start) * segment.size
+            pos = segments[at].end
+            at += 1
+        self._merge_around(low, at - 1)
+        return found
+
+    def _release_run(self, first: int, end: int) -> None:
+        """Drop a reference to the referenced blocks of ``first .. end - 1``, from the top down."""
+        segments = self._segments
+        at = bisect_left(self._starts, end) - 1
+        top = at
+        while at >= 0 and segments[at].end > first:
+            segment = segments[at]
+            if segment.refs:
+                if segment.end > end:
+                    self._split(at, end)
+                if segment.start < first:
+                    self._split(at, first)
+                    segment = segments[at + 1]
+                    top += 1
+                if segment.refs > 1:
+                    segment.refs -= 1
+                else:
+                    segment.refs = 0
+                    self._queue(segment)
+                    self.free_tokens += (segment.end - segment.start) * segment.size
+            at -= 1
+        self._merge_around(at + 1, top)
+
+    # ------------------------------------------------------------------ eviction
+
+    def _evict_over(self, limit: int) -> None:
+        while self.cached_tokens > limit and self._ranks:
+            self._evict_top(self.cached_tokens - limit)
+
+    def _evict_top(self, excess: int) -> None:
+        """Evict the fewest blocks off the top of the least recently used free segment that cover
+        ``excess`` tokens (all its blocks, at most)."""
+        segment = self._free[self._ranks[0]]
+        count = min(segment.end - segment.start, -(-excess // segment.size))
+        segment.end -= count
+        self._blocks -= count
+        self.free_tokens -= count * segment.size
+        self.cached_tokens -= count * segment.size
+        self.evicted_blocks += count
+        if segment.end == segment.start:
+            del self._free[self._ranks.pop(0)]
+            self._remove(bisect_left(self._starts, segment.start))
+
+    # ------------------------------------------------------------------ segments
+
+    def _index(self, block: int) -> int:
+        """The index of the first segment ending after ``block`` (the one holding it, if any)."""
+        at = bisect_right(self._starts, block) - 1
+        return at if at >= 0 and self._segments[at].end > block else at + 1
+
+    def _insert(self, at: int, segment: _Segment) -> None:
+        self._starts.insert(at, segment.start)
+        self._segments.insert(at, segment)
+
+    def _remove(self, at: int) -> None:
+        del self._starts[at]
+        del self._segments[at]
+
+    def _split(self, at: int, block: int) -> None:
+        """Cut segment ``at`` at ``block``: the upper part becomes segment ``at + 1``."""
+        lower = self._segments[at]
+        upper = _Segment(block, lower.end, lower.size, lower.refs, lower.rank - (block - lower.start))
+        lower.end = block
+        self._insert(at + 1, upper)
+        if not upper.refs:
+            insort(self._ranks, upper.rank)
+            self._free[upper.rank] = upper
+
+    def _merge_around(self, low: int, high: int) -> None:
+        """Merge what can be merged among segments ``low - 1 .. high + 1``."""
+        for at in range(min(high, len(self._segments) - 2), max(low - 1, 0) - 1, -1):
+            lower, upper = self._segments[at], self._segments[at + 1]
+            if lower.end != upper.start or lower.size != upper.size or lower.refs != upper.refs:
+                continue
+            if not lower.refs:
+                if lower.rank - upper.rank != lower.end - lower.start:  # not next in LRU order
+                    continue
+                self._unlink(upper)
+            lower.end = upper.end
+            self._remove(at + 1)
+
+    def _queue(self, segment: _Segment) -> None:
+        """Make ``segment`` the most recently used free one, its top block first."""
+        self._next_rank += segment.end - segment.start
+        segment.rank = self._next_rank - 1
+        self._ranks.append(segment.rank)
+        self._free[segment.rank] = segment
+
+    def _unlink(self, segment: _Segment) -> None:
+        """Take ``segment`` out of the LRU order (it is referenced again, or merged)."""
+        del self._ranks[bisect_left(self._ranks, segment.rank)]
+        del self._free[segment.rank]

@@ -329,8 +329,8 @@ class _Run:
         if self.elastic is not None:
             prompt, output = self.elastic.work_for(rid, prompt, output)
         work = Sequence(action.attempt, prompt, output, self.env.now + oneway)
-        if self.caching:
-            work.prefix = self._prefix_of(rid)
+        if self.caching:  # the chain the gateway routed on, built once at arrival
+            work.prefix = self.gateway.requests[rid].prefix
         attempt = _Attempt(rid, action.replica, work, oneway, self.env.now, action.hedge)
         if action.hedge:
             self.attempt_log.traced.add(rid)
