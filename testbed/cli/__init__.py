@@ -12,6 +12,10 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from typing import Annotated
 
+from testbed.cli.memory import keep_freed_memory
+
+keep_freed_memory()  # before the run allocates anything large: see testbed/cli/memory.py
+
 
 @contextmanager
 def _imports_uncollected() -> Iterator[None]:
