@@ -277,8 +277,10 @@ def percentiles_over_time(
     grouped = ok_latency(requests, metric, latency).groupby(bins)
     fig = subplots(2, vertical_spacing=0.06, row_heights=[0.7, 0.3])
     latencies: list[float] = []
-    for p in percentiles:
-        series = grouped.quantile(p / 100)
+    qs = [p / 100 for p in percentiles]
+    by_bin = grouped.quantile(qs).unstack().reindex(columns=qs)  # one sort for every percentile; bins x qs
+    for p, q in zip(percentiles, qs):
+        series = by_bin[q]
         latencies += series.tolist()
         add_trace(fig, "scatter", row=1, x=(series.index + width / 2).to_numpy(), y=series.to_numpy(), mode="lines",
                   name=f"p{p:g} {metric}")
