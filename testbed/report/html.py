@@ -16,6 +16,8 @@ from typing import Any
 import pandas as pd
 
 from testbed.records.result import Result
+from testbed.records.schema import latency_columns
+from testbed.report import figures
 from testbed.report.markdown import fleet_load, format_value, latency_summary, outcome_counts, served_by_region
 from testbed.sla import Verdict
 from testbed.topology import Topology
@@ -126,6 +128,7 @@ class _Page:
     def __init__(self) -> None:
         self.sections: list[tuple[str, str]] = []
         self.parts: list[str] = []
+        self.template: dict[str, Any] | None = None  # plotly's default template, once figures are drawn
 
     def section(self, title: str) -> None:
         anchor = "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")
@@ -139,12 +142,35 @@ class _Page:
         items = "".join(f"<li><a href='#{a}'>{html.escape(t)}</a></li>" for a, t in self.sections)
         return f"<nav class='toc'><strong>Contents</strong><ol>{items}</ol></nav>"
 
+    def figure(self, fig: figures.Figure) -> str:
+        """A figure's div; the page's first one carries plotly.js inline, the rest reuse it."""
+        import plotly.io as pio
 
-def _figure(fig: Any, first: bool) -> str:
-    """A figure's div; the first one carries plotly.js inline, the rest reuse it."""
+        first = self.template is None  # no figure drawn yet: this one brings plotly.js
+        if first:
+            self.template = default_template()
+        return pio.to_html(as_plotly_json(fig, self.template), full_html=False, include_plotlyjs=first,
+                           config={"displaylogo": False}, validate=False)
+
+
+def default_template() -> dict[str, Any]:
+    """plotly's default template (``plotly.io.templates.default``) as a dict; {} when there is none."""
     import plotly.io as pio
 
-    return pio.to_html(fig, full_html=False, include_plotlyjs=True if first else False, config={"displaylogo": False})
+    return {} if pio.templates.default is None else pio.templates[pio.templates.default].to_plotly_json()
+
+
+def as_plotly_json(fig: figures.Figure, template: dict[str, Any]) -> figures.Figure:
+    """``fig`` as a :class:`plotly.graph_objects.Figure` of it hands itself to plotly.js: with
+    ``template`` (:func:`default_template`; ``plotly.io.to_html`` adds none to a dict) in its
+    layout and numeric arrays as base64 typed arrays, converted in place."""
+    from _plotly_utils.utils import convert_to_base64
+
+    converted = {"data": fig["data"], "layout": dict(fig["layout"])}
+    convert_to_base64(converted)  # before the template goes in: it holds no arrays, and is large
+    if template and "template" not in converted["layout"]:
+        converted["layout"]["template"] = template
+    return converted
 
 
 def _availability_target(result: Result) -> float | None:
@@ -187,9 +213,8 @@ def html_report(result: Result, latency: pd.DataFrame | None = None) -> str:
 
     ``latency`` is the run's :func:`~testbed.report.markdown.latency_summary` if the caller has it.
     """
-    import testbed.report.plots as plots  # plotly comes with the explore extra; see write_html_report
-
     scenario, requests = result.scenario, result.requests
+    latencies = latency_columns(requests)  # for every latency figure
     counts = outcome_counts(requests)
     verdicts = pd.DataFrame(verdict_rows(result.sla), columns=["objective", "limit", "observed", "margin", "verdict"])
     badge = '<span class="badge pass">PASS</span>' if result.passed else '<span class="badge fail">FAIL</span>'
@@ -214,17 +239,17 @@ def html_report(result: Result, latency: pd.DataFrame | None = None) -> str:
     page.section("Latency of successful requests")
     page.add(_table(_latency_table(latency_summary(requests) if latency is None else latency)))
     page.section("Latency over time")
-    page.add(*(_figure(plots.percentiles_over_time(requests, result.faults, metric), first=i == 0)
-               for i, metric in enumerate(("ttft", "e2e"))))
+    page.add(*(page.figure(figures.percentiles_over_time(requests, result.faults, m, latency=latencies)) for m in ("ttft", "e2e")))
     page.section("Latency distributions")
-    page.add("<div class='grid'>", *(f"<div>{_figure(plots.latency_cdf(requests, m), first=False)}</div>" for m in ("ttft", "e2e")), "</div>")
+    page.add("<div class='grid'>", *(f"<div>{page.figure(figures.latency_cdf(requests, m, latency=latencies))}</div>"
+                                     for m in ("ttft", "e2e")), "</div>")
     target = _availability_target(result)
     page.section("Availability")
-    page.add(_figure(plots.availability_over_time(requests, result.faults, target=target), first=False),
-             _figure(plots.availability_by_region(requests, target=target), first=False))
+    page.add(page.figure(figures.availability_over_time(requests, result.faults, target=target)),
+             page.figure(figures.availability_by_region(requests, target=target)))
     if not result.timeseries.empty:
         page.section("Fleet load by region")
-        page.add(_figure(plots.fleet_over_time(result.timeseries, result.health, result.faults), first=False))
+        page.add(page.figure(figures.fleet_over_time(result.timeseries, result.health, result.faults)))
         load = fleet_load(result.timeseries)
         page.add("<p>Means over the run's samples:</p>", _table(pd.DataFrame({
             "region": load["region"], "utilisation": load["utilisation"].map("{:.1%}".format),
@@ -233,7 +258,7 @@ def html_report(result: Result, latency: pd.DataFrame | None = None) -> str:
     alerts = observed_frame(result, "alerts")
     if not result.faults.empty or alerts is not None:
         page.section("Faults, detection and recovery")
-        page.add(_figure(plots.fault_timeline(result.faults, alerts), first=False))
+        page.add(page.figure(figures.fault_timeline(result.faults, alerts)))
         if not result.faults.empty:
             page.add(_faults_table(result.faults))
     scorecard, summary = observed_frame(result, "scorecard"), observation_summary(result)
@@ -249,7 +274,7 @@ def html_report(result: Result, latency: pd.DataFrame | None = None) -> str:
         more = f"<p>… the first {len(shown):,}; all in alerts.parquet</p>" if len(alerts) > len(shown) else ""
         page.add(f"<div class='scroll'>{_table(alert_rows(shown))}</div>{more}")
     page.section("Topology")
-    page.add(_figure(plots.topology_graph(Topology.from_spec(scenario.topology)), first=False))
+    page.add(page.figure(figures.topology_graph(Topology.from_spec(scenario.topology))))
     if result.stats:
         page.add(f"<p><em>simulated {result.stats.get('requests', 0):,} requests in {result.stats.get('wall_s', 0):.2f} s wall time</em></p>")
     return (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from testbed.records.result import Result
@@ -16,18 +17,28 @@ from testbed.units import format_duration
 
 
 def latency_summary(requests: pd.DataFrame, percentiles: tuple[float, ...] = (50, 90, 99)) -> pd.DataFrame:
-    """TTFT / TPOT / e2e percentiles (seconds) of successful requests, one row per SLA class."""
+    """TTFT / TPOT / e2e percentiles (seconds) of successful requests, one row per SLA class.
+
+    The quantiles are the ones ``DataFrame.quantile`` gives per class (numpy's, over the values
+    that are not NaN), taken in numpy from sorted arrays, where a frame and a groupby per class
+    cost more than the quantiles.
+    """
     ok = (requests["status"] == "ok").to_numpy()
-    latencies = latency_columns(requests.loc[ok, ["arrival", "first_token", "finish", "output_tokens"]])
+    latencies = latency_columns(requests)
+    values = {metric: latencies[metric].to_numpy()[ok] for metric in ("ttft", "tpot", "e2e")}
     classes = string_labels(requests["request_class"][ok])
-    qs = [p / 100 for p in percentiles]
+    codes = classes.cat.codes.to_numpy()
+    qs = np.array([p / 100 for p in percentiles])
+    groups = [("all", np.ones(len(codes), dtype=bool)), *((str(name), codes == i) for i, name in enumerate(classes.cat.categories))]
     rows = []
-    for name, group in [("all", latencies), *latencies.groupby(classes, observed=True)]:
-        row: dict[str, object] = {"class": name, "requests": len(group)}
-        values = group.quantile(qs) if len(group) else None  # one call for every metric and percentile
-        for metric in ("ttft", "tpot", "e2e"):
-            for p, q in zip(percentiles, qs):
-                row[f"{metric}_p{p:g}"] = values.at[q, metric] if values is not None else math.nan
+    for name, members in groups:
+        row: dict[str, object] = {"class": name, "requests": int(members.sum())}
+        for metric, column in values.items():
+            sample = np.sort(column[members])
+            sample = sample[~np.isnan(sample)]
+            quantiles = np.quantile(sample, qs) if len(sample) else np.full(len(qs), math.nan)
+            for p, value in zip(percentiles, quantiles):
+                row[f"{metric}_p{p:g}"] = value
         rows.append(row)
     return pd.DataFrame(rows)
 
