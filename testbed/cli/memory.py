@@ -14,7 +14,9 @@ hundred page faults (huge pages zeroed, by the look of it), the later ones none.
 demand (``MIMALLOC_ARENA_EAGER_COMMIT=0``, set before pyarrow loads) it took 0.04 s.
 
 The cost: the process's resident memory does not shrink below its peak (less up to half a GiB
-free) until it exits, which a command that runs once and exits can afford. It is the command's
+free) until it exits, which a command that runs once and exits can afford. The long-running
+commands (``serve``, ``live``) load the same CLI and keep the setting: what they free stays
+in the process for reuse, up to half a GiB of it at the top of the heap. It is the command's
 choice, made when the CLI loads, never the library's; only glibc has ``mallopt``, so elsewhere
 (macOS, musl) nothing changes; settings already in the environment (``MALLOC_MMAP_THRESHOLD_``,
 ``MALLOC_TRIM_THRESHOLD_``, ``MIMALLOC_ARENA_EAGER_COMMIT``) win.
