@@ -31,10 +31,11 @@ under their ``routing.policy`` names when this module is imported (the gateway i
 from __future__ import annotations
 
 import bisect
+import heapq
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic
 
 from testbed.policy.prefix_cache import Prefix
@@ -182,12 +183,17 @@ class PrefixAffinity(_CensusWatched[R]):
 
 
 class CacheBelief:
-    """What the gateway believes one replica caches: an LRU of block ids it routed there."""
+    """What the gateway believes one replica caches: an LRU of block ids it routed there.
 
-    def __init__(self, capacity_tokens: int) -> None:
+    ``evicted``, if given, is called with each block id the belief stops holding (the LRU drops
+    it), so an owner can keep a reverse index of who holds what (:class:`CacheAware` does).
+    """
+
+    def __init__(self, capacity_tokens: int, evicted: Callable[[int], None] | None = None) -> None:
         self.capacity_tokens = capacity_tokens  # 0: unbounded
         self._blocks: OrderedDict[int, int] = OrderedDict()
         self._tokens = 0
+        self._evicted = evicted
 
     def matched(self, prefix: Prefix) -> int:
         """Leading ids of the chain believed cached."""
@@ -202,6 +208,10 @@ class CacheBelief:
             count += 1
         return count
 
+    def holds(self, block: int) -> bool:
+        """Whether block ``block`` is believed cached."""
+        return block in self._blocks
+
     def add(self, prefix: Prefix) -> None:
         blocks = self._blocks
         for block in reversed(list(prefix.ids())):  # the root most recent, as the replica's LRU keeps it
@@ -211,18 +221,67 @@ class CacheBelief:
                 blocks[block] = prefix.block_tokens
                 self._tokens += prefix.block_tokens
         while self.capacity_tokens and self._tokens > self.capacity_tokens and blocks:
-            _, size = blocks.popitem(last=False)
+            block, size = blocks.popitem(last=False)
             self._tokens -= size
+            if self._evicted is not None:
+                self._evicted(block)
+
+
+class _LoadOrder(Generic[R]):
+    """Some replicas in ``(outstanding, index)`` order, walked from the least loaded.
+
+    A heap of ``(outstanding, index)`` entries, one pushed per change the driver reports (as in
+    :class:`~testbed.policy.routing.LeastOutstanding`); an entry is stale once its replica is
+    unavailable or has another count, and is dropped when a walk meets it. A walk pops the
+    entries it passes and pushes the live ones back when it is closed, so walking k replicas
+    costs O(k log n) plus the stale entries it clears (each pushed once).
+    """
+
+    def __init__(self, members: Sequence[R]) -> None:
+        self._view = {r.index: r for r in members}
+        self._heap: list[tuple[int, int]] = []
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        self._heap = [(r.outstanding, r.index) for r in self._view.values() if r.available]
+        heapq.heapify(self._heap)
+
+    def moved(self, replica: R) -> None:
+        if len(self._heap) > 2 * len(self._view) + 64:  # mostly stale entries: rebuild, O(1) amortised
+            self._rebuild()
+        elif replica.available:
+            heapq.heappush(self._heap, (replica.outstanding, replica.index))
+
+    def get(self, index: int) -> R | None:
+        """The member with this index, if it is one."""
+        return self._view.get(index)
+
+    def walk(self) -> Iterator[R]:
+        """The available replicas, least ``(outstanding, index)`` first; close it when done."""
+        heap, view = self._heap, self._view
+        passed: list[tuple[int, int]] = []
+        try:
+            while heap:
+                entry = heapq.heappop(heap)
+                replica = view[entry[1]]
+                if not replica.available or replica.outstanding != entry[0] or (passed and passed[-1] == entry):
+                    continue  # stale, or a duplicate of the entry just passed (a count that came back)
+                passed.append(entry)
+                yield replica
+        finally:
+            for entry in passed:
+                heapq.heappush(heap, entry)
 
 
 class CacheAware(Generic[R]):
     """Weighted score of believed-cached share against load (see module docstring).
 
-    Every available replica of a tier is scored: O(n) per request (a belief lookup each, and a
-    walk down the chain for those believed to hold its first block). No index is kept: the
-    replicas that hold a widely shared prefix are the ones this router loads most, so a search
-    by load for the best holder reaches them last, and a heap of holders per block would need an
-    update in every block a replica holds whenever its load changes.
+    Unwatched, every available replica of a tier is scored (:meth:`_scan`): O(n) per request.
+    Watched (see :meth:`watch`; the gateway does), it finds the same replica from two indexes —
+    who is believed to hold each block (kept from what it routes and what the beliefs evict),
+    and per tier and slot count a load order — by :meth:`_candidates`: O(blocks) per request
+    plus a walk whose length depends on how the holders of the chain's blocks sit in the load
+    order, not on the fleet's size (see ``docs/caching.md``).
     """
 
     def __init__(
@@ -238,7 +297,45 @@ class CacheAware(Generic[R]):
         self._cache_weight = cache_weight
         self._load_weight = load_weight
         tokens = belief_tokens or {}
-        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
+        # Block id -> replicas believed to hold it: a replica is added before its belief takes a
+        # chain and removed when the belief evicts the block, so it is never missing a holder.
+        self._holders: dict[int, set[int]] = {}
+        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0), self._evicter(r.index)) for r in replicas}
+        self._slots = {r.index: getattr(r, "capacity", 1) or 1 for r in replicas}
+        # The index's argument needs scores that rise with the share and fall with the load.
+        self._indexable = 0 <= cache_weight < math.inf and 0 <= load_weight < math.inf
+        # Once watched: per tier, one load order per slot count (see _candidates for why).
+        self._orders: list[list[_LoadOrder[R]]] | None = None
+        self._order_of: dict[int, _LoadOrder[R]] = {}
+
+    def _evicter(self, replica: int) -> Callable[[int], None]:
+        holders = self._holders
+
+        def evicted(block: int) -> None:
+            held = holders.get(block)
+            if held is not None:
+                held.discard(replica)
+                if not held:
+                    del holders[block]
+
+        return evicted
+
+    def watch(self) -> list[R]:
+        """Index from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        self._orders = []
+        for pool in self._pools:
+            by_slots: dict[int, list[R]] = {}
+            for replica in pool:
+                by_slots.setdefault(self._slots[replica.index], []).append(replica)
+            orders = [_LoadOrder(members) for members in by_slots.values()]
+            self._orders.append(orders)
+            for order, members in zip(orders, by_slots.values()):
+                self._order_of.update({r.index: order for r in members})
+        return _all(self._pools)
+
+    def moved(self, replica: R) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        self._order_of[replica.index].moved(replica)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
@@ -257,6 +354,73 @@ class CacheAware(Generic[R]):
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
         ids = list(prefix.ids())  # once per request, not once per replica
+        if self._orders is None or not self._indexable:
+            return self._scan(ids, exclude)
+        for orders in self._orders:
+            best: R | None = None
+            best_key: tuple[float, int, int] | None = None
+            for order in orders:
+                for replica in self._candidates(order, ids, exclude):
+                    key = (-self._score(replica, ids), replica.outstanding, replica.index)
+                    if best_key is None or key < best_key:
+                        best, best_key = replica, key
+            if best is not None:
+                return best
+        return None
+
+    def _candidates(self, order: _LoadOrder[R], ids: list[int], exclude: Exclude) -> Iterator[R]:
+        """Replicas of one load order among which the scan's pick of that order lies.
+
+        Within an order every replica has the same slot count, so the load term grows with
+        ``outstanding`` and the score cannot rise along the order unless the matched share
+        does: a replica matched no deeper than one met before it scores no better, and on an
+        equal score loses the tie (more outstanding, or as many and a higher index). So the
+        candidates are the least loaded eligible replica, then the least loaded matched deeper
+        than that, and so on. Whoever matches deeper than ``depth`` holds block ``ids[depth]``:
+        the walk looks for it in the load order, and once it has passed as many replicas as
+        hold that block, scores those holders instead (no walk is longer than the set it
+        searches). Across slot counts a score tie can rest on loads the order does not rank,
+        hence one order per slot count, each searched on its own.
+        """
+        depth = -1  # every candidate still to come matches deeper than this
+        walk = order.walk()
+        holders: set[int] | None = None
+        steps = 0
+        try:
+            for replica in walk:
+                index = replica.index
+                if index in exclude:
+                    continue
+                belief = self.beliefs[index]
+                if holders is not None:
+                    steps += 1
+                    if steps > len(holders):
+                        break
+                    if not belief.holds(ids[depth]):
+                        continue
+                matched = belief.matched_ids(ids)
+                if matched <= depth:
+                    continue
+                yield replica
+                if matched == len(ids):
+                    return
+                depth, steps = matched, 0
+                holders = self._holders.get(ids[depth])
+                if not holders:
+                    return
+            else:
+                return
+        finally:
+            walk.close()
+        # The walk outran the holders of ids[depth]: score the eligible ones matched deeper.
+        for index in list(holders):
+            replica = order.get(index)
+            if replica is not None and replica.available and index not in exclude:
+                if self.beliefs[index].matched_ids(ids) > depth:
+                    yield replica
+
+    def _scan(self, ids: list[int], exclude: Exclude) -> R | None:
+        """Score every available replica of a tier: the definition :meth:`_candidates` keeps to."""
         for pool in self._pools:
             best: R | None = None
             best_key: tuple[float, int, int] | None = None
@@ -273,6 +437,13 @@ class CacheAware(Generic[R]):
     def routed(self, replica: int, prefix: Prefix) -> None:
         """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""
         if len(prefix):
+            holders = self._holders
+            for block in prefix.ids():  # before the belief takes them, so its evictions undo this
+                held = holders.get(block)
+                if held is None:
+                    holders[block] = {replica}
+                else:
+                    held.add(replica)
             self.beliefs[replica].add(prefix)
 
 
