@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from testbed.policy import cache_routing
 from testbed.policy.cache_routing import CacheAware, PrefixAffinity, SessionAffinity
 from testbed.policy.gateway import Gateway, ReplicaState
 from testbed.policy.prefix_cache import Prefix
@@ -112,14 +113,32 @@ def test_session_affinity_census_chooses_as_the_scan_does(seed: int, n: int, fal
     cache_weight=st.sampled_from([0.0, 0.3, 1.0, 4.0]),
     load_weight=st.sampled_from([0.0, 1e-12, 0.1, 1.0, 3.0]),
     belief_blocks=st.sampled_from([0, 6, 24]),
+    few_holders=st.sampled_from([0, 2, 8]),
 )
 def test_cache_aware_index_chooses_as_the_scan_does(
-    seed: int, n: int, fallback_every: int, capacities: list[int], cache_weight: float, load_weight: float, belief_blocks: int
+    seed: int,
+    n: int,
+    fallback_every: int,
+    capacities: list[int],
+    cache_weight: float,
+    load_weight: float,
+    belief_blocks: int,
+    few_holders: int,
 ) -> None:
     """Slot counts 3 and 9 (and a load weight of 0.1) give equal loads scores a rounding apart;
     a weight of 1e-12 makes loads vanish beside the share; 0 slots count as 1; small beliefs
-    evict, so the holder index must forget as the beliefs do."""
-    rng = random.Random(seed)
+    evict, so the holder index must forget as the beliefs do; the threshold between scoring a
+    block's holders and keeping them by load is lowered so both ways are taken on small fleets."""
+    saved, cache_routing._FEW_HOLDERS = cache_routing._FEW_HOLDERS, few_holders
+    try:
+        walk_cache_aware(random.Random(seed), n, fallback_every, capacities, cache_weight, load_weight, belief_blocks)
+    finally:
+        cache_routing._FEW_HOLDERS = saved
+
+
+def walk_cache_aware(
+    rng: random.Random, n: int, fallback_every: int, capacities: list[int], cache_weight: float, load_weight: float, belief_blocks: int
+) -> None:
     fleet = views(rng, n, fallback_every, capacities)
     tokens = {v.index: belief_blocks * 16 for v in fleet}
     indexed = CacheAware(fleet, random.Random(1), cache_weight, load_weight, tokens)

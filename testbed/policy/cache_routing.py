@@ -35,7 +35,7 @@ import heapq
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Generic
 
 from testbed.policy.prefix_cache import Prefix
@@ -43,6 +43,9 @@ from testbed.policy.routing import NONE_EXCLUDED, Exclude, R, _tier_pools, _two_
 
 _MASK = (1 << 64) - 1
 RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small fleet
+# A block held by more replicas than this gets its holders kept in load order the first time the
+# cache-aware scorer asks about it; fewer are scored one by one.
+_FEW_HOLDERS = 8
 
 
 def _mix(value: int) -> int:
@@ -227,45 +230,52 @@ class CacheBelief:
                 self._evicted(block)
 
 
-class _LoadOrder(Generic[R]):
+class _Ranking(Generic[R]):
     """Some replicas in ``(outstanding, index)`` order, walked from the least loaded.
 
-    A heap of ``(outstanding, index)`` entries, one pushed per change the driver reports (as in
-    :class:`~testbed.policy.routing.LeastOutstanding`); an entry is stale once its replica is
-    unavailable or has another count, and is dropped when a walk meets it. A walk pops the
-    entries it passes and pushes the live ones back when it is closed, so walking k replicas
-    costs O(k log n) plus the stale entries it clears (each pushed once).
+    A heap of ``(outstanding, index)`` entries kept lazily: every member has an entry no higher
+    than its load. The owner pushes one when a member's load falls or it becomes available; a
+    rise needs nothing, because a walk that meets an entry below its replica's load pushes it
+    again at the load it has. Entries above the load, of replicas now unavailable or no longer
+    members, are dropped when met. A walk pops what it passes and pushes the live entries back
+    when closed: walking k replicas costs O(k log n) plus the stale entries it clears.
     """
 
-    def __init__(self, members: Sequence[R]) -> None:
-        self._view = {r.index: r for r in members}
+    def __init__(self, view: dict[int, R], members: Callable[[], Iterable[int]], holds: Callable[[int], bool] | None) -> None:
+        self._view = view
+        self._members = members  # the member indices, for a rebuild
+        self._holds = holds  # membership, for a ranking of a block's holders (None: all of view)
         self._heap: list[tuple[int, int]] = []
         self._rebuild()
 
     def _rebuild(self) -> None:
-        self._heap = [(r.outstanding, r.index) for r in self._view.values() if r.available]
+        self._heap = [(self._view[i].outstanding, i) for i in self._members() if self._view[i].available]
         heapq.heapify(self._heap)
+        self._built = len(self._heap)
 
-    def moved(self, replica: R) -> None:
-        if len(self._heap) > 2 * len(self._view) + 64:  # mostly stale entries: rebuild, O(1) amortised
+    def push(self, replica: R) -> None:
+        """``replica`` (a member) became available or less loaded."""
+        if len(self._heap) > 2 * self._built + 64:  # mostly stale entries: rebuild, O(1) amortised
             self._rebuild()
-        elif replica.available:
+        else:
             heapq.heappush(self._heap, (replica.outstanding, replica.index))
 
-    def get(self, index: int) -> R | None:
-        """The member with this index, if it is one."""
-        return self._view.get(index)
-
     def walk(self) -> Iterator[R]:
-        """The available replicas, least ``(outstanding, index)`` first; close it when done."""
-        heap, view = self._heap, self._view
+        """The available members, least ``(outstanding, index)`` first; close it when done."""
+        heap, view, holds = self._heap, self._view, self._holds
         passed: list[tuple[int, int]] = []
         try:
             while heap:
                 entry = heapq.heappop(heap)
-                replica = view[entry[1]]
-                if not replica.available or replica.outstanding != entry[0] or (passed and passed[-1] == entry):
-                    continue  # stale, or a duplicate of the entry just passed (a count that came back)
+                load, index = entry
+                replica = view[index]
+                if not replica.available or (holds is not None and not holds(index)):
+                    continue  # out until it is pushed again
+                if replica.outstanding > load:
+                    heapq.heappush(heap, (replica.outstanding, index))  # its load rose: rank it where it is now
+                    continue
+                if replica.outstanding < load or (passed and passed[-1] == entry):
+                    continue  # superseded by the entry pushed when its load fell, or a duplicate
                 passed.append(entry)
                 yield replica
         finally:
@@ -273,15 +283,25 @@ class _LoadOrder(Generic[R]):
                 heapq.heappush(heap, entry)
 
 
+class _SlotGroup(Generic[R]):
+    """The replicas of one tier with one slot count: their load order, and for each block whose
+    holders are too many to score one by one, those holders' load order (made on demand)."""
+
+    def __init__(self, members: list[R]) -> None:
+        self.view = {r.index: r for r in members}
+        self.order: _Ranking[R] = _Ranking(self.view, lambda: list(self.view), None)
+        self.ranked: dict[int, _Ranking[R]] = {}  # block -> its holders in this group, by load
+
+
 class CacheAware(Generic[R]):
     """Weighted score of believed-cached share against load (see module docstring).
 
     Unwatched, every available replica of a tier is scored (:meth:`_scan`): O(n) per request.
-    Watched (see :meth:`watch`; the gateway does), it finds the same replica from two indexes —
-    who is believed to hold each block (kept from what it routes and what the beliefs evict),
-    and per tier and slot count a load order — by :meth:`_candidates`: O(blocks) per request
-    plus a walk whose length depends on how the holders of the chain's blocks sit in the load
-    order, not on the fleet's size (see ``docs/caching.md``).
+    Watched (see :meth:`watch`; the gateway does), it finds the same replica from indexes kept
+    as it routes, as the beliefs evict and as the driver reports loads: who is believed to hold
+    each block, and per tier and slot count the replicas by load and, for blocks held widely, the
+    holders by load (see :meth:`_candidates`). A request then costs O(chain length) plus a few
+    heap operations per distinct depth the chain is matched to, whatever the fleet's size.
     """
 
     def __init__(
@@ -304,38 +324,71 @@ class CacheAware(Generic[R]):
         self._slots = {r.index: getattr(r, "capacity", 1) or 1 for r in replicas}
         # The index's argument needs scores that rise with the share and fall with the load.
         self._indexable = 0 <= cache_weight < math.inf and 0 <= load_weight < math.inf
-        # Once watched: per tier, one load order per slot count (see _candidates for why).
-        self._orders: list[list[_LoadOrder[R]]] | None = None
-        self._order_of: dict[int, _LoadOrder[R]] = {}
+        # Once watched: per tier, one group per slot count (see _candidates for why).
+        self._groups: list[list[_SlotGroup[R]]] | None = None
+        self._group_of: dict[int, _SlotGroup[R]] = {}
+        self._last: dict[int, tuple[bool, int]] = {}  # replica -> (available, outstanding) last reported
+        self._ranked: set[int] = set()  # blocks whose holders are kept by load
+        self._ranked_of: dict[int, set[int]] = {r.index: set() for r in replicas}  # replica -> ranked blocks it holds
 
     def _evicter(self, replica: int) -> Callable[[int], None]:
-        holders = self._holders
-
         def evicted(block: int) -> None:
-            held = holders.get(block)
-            if held is not None:
-                held.discard(replica)
-                if not held:
-                    del holders[block]
+            held = self._holders.get(block)
+            if held is None:
+                return
+            held.discard(replica)
+            self._ranked_of[replica].discard(block)
+            if not held:
+                del self._holders[block]
+                if block in self._ranked:
+                    self._ranked.discard(block)
+                    for groups in self._groups or ():
+                        for group in groups:
+                            group.ranked.pop(block, None)
 
         return evicted
 
     def watch(self) -> list[R]:
         """Index from now on; the replicas whose changes must be reported to :meth:`moved`."""
-        self._orders = []
+        self._groups = []
         for pool in self._pools:
             by_slots: dict[int, list[R]] = {}
             for replica in pool:
                 by_slots.setdefault(self._slots[replica.index], []).append(replica)
-            orders = [_LoadOrder(members) for members in by_slots.values()]
-            self._orders.append(orders)
-            for order, members in zip(orders, by_slots.values()):
-                self._order_of.update({r.index: order for r in members})
+            groups = [_SlotGroup(members) for members in by_slots.values()]
+            self._groups.append(groups)
+            for group in groups:
+                self._group_of.update({i: group for i in group.view})
+        self._last = {r.index: (r.available, r.outstanding) for r in _all(self._pools)}
         return _all(self._pools)
 
     def moved(self, replica: R) -> None:
         """``replica``'s ``outstanding`` or ``available`` just changed."""
-        self._order_of[replica.index].moved(replica)
+        index = replica.index
+        was_available, was_load = self._last[index]
+        self._last[index] = (replica.available, replica.outstanding)
+        if replica.available and (not was_available or replica.outstanding < was_load):
+            group = self._group_of[index]
+            group.order.push(replica)
+            for block in self._ranked_of[index]:
+                self._ranking(group, block).push(replica)
+
+    def _ranking(self, group: _SlotGroup[R], block: int) -> _Ranking[R]:
+        """The load order of ``block``'s holders in ``group``, made from the holder set if new."""
+        ranking = group.ranked.get(block)
+        if ranking is None:
+            def members() -> list[int]:
+                return [i for i in self._holders.get(block, ()) if i in group.view]
+
+            ranking = group.ranked[block] = _Ranking(group.view, members, self._holds_fn(block))
+            for index in members():
+                self._ranked_of[index].add(block)
+        return ranking
+
+    def _holds_fn(self, block: int) -> Callable[[int], bool]:
+        """Whether replica ``index`` is believed to hold ``block``, as a function of the index."""
+        beliefs = self.beliefs
+        return lambda index: beliefs[index].holds(block)
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         return _first_available(self._pools, self._rng, exclude)
@@ -354,13 +407,13 @@ class CacheAware(Generic[R]):
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
         ids = list(prefix.ids())  # once per request, not once per replica
-        if self._orders is None or not self._indexable:
+        if self._groups is None or not self._indexable:
             return self._scan(ids, exclude)
-        for orders in self._orders:
+        for groups in self._groups:
             best: R | None = None
             best_key: tuple[float, int, int] | None = None
-            for order in orders:
-                for replica in self._candidates(order, ids, exclude):
+            for group in groups:
+                for replica in self._candidates(group, ids, exclude):
                     key = (-self._score(replica, ids), replica.outstanding, replica.index)
                     if best_key is None or key < best_key:
                         best, best_key = replica, key
@@ -368,56 +421,53 @@ class CacheAware(Generic[R]):
                 return best
         return None
 
-    def _candidates(self, order: _LoadOrder[R], ids: list[int], exclude: Exclude) -> Iterator[R]:
-        """Replicas of one load order among which the scan's pick of that order lies.
+    def _candidates(self, group: _SlotGroup[R], ids: list[int], exclude: Exclude) -> Iterator[R]:
+        """Replicas of one slot group among which the scan's pick of that group lies.
 
-        Within an order every replica has the same slot count, so the load term grows with
-        ``outstanding`` and the score cannot rise along the order unless the matched share
-        does: a replica matched no deeper than one met before it scores no better, and on an
-        equal score loses the tie (more outstanding, or as many and a higher index). So the
-        candidates are the least loaded eligible replica, then the least loaded matched deeper
-        than that, and so on. Whoever matches deeper than ``depth`` holds block ``ids[depth]``:
-        the walk looks for it in the load order, and once it has passed as many replicas as
-        hold that block, scores those holders instead (no walk is longer than the set it
-        searches). Across slot counts a score tie can rest on loads the order does not rank,
-        hence one order per slot count, each searched on its own.
+        Within a group every replica has the same slot count, so the load term grows with
+        ``outstanding`` and the score cannot rise along the load order unless the matched share
+        does: a replica matched no deeper than one before it scores no better, and on an equal
+        score loses the tie (more outstanding, or as many and a higher index). So the candidates
+        are the least loaded eligible replica, then the least loaded matched deeper than that,
+        and so on. Whoever matches deeper than ``depth`` holds block ``ids[depth]``: a few such
+        holders (a conversation's) are all scored; many (a shared system prompt's) are walked in
+        their own load order, kept from the first time that block is asked about. Across slot
+        counts a score tie can rest on loads the order does not rank, hence one group per slot
+        count, each searched on its own.
         """
         depth = -1  # every candidate still to come matches deeper than this
-        walk = order.walk()
-        holders: set[int] | None = None
-        steps = 0
-        try:
-            for replica in walk:
-                index = replica.index
-                if index in exclude:
-                    continue
-                belief = self.beliefs[index]
-                if holders is not None:
-                    steps += 1
-                    if steps > len(holders):
-                        break
-                    if not belief.holds(ids[depth]):
-                        continue
-                matched = belief.matched_ids(ids)
-                if matched <= depth:
-                    continue
-                yield replica
-                if matched == len(ids):
-                    return
-                depth, steps = matched, 0
-                holders = self._holders.get(ids[depth])
-                if not holders:
-                    return
-            else:
+        ranking = group.order
+        while True:
+            found: R | None = None
+            walk = ranking.walk()
+            try:
+                for replica in walk:
+                    if replica.index not in exclude:
+                        matched = self.beliefs[replica.index].matched_ids(ids)
+                        if matched > depth:
+                            found = replica
+                            break
+            finally:
+                walk.close()
+            if found is None:
                 return
-        finally:
-            walk.close()
-        # The walk outran the holders of ids[depth]: score the eligible ones matched deeper.
-        for index in list(holders):
-            replica = order.get(index)
-            if replica is not None and replica.available and index not in exclude:
-                if self.beliefs[index].matched_ids(ids) > depth:
-                    yield replica
+            yield found
+            depth = matched
+            if depth == len(ids):
+                return
+            block = ids[depth]
+            holders = self._holders.get(block)
+            if not holders:
+                return
+            if block not in self._ranked and len(holders) <= _FEW_HOLDERS:
+                for index in list(holders):
+                    replica = group.view.get(index)
+                    if replica is not None and replica.available and index not in exclude:
+                        if self.beliefs[index].matched_ids(ids) > depth:
+                            yield replica
+                return
+            self._ranked.add(block)
+            ranking = self._ranking(group, block)
 
     def _scan(self, ids: list[int], exclude: Exclude) -> R | None:
         """Score every available replica of a tier: the definition :meth:`_candidates` keeps to."""
@@ -436,15 +486,24 @@ class CacheAware(Generic[R]):
 
     def routed(self, replica: int, prefix: Prefix) -> None:
         """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""
-        if len(prefix):
-            holders = self._holders
-            for block in prefix.ids():  # before the belief takes them, so its evictions undo this
-                held = holders.get(block)
-                if held is None:
-                    holders[block] = {replica}
-                else:
-                    held.add(replica)
-            self.beliefs[replica].add(prefix)
+        if not len(prefix):
+            return
+        holders, ranked = self._holders, self._ranked
+        group = self._group_of.get(replica)
+        for block in prefix.ids():  # before the belief takes them, so its evictions undo this
+            held = holders.get(block)
+            if held is None:
+                holders[block] = {replica}
+            elif replica not in held:
+                held.add(replica)
+            else:
+                continue
+            if block in ranked and group is not None:
+                self._ranked_of[replica].add(block)
+                ranking = group.ranked.get(block)
+                if ranking is not None:
+                    ranking.push(group.view[replica])
+        self.beliefs[replica].add(prefix)
 
 
 class SessionAffinity(_CensusWatched[R]):
