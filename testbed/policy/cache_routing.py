@@ -330,6 +330,7 @@ class CacheAware(Generic[R]):
         self._last: dict[int, tuple[bool, int]] = {}  # replica -> (available, outstanding) last reported
         self._ranked: set[int] = set()  # blocks whose holders are kept by load
         self._ranked_of: dict[int, set[int]] = {r.index: set() for r in replicas}  # replica -> ranked blocks it holds
+        self._last_ids: tuple[Prefix | None, list[int]] = (None, [])  # the last prefix chosen for, and its ids
 
     def _evicter(self, replica: int) -> Callable[[int], None]:
         def evicted(block: int) -> None:
@@ -407,6 +408,7 @@ class CacheAware(Generic[R]):
         if prefix is None or not len(prefix):
             return self.choose(client_region, now, exclude)
         ids = list(prefix.ids())  # once per request, not once per replica
+        self._last_ids = (prefix, ids)  # routed() usually follows for the same prefix
         if self._groups is None or not self._indexable:
             return self._scan(ids, exclude)
         for groups in self._groups:
@@ -490,7 +492,8 @@ class CacheAware(Generic[R]):
             return
         holders, ranked = self._holders, self._ranked
         group = self._group_of.get(replica)
-        for block in prefix.ids():  # before the belief takes them, so its evictions undo this
+        last, ids = self._last_ids
+        for block in ids if last is prefix else prefix.ids():  # before the belief takes them, so its evictions undo this
             held = holders.get(block)
             if held is None:
                 holders[block] = {replica}
