@@ -128,12 +128,14 @@ def test_cache_aware_index_chooses_as_the_scan_does(
     """Slot counts 3 and 9 (and a load weight of 0.1) give equal loads scores a rounding apart;
     a weight of 1e-12 makes loads vanish beside the share; 0 slots count as 1; small beliefs
     evict, so the holder index must forget as the beliefs do; the threshold between scoring a
-    block's holders and keeping them by load is lowered so both ways are taken on small fleets."""
-    saved, cache_routing._FEW_HOLDERS = cache_routing._FEW_HOLDERS, few_holders
+    block's holders and keeping them by load is lowered so both ways are taken on small fleets
+    (which are indexed here, though the router would scan them)."""
+    saved = cache_routing._FEW_HOLDERS, cache_routing._SCAN_UP_TO
+    cache_routing._FEW_HOLDERS, cache_routing._SCAN_UP_TO = few_holders, 0  # index fleets of any size
     try:
         walk_cache_aware(random.Random(seed), n, fallback_every, capacities, cache_weight, load_weight, belief_blocks)
     finally:
-        cache_routing._FEW_HOLDERS = saved
+        cache_routing._FEW_HOLDERS, cache_routing._SCAN_UP_TO = saved
 
 
 def walk_cache_aware(
@@ -163,7 +165,7 @@ def walk_cache_aware(
 
 
 def test_the_gateway_watches_the_indexed_cache_routers() -> None:
-    for policy in ("prefix_affinity", "session_affinity", "cache_aware"):
+    for policy in ("prefix_affinity", "session_affinity"):
         replicas = [ReplicaState(i, "a/east", "primary", capacity=8, kv_tokens=1 << 16) for i in range(3)]
         gateway = Gateway(ServingSpec.model_validate({"routing": {"policy": policy}}), replicas, ["a/east"],
                           lambda a, b: 0.0, random.Random(1))
@@ -172,3 +174,14 @@ def test_the_gateway_watches_the_indexed_cache_routers() -> None:
         for rid in range(6):
             gateway.on_arrival(rid, 0, "a/east", 0.0, prefix=Prefix(((100, 4),), 16, session=rid % 2))
         assert sum(r.outstanding for r in replicas) == 6
+
+
+def test_the_gateway_watches_the_cache_aware_scorer_beyond_a_small_fleet() -> None:
+    for n, watched in ((cache_routing._SCAN_UP_TO, 0), (cache_routing._SCAN_UP_TO + 1, 1)):
+        replicas = [ReplicaState(i, "a/east", "primary", capacity=8, kv_tokens=1 << 16) for i in range(n)]
+        gateway = Gateway(ServingSpec.model_validate({"routing": {"policy": "cache_aware"}}), replicas, ["a/east"],
+                          lambda a, b: 0.0, random.Random(1))
+        assert [len(w) for w in gateway._watchers] == [watched] * n  # a small fleet is scored in full
+        for rid in range(6):
+            gateway.on_arrival(rid, 0, "a/east", 0.0, prefix=Prefix(((100, 4),), 16))
+        assert replicas[0].outstanding == 6  # the prefix's holder: 1 - 5/8 still beats an idle replica's 0

@@ -46,6 +46,9 @@ RING_POINTS = 64  # virtual nodes per replica: spreads keys evenly over a small 
 # A block held by more replicas than this gets its holders kept in load order the first time the
 # cache-aware scorer asks about it; fewer are scored one by one.
 _FEW_HOLDERS = 8
+# The cache-aware scorer scores every replica of a fleet this small even when watched: keeping
+# its indexes costs more than scoring a handful.
+_SCAN_UP_TO = 16
 
 
 def _mix(value: int) -> int:
@@ -186,17 +189,12 @@ class PrefixAffinity(_CensusWatched[R]):
 
 
 class CacheBelief:
-    """What the gateway believes one replica caches: an LRU of block ids it routed there.
+    """What the gateway believes one replica caches: an LRU of block ids it routed there."""
 
-    ``evicted``, if given, is called with each block id the belief stops holding (the LRU drops
-    it), so an owner can keep a reverse index of who holds what (:class:`CacheAware` does).
-    """
-
-    def __init__(self, capacity_tokens: int, evicted: Callable[[int], None] | None = None) -> None:
+    def __init__(self, capacity_tokens: int) -> None:
         self.capacity_tokens = capacity_tokens  # 0: unbounded
         self._blocks: OrderedDict[int, int] = OrderedDict()
         self._tokens = 0
-        self._evicted = evicted
 
     def matched(self, prefix: Prefix) -> int:
         """Leading ids of the chain believed cached."""
@@ -215,8 +213,11 @@ class CacheBelief:
         """Whether block ``block`` is believed cached."""
         return block in self._blocks
 
-    def add(self, prefix: Prefix) -> None:
+    def add(self, prefix: Prefix) -> list[int]:
+        """Believe the chain cached, root most recent; returns the ids the LRU dropped to make room
+        (so an owner can keep a reverse index of who holds what, as :class:`CacheAware` does)."""
         blocks = self._blocks
+        dropped: list[int] = []
         for block in reversed(list(prefix.ids())):  # the root most recent, as the replica's LRU keeps it
             if block in blocks:
                 blocks.move_to_end(block)
@@ -226,8 +227,8 @@ class CacheBelief:
         while self.capacity_tokens and self._tokens > self.capacity_tokens and blocks:
             block, size = blocks.popitem(last=False)
             self._tokens -= size
-            if self._evicted is not None:
-                self._evicted(block)
+            dropped.append(block)
+        return dropped
 
 
 class _Ranking(Generic[R]):
@@ -320,10 +321,10 @@ class CacheAware(Generic[R]):
         # Block id -> replicas believed to hold it: a replica is added before its belief takes a
         # chain and removed when the belief evicts the block, so it is never missing a holder.
         self._holders: dict[int, set[int]] = {}
-        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0), self._evicter(r.index)) for r in replicas}
+        self.beliefs = {r.index: CacheBelief(tokens.get(r.index, 0)) for r in replicas}
         self._slots = {r.index: getattr(r, "capacity", 1) or 1 for r in replicas}
         # The index's argument needs scores that rise with the share and fall with the load.
-        self._indexable = 0 <= cache_weight < math.inf and 0 <= load_weight < math.inf
+        self._indexable = 0 <= cache_weight < math.inf and 0 <= load_weight < math.inf and len(replicas) > _SCAN_UP_TO
         # Once watched: per tier, one group per slot count (see _candidates for why).
         self._groups: list[list[_SlotGroup[R]]] | None = None
         self._group_of: dict[int, _SlotGroup[R]] = {}
@@ -332,25 +333,26 @@ class CacheAware(Generic[R]):
         self._ranked_of: dict[int, set[int]] = {r.index: set() for r in replicas}  # replica -> ranked blocks it holds
         self._last_ids: tuple[Prefix | None, list[int]] = (None, [])  # the last prefix chosen for, and its ids
 
-    def _evicter(self, replica: int) -> Callable[[int], None]:
-        def evicted(block: int) -> None:
-            held = self._holders.get(block)
-            if held is None:
-                return
-            held.discard(replica)
-            self._ranked_of[replica].discard(block)
-            if not held:
-                del self._holders[block]
-                if block in self._ranked:
-                    self._ranked.discard(block)
-                    for groups in self._groups or ():
-                        for group in groups:
-                            group.ranked.pop(block, None)
-
-        return evicted
+    def _evicted(self, replica: int, block: int) -> None:
+        """``replica``'s belief dropped ``block``."""
+        held = self._holders.get(block)
+        if held is None:
+            return
+        held.discard(replica)
+        self._ranked_of[replica].discard(block)
+        if not held:
+            del self._holders[block]
+            if block in self._ranked:
+                self._ranked.discard(block)
+                for groups in self._groups or ():
+                    for group in groups:
+                        group.ranked.pop(block, None)
 
     def watch(self) -> list[R]:
-        """Index from now on; the replicas whose changes must be reported to :meth:`moved`."""
+        """Index from now on; the replicas whose changes must be reported to :meth:`moved` (none
+        if this router keeps scanning: a small fleet, or weights the index cannot rank by)."""
+        if not self._indexable:
+            return []
         self._groups = []
         for pool in self._pools:
             by_slots: dict[int, list[R]] = {}
@@ -398,7 +400,10 @@ class CacheAware(Generic[R]):
         return self._score(replica, list(prefix.ids()))
 
     def _score(self, replica: R, ids: list[int]) -> float:
-        share = self.beliefs[replica.index].matched_ids(ids) / len(ids)
+        return self._scored(replica, self.beliefs[replica.index].matched_ids(ids), len(ids))
+
+    def _scored(self, replica: R, matched: int, blocks: int) -> float:
+        share = matched / blocks
         slots = getattr(replica, "capacity", 1) or 1
         return self._cache_weight * share - self._load_weight * replica.outstanding / slots
 
@@ -409,22 +414,23 @@ class CacheAware(Generic[R]):
             return self.choose(client_region, now, exclude)
         ids = list(prefix.ids())  # once per request, not once per replica
         self._last_ids = (prefix, ids)  # routed() usually follows for the same prefix
-        if self._groups is None or not self._indexable:
+        if self._groups is None:
             return self._scan(ids, exclude)
         for groups in self._groups:
             best: R | None = None
             best_key: tuple[float, int, int] | None = None
             for group in groups:
-                for replica in self._candidates(group, ids, exclude):
-                    key = (-self._score(replica, ids), replica.outstanding, replica.index)
+                for replica, matched in self._candidates(group, ids, exclude):
+                    key = (-self._scored(replica, matched, len(ids)), replica.outstanding, replica.index)
                     if best_key is None or key < best_key:
                         best, best_key = replica, key
             if best is not None:
                 return best
         return None
 
-    def _candidates(self, group: _SlotGroup[R], ids: list[int], exclude: Exclude) -> Iterator[R]:
-        """Replicas of one slot group among which the scan's pick of that group lies.
+    def _candidates(self, group: _SlotGroup[R], ids: list[int], exclude: Exclude) -> Iterator[tuple[R, int]]:
+        """Replicas of one slot group among which the scan's pick of that group lies, each with
+        the leading ids of the chain it is believed to hold.
 
         Within a group every replica has the same slot count, so the load term grows with
         ``outstanding`` and the score cannot rise along the load order unless the matched share
@@ -453,7 +459,7 @@ class CacheAware(Generic[R]):
                 walk.close()
             if found is None:
                 return
-            yield found
+            yield found, matched
             depth = matched
             if depth == len(ids):
                 return
@@ -465,8 +471,9 @@ class CacheAware(Generic[R]):
                 for index in list(holders):
                     replica = group.view.get(index)
                     if replica is not None and replica.available and index not in exclude:
-                        if self.beliefs[index].matched_ids(ids) > depth:
-                            yield replica
+                        deeper = self.beliefs[index].matched_ids(ids)
+                        if deeper > depth:
+                            yield replica, deeper
                 return
             self._ranked.add(block)
             ranking = self._ranking(group, block)
@@ -490,6 +497,9 @@ class CacheAware(Generic[R]):
         """A request with ``prefix`` was sent to ``replica``: believe it caches that chain now."""
         if not len(prefix):
             return
+        if not self._indexable:
+            self.beliefs[replica].add(prefix)
+            return
         holders, ranked = self._holders, self._ranked
         group = self._group_of.get(replica)
         last, ids = self._last_ids
@@ -506,7 +516,8 @@ class CacheAware(Generic[R]):
                 ranking = group.ranked.get(block)
                 if ranking is not None:
                     ranking.push(group.view[replica])
-        self.beliefs[replica].add(prefix)
+        for block in self.beliefs[replica].add(prefix):
+            self._evicted(replica, block)
 
 
 class SessionAffinity(_CensusWatched[R]):
