@@ -160,8 +160,8 @@ def walk_cache_aware(
             other = rng.randrange(n)
             for router in (indexed, scan):
                 router.routed(other, prefix)
-    held = {block for belief in indexed.beliefs.values() for block in belief._blocks}
-    assert set(indexed._holders) == held  # evictions leave no holder behind
+    # Evictions leave no holder behind (a missing holder would have moved a choice above).
+    assert all(indexed.beliefs[r].holds(block) for block, held in indexed._holders.items() for r in held)
 
 
 def test_the_gateway_watches_the_indexed_cache_routers() -> None:
