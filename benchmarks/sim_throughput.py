@@ -10,21 +10,23 @@ to something measured in the same process:
   the fleet (MTBF 2 min per node, MTTR 1 min: hundreds of crashes), in CPU time per request;
 * with ``--cache``, the same requests without and with the cache model: eight 512-token system
   prompts per class and multi-turn chat (so requests share prefixes), prefix caching on every
-  replica, routed by prefix affinity (in CPU time per request; the cache-aware scorer's own cost,
-  O(replicas), is in the ``--policies`` table);
+  replica, routed by prefix affinity (in CPU time per request; the cache-aware routers' own cost
+  is in the ``--policies`` table);
 * with ``--fleet-sizes``, steady-state CPU µs per request on generated fleets of 2 to 2,304 replicas at
   the same load, Python calls per request (cProfile's count, in runs of their own), which are
   flat when nothing per request is O(replicas), and for scale a bare SimPy M/M/c queue's CPU µs
   per customer with a server per replica (O(1) work per customer, and still dearer on a larger c);
 * with ``--policies``, the same table once per routing policy in the router registry, and once
   more for each cache-aware router on the prefix workload of ``--cache`` (without prefixes they
-  route by power of two, which would leave their own cost out of the table).
+  route by power of two, which would leave their own cost out of the table);
+* with ``--queue``, the fleet-size table's runs hold requests in the gateway queue (late binding),
+  whose search for a free slot runs on every dispatch.
 
 The summary line is machine-readable:
 
     requests=<N> wall_s=<float> requests_per_s=<float> bare_queue_per_s=<float> ratio=<float> peak_rss_mb=<float>
 
-Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures] [--fleet-sizes] [--policies]
+Run: python benchmarks/sim_throughput.py --requests 1000000 [--failures] [--fleet-sizes] [--policies] [--queue]
 """
 
 from __future__ import annotations
@@ -84,9 +86,11 @@ def fleet_scenario(
     topology: dict | None = None,
     routing: str = "power_of_two",
     cache: bool = False,
+    queue: bool = False,
 ) -> Scenario:
     """The benchmark scenario: duration chosen so that about ``requests`` arrive; ``cache`` adds
-    the prefix workload and prefix caching (the arrival rate stays that of the plain workload)."""
+    the prefix workload and prefix caching (the arrival rate stays that of the plain workload),
+    ``queue`` the gateway queue with its default slots (each replica's ``max_num_seqs``)."""
     base = {
         "name": "sim-throughput",
         "topology": topology if topology is not None else str(FLEET),
@@ -112,6 +116,8 @@ def fleet_scenario(
     if cache:
         base["workload"]["prefix"] = PREFIXES
         base["serving"]["batching"]["prefix_caching"] = True
+    if queue:
+        base["serving"]["queue"] = {"enabled": True}
     return Scenario.model_validate(base)
 
 
@@ -155,7 +161,14 @@ class _Window:
 
 
 def cost_per_request(
-    requests: int, load: float, seed: int, replicas: int, routing: str, cache: bool = False, profile: bool = False
+    requests: int,
+    load: float,
+    seed: int,
+    replicas: int,
+    routing: str,
+    cache: bool = False,
+    profile: bool = False,
+    queue: bool = False,
 ) -> float:
     """Steady-state CPU µs per request on a generated fleet of ``replicas`` — or, with
     ``profile``, Python calls per request (cProfile's count; its own overhead spoils the time).
@@ -164,7 +177,7 @@ def cost_per_request(
     :data:`MIN_WINDOW_S`; cost is the CPU time in it over the requests that arrived in it. CPU
     time rather than wall time, because on a loaded machine the wall clock mostly measures the
     other processes."""
-    probe = fleet_scenario(requests, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache)
+    probe = fleet_scenario(requests, load, seed, topology=generated_fleet(replicas), routing=routing, cache=cache, queue=queue)
     window = math.ceil(max(MIN_WINDOW_S, probe.duration) / SAMPLE_S) * SAMPLE_S
     scenario = probe.model_copy(update={"duration": WARM_UP_S + window, "timeseries_interval": SAMPLE_S})
     marks = _Window(WARM_UP_S, scenario.duration, profile)
@@ -178,17 +191,17 @@ def cost_per_request(
 
 
 def size_table(
-    requests: int, load: float, seed: int, policies: list[tuple[str, bool]], customers: int
+    requests: int, load: float, seed: int, policies: list[tuple[str, bool]], customers: int, queue: bool = False
 ) -> tuple[list[str], list[list[str]]]:
     """Steady-state cost per request (µs) per fleet size (rows) and routing policy (columns; with
     the prefix workload where the flag says so), beside the first policy's Python calls per
     request and a bare SimPy M/M/c queue's cost per customer with as many servers; the last row
     is each column's largest fleet against its smallest."""
-    costs = {(p, c): [cost_per_request(requests, load, seed, n, p, c) for n in FLEET_SIZES] for p, c in policies}
+    costs = {(p, c): [cost_per_request(requests, load, seed, n, p, c, queue=queue) for n in FLEET_SIZES] for p, c in policies}
     # The work itself, apart from what the machine's caches make of it: Python calls per request
     # with the first policy (flat when nothing per request is O(replicas)).
     first = policies[0]
-    calls = [cost_per_request(requests, load, seed, n, *first, profile=True) for n in FLEET_SIZES]
+    calls = [cost_per_request(requests, load, seed, n, *first, profile=True, queue=queue) for n in FLEET_SIZES]
     # And what SimPy itself makes of more at once: a bare M/M/c queue with a server per replica
     # does O(1) work per customer, yet its cost grows with c as the event heap and the live
     # state outgrow the CPU's caches.
@@ -197,7 +210,7 @@ def size_table(
         "replicas",
         "bare M/M/c CPU µs/customer (c = replicas)",
         f"{first[0]} Python calls/request",
-        *(f"{p}{' + prefixes' if c else ''} CPU µs/request" for p, c in policies),
+        *(f"{p}{' + prefixes' if c else ''}{' + queue' if queue else ''} CPU µs/request" for p, c in policies),
     ]
     rows = [
         [f"{n:,}", f"{bare[i]:.1f}", f"{calls[i]:.0f}", *(f"{costs[k][i]:.1f}" for k in policies)]
@@ -219,6 +232,7 @@ def main() -> None:
     parser.add_argument("--cache", action="store_true", help="also run with shared prefixes and prefix caching and compare")
     parser.add_argument("--fleet-sizes", action="store_true", help="also print cost per request for fleets of 2 to 2,304 replicas")
     parser.add_argument("--policies", action="store_true", help="the fleet-size table once per routing policy in the registry")
+    parser.add_argument("--queue", action="store_true", help="the fleet-size table with the gateway queue on")
     parser.add_argument("--table-requests", type=int, default=20_000, help="requests at least in each cell's steady-state window")
     parser.add_argument("--customers", type=int, default=100_000, help="customers of the bare M/M/4 queue")
     parser.add_argument("--markdown", type=Path, metavar="PAGE", help="write the figures into this docs page (docs/benchmarks.md)")
@@ -271,7 +285,7 @@ def main() -> None:
     if args.fleet_sizes or args.policies:
         policies = [(p, False) for p in ROUTERS] + [(p, True) for p in CACHE_ROUTERS] if args.policies else [("power_of_two", False)]
         print(f"cost per request, {args.table_requests:,} requests per cell at load {args.load}:")
-        sizes = size_table(args.table_requests, args.load, args.seed, policies, args.customers)
+        sizes = size_table(args.table_requests, args.load, args.seed, policies, args.customers, args.queue)
     if args.markdown:
         rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", f"{bare:,.0f}", f"{n / wall / bare:.3f}", ratio,
                  cache_ratio, f"{peak_rss_mb:.0f} MB"]]

@@ -32,6 +32,7 @@ routers like it best):
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -70,6 +71,77 @@ class ReplicaState:
     available: bool = True
     pool: str = "default"
     kv_tokens: int = 0  # its KV memory: the bound of what cache-aware routers believe it caches (0: unknown)
+
+
+class _FreeSlots:
+    """The gateway queue's index of replicas with a free slot, so a dispatch need not pass over
+    the fleet.
+
+    Replicas are grouped by (pool, region, tier, slots): within a group every replica has the
+    same number of slots, so the least loaded available one, ``(outstanding, index)`` first,
+    is free exactly when any of the group is. Each group keeps a heap of those entries, one
+    pushed per change the gateway reports (:meth:`moved`); an entry is stale once its replica
+    is unavailable or has another count, and is popped when it surfaces. A request's groups are
+    those of its pool (and region, with failover off; primary tier, with the fallback tier
+    off): a handful, whatever the fleet's size, so a look-up costs O(groups + log n) amortised.
+    """
+
+    def __init__(self, replicas: Sequence[ReplicaState], slots_of: Callable[[ReplicaState], int]) -> None:
+        self._replicas = list(replicas)
+        self._slots_of = slots_of
+        members: dict[tuple[str, str, str, int], list[int]] = {}
+        for replica in self._replicas:
+            members.setdefault((replica.pool, replica.region, replica.tier, slots_of(replica)), []).append(replica.index)
+        self._members = members
+        self._groups = {key: self._heap_of(indices) for key, indices in members.items()}
+        self._group_of = {i: key for key, indices in members.items() for i in indices}
+        self._searches: dict[tuple[str, str | None, bool], list[tuple[str, str, str, int]]] = {}
+
+    def _heap_of(self, indices: Iterable[int]) -> list[tuple[int, int]]:
+        heap = [(self._replicas[i].outstanding, i) for i in indices if self._replicas[i].available]
+        heapq.heapify(heap)
+        return heap
+
+    def moved(self, replica: ReplicaState) -> None:
+        """``replica``'s ``outstanding`` or ``available`` just changed."""
+        key = self._group_of[replica.index]
+        heap = self._groups[key]
+        if len(heap) > 2 * len(self._members[key]) + 64:  # mostly stale entries: rebuild, O(1) amortised
+            heap[:] = self._heap_of(self._members[key])
+        elif replica.available:
+            heapq.heappush(heap, (replica.outstanding, replica.index))
+
+    def best(self, pool: str, region: str | None, primary_only: bool) -> ReplicaState | None:
+        """The available replica of ``pool`` (and of ``region``, unless None) with a free slot:
+        primary tier first, then the fewest outstanding, then the lowest index."""
+        best: ReplicaState | None = None
+        best_key: tuple[bool, int, int] | None = None
+        for key in self._search(pool, region, primary_only):
+            heap = self._groups[key]
+            while heap:
+                load, index = heap[0]
+                replica = self._replicas[index]
+                if replica.available and replica.outstanding == load:
+                    break
+                heapq.heappop(heap)  # stale
+            if not heap or heap[0][0] >= key[3]:
+                continue  # nobody available, or the least loaded has no free slot: none has
+            load, index = heap[0]
+            rank = (key[2] != "primary", load, index)
+            if best_key is None or rank < best_key:
+                best, best_key = self._replicas[index], rank
+        return best
+
+    def _search(self, pool: str, region: str | None, primary_only: bool) -> list[tuple[str, str, str, int]]:
+        """The groups a request of ``pool`` from ``region`` may use (worked out once per such request)."""
+        search = self._searches.get((pool, region, primary_only))
+        if search is None:
+            search = [
+                key for key in self._groups
+                if key[0] == pool and (region is None or key[1] == region) and not (primary_only and key[2] != "primary")
+            ]
+            self._searches[(pool, region, primary_only)] = search
+        return search
 
 
 @dataclass(slots=True)
@@ -166,6 +238,7 @@ class Gateway:
         # Late binding (policy/gateway_queue.py): requests wait here for a free replica slot.
         self.queue = GatewayQueue.from_spec(spec.queue) if spec.queue.enabled else None
         self.slots = spec.queue.slots_per_replica
+        self._free = _FreeSlots(self.replicas, self._slots_of) if self.queue is not None else None
         self.failover_on, self.fallback_on = spec.failover.enabled, spec.failover.fallback_tier
         self.outstanding = 0
         # Replicas the control plane has taken out of rotation (not started yet, draining, gone):
@@ -189,6 +262,8 @@ class Gateway:
     def _moved(self, replica: ReplicaState) -> None:
         for moved in self._watchers[replica.index]:
             moved(replica)
+        if self._free is not None:
+            self._free.moved(replica)
 
     def _routers(
         self, spec: ServingSpec, client_regions: Sequence[str], rtt: Callable[[str, str], float]
@@ -536,20 +611,12 @@ class Gateway:
 
     def _free_replica(self, state: RequestState) -> ReplicaState | None:
         """An available replica the request may use with a free slot: primary tier first, then
-        the least loaded, then the lowest index. O(replicas): the queue's cost per dispatch."""
-        best: ReplicaState | None = None
-        best_key: tuple[bool, int, int] | None = None
-        for replica in self.replicas:
-            if not replica.available or replica.pool != state.pool or replica.outstanding >= self._slots_of(replica):
-                continue
-            if not self.failover_on and replica.region != state.client_region:
-                continue
-            if not self.fallback_on and replica.tier != "primary":
-                continue
-            key = (replica.tier != "primary", replica.outstanding, replica.index)
-            if best_key is None or key < best_key:
-                best, best_key = replica, key
-        return best
+        the least loaded, then the lowest index (in its home region only with failover off, in
+        the primary tier only with the fallback tier off). Answered by :class:`_FreeSlots`, not
+        a pass over the fleet, since it is asked on every dispatch."""
+        assert self._free is not None
+        region = None if self.failover_on else state.client_region
+        return self._free.best(state.pool, region, primary_only=not self.fallback_on)
 
     def _state_of(self, attempt: int) -> RequestState | None:
         rid = self._attempt_rid.get(attempt)
