@@ -246,6 +246,9 @@ def main() -> None:
     result, cpu_plain = cpu_timed(scenario)
     bare_after = mmc_customers_per_second(args.customers)
     bare = (bare_before + bare_after) / 2
+    # Peak RSS of the plain run alone: the variants below run in the same process while its
+    # result is still held, so the process's later high-water mark is not one run's.
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     # The variants are compared with the plain run in CPU time per request: runs one after the
     # other on a shared machine see different loads, which swing wall-clock ratios by 1.5x.
     rate_plain = len(result.requests) / cpu_plain
@@ -275,7 +278,6 @@ def main() -> None:
     counts = result.requests["status"].value_counts().to_dict()
     print(f"fleet: {scenario.topology.name}, offered {scenario.workload.arrival.rate:,.0f} req/s "
           f"for {scenario.duration:,.1f} simulated s; outcomes {counts}; preemptions {result.stats['preemptions']}")
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"bare SimPy M/M/4 (rho 0.9, {args.customers:,} customers): {bare:,.0f} customers/s "
           f"(before {bare_before:,.0f}, after {bare_after:,.0f}); "
           f"simulator / bare queue = {n / wall / bare:.3f}")
@@ -290,7 +292,7 @@ def main() -> None:
         rows = [[f"{n:,}", f"{n / wall:,.0f} ({wall:.1f} s)", f"{bare:,.0f}", f"{n / wall / bare:.3f}", ratio,
                  cache_ratio, f"{peak_rss_mb:.0f} MB"]]
         body = table(["requests", "simulated requests/s", "bare M/M/4 customers/s", "ratio", "with failures",
-                      "with the cache model", "peak RSS"], rows)
+                      "with the cache model", "peak RSS (plain run)"], rows)
         write_block(args.markdown, "sim_throughput", body + "\n\n" + provenance(load_before))
         if sizes is not None:  # a block of its own: the table is often measured in a run of its own
             write_block(args.markdown, "sim_throughput_sizes", table(*sizes) + "\n\n" + provenance(load_before))
