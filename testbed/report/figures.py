@@ -181,6 +181,19 @@ def latency_cdf(
     return fig
 
 
+def _latency_and_availability_layout(fig: Figure, metric: str, latencies: list[float], width: float, heading: str) -> Figure:
+    """Axes and layout of the two-panel figures: latency (log scale) above availability, by arrival bin."""
+    axis(fig, "y", 1).update(title=title(metric), type="log", **seconds_ticks(latencies))
+    axis(fig, "y", 2).update(title=title("availability"), tickformat=".0%", range=[0, 1.05])
+    axis(fig, "x", 2).update(title=title(f"arrival time (s), bins of {width:g} s"))
+    fig["layout"] |= {
+        "title": title(heading),
+        "legend": {"orientation": "h", "y": -0.25},
+        "margin": {"t": 50, "b": 40, "l": 60, "r": 20},
+    }
+    return fig
+
+
 def compare_over_time(
     requests: Mapping[str, pd.DataFrame],
     faults: pd.DataFrame | None = None,
@@ -209,15 +222,10 @@ def compare_over_time(
         add_trace(fig, "scatter", row=2, x=(availability.index + width / 2).to_numpy(), y=availability.to_numpy(), mode="lines",
                   name=f"{label} availability", line={"color": color, "dash": "dot"}, legendgroup=label)
     shade_faults(fig, faults, end=horizon, panels=2)
-    axis(fig, "y", 1).update(title=title(metric), type="log", **seconds_ticks(latencies))
-    axis(fig, "y", 2).update(title=title("availability"), tickformat=".0%", range=[0, 1.05])
-    axis(fig, "x", 2).update(title=title(f"arrival time (s), bins of {width:g} s"))
-    fig["layout"] |= {
-        "title": title(f"p{percentile:g} {LATENCY_TITLES[metric]} and availability over time, run by run (faults shaded)"),
-        "legend": {"orientation": "h", "y": -0.25},
-        "margin": {"t": 50, "b": 40, "l": 60, "r": 20},
-    }
-    return fig
+    return _latency_and_availability_layout(
+        fig, metric, latencies, width,
+        f"p{percentile:g} {LATENCY_TITLES[metric]} and availability over time, run by run (faults shaded)",
+    )
 
 
 def shade_faults(fig: Figure, faults: pd.DataFrame | None, end: float | None = None, panels: int = 1) -> Figure:
@@ -289,15 +297,7 @@ def percentiles_over_time(
               name="availability", line={"color": "#2ca02c"})
     end = float(requests["finish"].max()) if len(requests) else horizon
     shade_faults(fig, faults, end=end, panels=2)
-    axis(fig, "y", 1).update(title=title(metric), type="log", **seconds_ticks(latencies))
-    axis(fig, "y", 2).update(title=title("availability"), tickformat=".0%", range=[0, 1.05])
-    axis(fig, "x", 2).update(title=title(f"arrival time (s), bins of {width:g} s"))
-    fig["layout"] |= {
-        "title": title(f"{LATENCY_TITLES[metric]} over time (faults shaded)"),
-        "legend": {"orientation": "h", "y": -0.25},
-        "margin": {"t": 50, "b": 40, "l": 60, "r": 20},
-    }
-    return fig
+    return _latency_and_availability_layout(fig, metric, latencies, width, f"{LATENCY_TITLES[metric]} over time (faults shaded)")
 
 
 def _alert_labels(alerts: pd.DataFrame) -> tuple[str | None, list[str] | None]:
