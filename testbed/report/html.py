@@ -17,7 +17,7 @@ import pandas as pd
 
 from testbed.records.result import Result
 from testbed.records.schema import latency_columns
-from testbed.report import figures
+import testbed.report.figures as figures
 from testbed.report.markdown import fleet_load, format_value, latency_summary, outcome_counts, served_by_region
 from testbed.sla import Verdict
 from testbed.topology import Topology
