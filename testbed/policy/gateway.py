@@ -32,7 +32,6 @@ routers like it best):
 
 from __future__ import annotations
 
-import heapq
 import random
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,7 @@ from testbed.policy.hedging import HedgePolicy
 from testbed.policy.outcomes import REPLICA_SUCCESS, Outcome, Status
 from testbed.policy.prefix_cache import Prefix
 from testbed.policy.retry import RetryBudget, RetryPolicy
-from testbed.policy.routing import Router, Watched, make_router
+from testbed.policy.routing import LoadHeap, Router, Watched, make_router
 from testbed.spec import ServingSpec
 
 # How an attempt may end; what each means for breakers, retries and the record is stated in
@@ -79,37 +78,24 @@ class _FreeSlots:
 
     Replicas are grouped by (pool, region, tier, slots): within a group every replica has the
     same number of slots, so the least loaded available one, ``(outstanding, index)`` first,
-    is free exactly when any of the group is. Each group keeps a heap of those entries, one
-    pushed per change the gateway reports (:meth:`moved`); an entry is stale once its replica
-    is unavailable or has another count, and is popped when it surfaces. A request's groups are
-    those of its pool (and region, with failover off; primary tier, with the fallback tier
-    off): a handful, whatever the fleet's size, so a look-up costs O(groups + log n) amortised.
+    is free exactly when any of the group is. Each group keeps a :class:`LoadHeap`, told of
+    every change the gateway reports (:meth:`moved`). A request's groups are those of its pool
+    (and region, with failover off; primary tier, with the fallback tier off): a handful,
+    whatever the fleet's size, so a look-up costs O(groups + log n) amortised.
     """
 
     def __init__(self, replicas: Sequence[ReplicaState], slots_of: Callable[[ReplicaState], int]) -> None:
-        self._replicas = list(replicas)
-        self._slots_of = slots_of
-        members: dict[tuple[str, str, str, int], list[int]] = {}
-        for replica in self._replicas:
-            members.setdefault((replica.pool, replica.region, replica.tier, slots_of(replica)), []).append(replica.index)
-        self._members = members
-        self._groups = {key: self._heap_of(indices) for key, indices in members.items()}
-        self._group_of = {i: key for key, indices in members.items() for i in indices}
+        members: dict[tuple[str, str, str, int], list[ReplicaState]] = {}
+        for replica in sorted(replicas, key=lambda r: r.index):  # by index: the heaps' ties are the scan's
+            members.setdefault((replica.pool, replica.region, replica.tier, slots_of(replica)), []).append(replica)
+        self._groups = {key: LoadHeap(group) for key, group in members.items()}
+        self._where = {r.index: (key, pos) for key, group in members.items() for pos, r in enumerate(group)}
         self._searches: dict[tuple[str, str | None, bool], list[tuple[str, str, str, int]]] = {}
-
-    def _heap_of(self, indices: Iterable[int]) -> list[tuple[int, int]]:
-        heap = [(self._replicas[i].outstanding, i) for i in indices if self._replicas[i].available]
-        heapq.heapify(heap)
-        return heap
 
     def moved(self, replica: ReplicaState) -> None:
         """``replica``'s ``outstanding`` or ``available`` just changed."""
-        key = self._group_of[replica.index]
-        heap = self._groups[key]
-        if len(heap) > 2 * len(self._members[key]) + 64:  # mostly stale entries: rebuild, O(1) amortised
-            heap[:] = self._heap_of(self._members[key])
-        elif replica.available:
-            heapq.heappush(heap, (replica.outstanding, replica.index))
+        key, pos = self._where[replica.index]
+        self._groups[key].moved(pos)
 
     def best(self, pool: str, region: str | None, primary_only: bool) -> ReplicaState | None:
         """The available replica of ``pool`` (and of ``region``, unless None) with a free slot:
@@ -117,19 +103,12 @@ class _FreeSlots:
         best: ReplicaState | None = None
         best_key: tuple[bool, int, int] | None = None
         for key in self._search(pool, region, primary_only):
-            heap = self._groups[key]
-            while heap:
-                load, index = heap[0]
-                replica = self._replicas[index]
-                if replica.available and replica.outstanding == load:
-                    break
-                heapq.heappop(heap)  # stale
-            if not heap or heap[0][0] >= key[3]:
+            least = self._groups[key].least()
+            if least is None or least.outstanding >= key[3]:
                 continue  # nobody available, or the least loaded has no free slot: none has
-            load, index = heap[0]
-            rank = (key[2] != "primary", load, index)
+            rank = (key[2] != "primary", least.outstanding, least.index)
             if best_key is None or rank < best_key:
-                best, best_key = self._replicas[index], rank
+                best, best_key = least, rank
         return best
 
     def _search(self, pool: str, region: str | None, primary_only: bool) -> list[tuple[str, str, str, int]]:

@@ -145,61 +145,89 @@ class RoundRobin(Generic[R]):
         return None
 
 
+class LoadHeap(Generic[R]):
+    """Some replicas by ``(outstanding, position)``, for the least loaded available one in
+    O(log n) amortised instead of a pass over them.
+
+    A heap of entries kept lazily: the owner reports every change of a member's ``outstanding``
+    or ``available`` (:meth:`moved`), which pushes one entry; an entry is stale once its replica
+    is unavailable or has another count, and is popped when it surfaces. When stale entries
+    outnumber the members twice over, the heap is rebuilt. Ties go to the lower position, so
+    members listed by index tie as a scan over them does.
+    """
+
+    def __init__(self, members: Sequence[R]) -> None:
+        self.members = list(members)
+        self._heap = self._built()
+
+    def __len__(self) -> int:
+        """Entries held, stale ones included (bounded by the rebuild)."""
+        return len(self._heap)
+
+    def _built(self) -> list[tuple[int, int]]:
+        heap = [(r.outstanding, pos) for pos, r in enumerate(self.members) if r.available]
+        heapq.heapify(heap)
+        return heap
+
+    def moved(self, pos: int) -> None:
+        """The member at ``pos`` changed its ``outstanding`` or ``available``."""
+        replica = self.members[pos]
+        if len(self._heap) > 2 * len(self.members) + 64:  # mostly stale entries: rebuild, O(1) amortised
+            self._heap = self._built()
+        elif replica.available:
+            heapq.heappush(self._heap, (replica.outstanding, pos))
+
+    def least(self, exclude: Exclude = NONE_EXCLUDED) -> R | None:
+        """The available member outside ``exclude`` with the fewest outstanding (lowest position on
+        ties), or None. Excluded members are popped aside and pushed back: a handful per call."""
+        heap, members = self._heap, self.members
+        aside: list[tuple[int, int]] = []
+        pick: R | None = None
+        while heap:
+            load, pos = heap[0]
+            replica = members[pos]
+            if not replica.available or replica.outstanding != load:
+                heapq.heappop(heap)
+            elif replica.index in exclude:
+                aside.append(heapq.heappop(heap))
+            else:
+                pick = replica
+                break
+        for entry in aside:
+            heapq.heappush(heap, entry)
+        return pick
+
+
 class LeastOutstanding(Generic[R]):
     """The available replica with the fewest outstanding requests; ties go to the lowest index.
 
     A router cannot see views change, so on its own it scans its pools: O(n) per call. A driver
     that reports every change of a replica's ``outstanding`` or ``available`` calls
     :meth:`watch` once and then :meth:`moved` after each change (the gateway does, in both
-    planes); from then on each tier keeps a heap of ``(outstanding, position)`` entries, one
-    pushed per change, and a call pops the stale entries that surface (a replica now
-    unavailable or with another count), so both cost O(log n) amortised and pick exactly what
-    the scan would. Excluded replicas are popped aside and pushed back: a handful per call.
+    planes); from then on each tier keeps a :class:`LoadHeap`, so both cost O(log n) amortised
+    and pick exactly what the scan would.
     """
 
     def __init__(self, replicas: Sequence[R]) -> None:
         self._pools = _tier_pools(replicas)
-        self._heaps: list[list[tuple[int, int]]] | None = None  # per tier, once watched
+        self._heaps: list[LoadHeap[R]] | None = None  # per tier, once watched
         self._where = {r.index: (tier, pos) for tier, pool in enumerate(self._pools) for pos, r in enumerate(pool)}
 
     def watch(self) -> list[R]:
         """Index from now on; returns the replicas whose changes the caller must report to :meth:`moved`."""
-        self._heaps = [self._heap_of(pool) for pool in self._pools]
+        self._heaps = [LoadHeap(pool) for pool in self._pools]
         return [r for pool in self._pools for r in pool]
-
-    @staticmethod
-    def _heap_of(pool: Sequence[R]) -> list[tuple[int, int]]:
-        heap = [(r.outstanding, pos) for pos, r in enumerate(pool) if r.available]
-        heapq.heapify(heap)
-        return heap
 
     def moved(self, replica: R) -> None:
         """``replica``'s ``outstanding`` or ``available`` just changed."""
         tier, pos = self._where[replica.index]
-        heap = self._heaps[tier]  # type: ignore[index]
-        if len(heap) > 2 * len(self._pools[tier]) + 64:  # mostly stale entries: rebuild, O(1) amortised
-            heap[:] = self._heap_of(self._pools[tier])
-        elif replica.available:
-            heapq.heappush(heap, (replica.outstanding, pos))
+        self._heaps[tier].moved(pos)  # type: ignore[index]
 
     def choose(self, client_region: str, now: float, exclude: Exclude = NONE_EXCLUDED) -> R | None:
         if self._heaps is None:
             return self._scan(exclude)
-        for pool, heap in zip(self._pools, self._heaps):
-            aside: list[tuple[int, int]] = []
-            pick: R | None = None
-            while heap:
-                load, pos = heap[0]
-                replica = pool[pos]
-                if not replica.available or replica.outstanding != load:
-                    heapq.heappop(heap)
-                elif replica.index in exclude:
-                    aside.append(heapq.heappop(heap))
-                else:
-                    pick = replica
-                    break
-            for entry in aside:
-                heapq.heappush(heap, entry)
+        for heap in self._heaps:
+            pick = heap.least(exclude)
             if pick is not None:
                 return pick
         return None
